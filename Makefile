@@ -1,0 +1,43 @@
+# pacsnode: `make demo` sets everything up and runs the demo; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pacsnode-installed
+
+.PHONY: setup system demo test lint typecheck pytest bench clean
+
+setup: system $(STAMP)
+
+system:
+	@scripts/install-system.sh
+
+# torch and torchvision are pinned as a pair (nnU-Net's trainer discovery imports torchvision);
+# pyradiomics' sdist needs numpy and versioneer present and no build isolation.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools numpy versioneer
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-build-isolation pyradiomics
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/pacsnode demo
+
+lint: setup
+	$(VENV)/bin/ruff check node analyzers sr_templates tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy node analyzers/contract.py analyzers/registry.py
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(PY) -m bench.ingest
+
+clean:
+	rm -rf var .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,298 @@
+"""DIMSE event handlers: thin adapters from pynetdicom events to ingest and the index.
+
+Each handler translates the request, calls the node's own code and maps a
+:class:`~node.errors.NodeError` to its DIMSE status in one place
+(:func:`_failure`). Nothing here touches the disk directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.tag import Tag
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from node.config import Settings
+from node.errors import NodeError, NotFound, UnknownDestination
+from node.ingest import Ingestor
+from node.storage.attributes import DERIVED, by_keyword
+from node.storage.index import Index
+from node.storage.query import InvalidQuery, Query
+
+__all__ = ["DimseHandlers"]
+
+log = logging.getLogger(__name__)
+
+_LEVEL_UNIQUE = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+def _failure(error: NodeError) -> Dataset:
+    status = Dataset()
+    status.Status = error.dimse
+    status.ErrorComment = error.message[:64]
+    return status
+
+
+@dataclass
+class _Retrieve:
+    """The instances a C-MOVE/C-GET identifier selects."""
+
+    instances: list[tuple[str, str, str]]
+
+
+class DimseHandlers:
+    """Handlers bound to one node's ingest, index and settings."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor, index: Index) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.index = index
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_connection_open),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_ABORTED, self.on_aborted),
+        ]
+
+    # -- association ---------------------------------------------------------------------------
+
+    def on_connection_open(self, event: Event) -> None:
+        # pynetdicom leaves Nagle on; each small DIMSE response would then stall ~40 ms.
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                log.debug("could not set TCP_NODELAY on %s", event.address)
+
+    def on_aborted(self, event: Event) -> None:
+        log.warning("association with %s aborted by the peer",
+                    event.assoc.requestor.ae_title or event.address)
+
+    # -- services ------------------------------------------------------------------------------
+
+    def on_echo(self, event: Event) -> int:
+        return 0x0000
+
+    def on_store(self, event: Event) -> int | Dataset:
+        calling = event.assoc.requestor.ae_title
+        try:
+            self.ingestor.ingest_dataset(
+                event.request.DataSet.getvalue(),
+                event.context.transfer_syntax,
+                calling_ae=calling,
+                context_sop_class=event.context.abstract_syntax,
+            )
+        except NodeError as error:
+            log.warning("C-STORE from %s refused (0x%04X): %s", calling, error.dimse, error.message)
+            return _failure(error)
+        return 0x0000
+
+    def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        try:
+            identifier = event.identifier
+            query, requested = self._query(identifier, event.request.AffectedSOPClassUID)
+            rows = self.index.find(query)
+        except NodeError as error:
+            yield _failure(error).Status, None
+            return
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            yield 0xC000, None
+            log.warning("C-FIND identifier could not be read: %s", exc)
+            return
+        for row in rows:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, self._response(identifier, requested, row, query.level)
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        destination = self.settings.dicom.peer(event.move_destination)
+        if destination is None:
+            error = UnknownDestination(
+                f"move destination {event.move_destination!r} is not in [[dicom.peers]]"
+            )
+            log.warning("C-MOVE refused: %s", error.message)
+            yield None, None
+            return
+        try:
+            selection = self._retrieve(event.identifier)
+        except NodeError as error:
+            yield destination.host, destination.port
+            yield _failure(error).Status, None
+            return
+        contexts = _contexts_for(
+            self.index.syntaxes_of([sop for sop, _, _ in selection.instances])
+        )
+        yield destination.host, destination.port, {"contexts": contexts,
+                                                   "ae_title": self.settings.dicom.ae_title}
+        yield len(selection.instances)
+        yield from self._send(event, selection)
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        try:
+            selection = self._retrieve(event.identifier)
+        except NodeError as error:
+            yield 0
+            yield _failure(error).Status, None
+            return
+        yield len(selection.instances)
+        yield from self._send(event, selection)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _send(self, event: Event, selection: _Retrieve) -> Iterator[tuple[int, Dataset | None]]:
+        root = self.ingestor.store.root
+        for _, _, relative in selection.instances:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, dcmread(Path(root) / relative)
+
+    def _query(self, identifier: Dataset, model: str | None) -> tuple[Query, list[int]]:
+        level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+        if level not in _LEVEL_UNIQUE:
+            raise InvalidQuery(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
+        if level == "PATIENT" and model == StudyRootQueryRetrieveInformationModelFind:
+            raise InvalidQuery("the Study Root model has no PATIENT level; use Patient Root")
+        if model == PatientRootQueryRetrieveInformationModelFind and level != "PATIENT":
+            pass  # patient-level keys are allowed as matching keys below the patient level
+        matches: dict[str, str] = {}
+        returns: list[str] = []
+        requested: list[int] = []
+        for element in identifier:
+            tag = int(element.tag)
+            if tag in (0x00080052, 0x00080005) or element.tag.group == 0x0002:
+                continue
+            requested.append(tag)
+            keyword = keyword_for_tag(tag)
+            if not keyword:
+                continue
+            if element.VR == "SQ":
+                returns.append(keyword)
+                continue
+            value = element.value
+            if by_keyword(keyword) is not None:
+                text = "" if value is None else ("\\".join(str(v) for v in value)
+                                                  if isinstance(value, list | tuple)
+                                                  or type(value).__name__ == "MultiValue"
+                                                  else str(value))
+                matches[keyword] = text
+            elif keyword in DERIVED:
+                returns.append(keyword)
+        return Query(level=level, matches=matches, returns=tuple(returns)), requested  # type: ignore[arg-type]
+
+    def _response(self, identifier: Dataset, requested: list[int], row: dict[str, Any],
+                  level: str) -> Dataset:
+        response = Dataset()
+        response.QueryRetrieveLevel = level
+        text_values = []
+        for tag in requested:
+            keyword = keyword_for_tag(tag)
+            if not keyword:
+                continue
+            value = row.get(keyword)
+            try:
+                vr = dictionary_VR(Tag(tag))
+            except KeyError:
+                continue
+            if value is None or value == "":
+                response.add_new(tag, vr, None)
+                continue
+            if vr in ("IS", "US", "UL", "SS", "SL"):
+                response.add_new(tag, vr, int(value) if not isinstance(value, str) or
+                                 value.isdigit() else value)
+            else:
+                text = str(value)
+                text_values.append(text)
+                response.add_new(tag, vr, text.split("\\") if "\\" in text else text)
+        unique = _LEVEL_UNIQUE[level]
+        if unique not in response:
+            setattr(response, unique, row.get(unique))
+        response.RetrieveAETitle = self.settings.dicom.ae_title
+        if any(not t.isascii() for t in text_values):
+            response.SpecificCharacterSet = "ISO_IR 192"
+        return response
+
+    def _retrieve(self, identifier: Dataset) -> _Retrieve:
+        level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+        if level not in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
+            raise InvalidQuery(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
+
+        def uids(keyword: str) -> list[str]:
+            value = identifier.get(keyword)
+            if not value:
+                return []
+            if isinstance(value, str):
+                return [v for v in value.split("\\") if v]
+            return [str(v) for v in value]
+
+        instances: list[tuple[str, str, str]] = []
+        if level == "PATIENT":
+            patient_ids = uids("PatientID")
+            if not patient_ids:
+                raise InvalidQuery("a PATIENT-level retrieve needs PatientID")
+            for pid in patient_ids:
+                for row in self.index.find(Query("STUDY", {"PatientID": pid})):
+                    instances += self.index.instance_paths(study_uid=row["StudyInstanceUID"])
+        elif level == "STUDY":
+            studies = uids("StudyInstanceUID")
+            if not studies:
+                raise InvalidQuery("a STUDY-level retrieve needs StudyInstanceUID")
+            for uid in studies:
+                instances += self.index.instance_paths(study_uid=uid)
+        elif level == "SERIES":
+            series = uids("SeriesInstanceUID")
+            if not series:
+                raise InvalidQuery("a SERIES-level retrieve needs SeriesInstanceUID")
+            for uid in series:
+                instances += self.index.instance_paths(series_uid=uid)
+        else:
+            sops = uids("SOPInstanceUID")
+            if not sops:
+                raise InvalidQuery("an IMAGE-level retrieve needs SOPInstanceUID")
+            for uid in sops:
+                instances += self.index.instance_paths(sop_uid=uid)
+        if not instances:
+            raise NotFound("no stored instance matches the retrieve identifier")
+        return _Retrieve(instances)
+
+
+def _contexts_for(syntaxes: set[tuple[str, str]]) -> list[PresentationContext]:
+    """Presentation contexts for a C-MOVE sub-association: each SOP class with its stored
+    transfer syntax(es) plus explicit and implicit little endian (at most 128 contexts)."""
+    by_class: dict[str, list[str]] = {}
+    for sop_class, syntax in sorted(syntaxes):
+        by_class.setdefault(sop_class, [])
+        if syntax not in by_class[sop_class]:
+            by_class[sop_class].append(syntax)
+    contexts = []
+    for sop_class, stored in list(by_class.items())[:128]:
+        proposed = list(dict.fromkeys([*stored, _EXPLICIT_LE, _IMPLICIT_LE]))
+        contexts.append(build_context(sop_class, proposed))
+    return contexts

@@ -1,0 +1,398 @@
+"""The one path every arriving instance takes: check → store → index.
+
+C-STORE (``node.dimse.handlers``) and STOW-RS (``node.dicomweb.stow``) both call
+:class:`Ingestor`. The dataset bytes are written as received (compressed pixel
+data is never decoded here); only the header up to the pixel data is parsed, to
+validate and index it. The caller answers success only after :meth:`Ingestor.ingest_dataset`
+or :meth:`Ingestor.ingest_part10` returned, i.e. after the file was fsynced and the index
+row committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+
+from node import __version__
+from node.errors import DatasetMismatch, InvalidDataset, SopClassNotAllowed
+from node.storage.attributes import ATTRIBUTES
+from node.storage.index import Index, InstanceRecord
+from node.storage.store import InstanceStore, safe_component
+
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "SERIES_ROUTING_KEYWORDS",
+    "IngestOutcome",
+    "Ingestor",
+    "split_part10",
+]
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1379.1")
+IMPLEMENTATION_VERSION_NAME = f"PACSNODE_{__version__}"[:16]
+
+# Series attributes kept for routing and completion (node.routing): what identifies the
+# sequence and how many instances to expect.
+SERIES_ROUTING_KEYWORDS = (
+    "SeriesDescription", "ProtocolName", "Modality", "ImageType", "MRAcquisitionType",
+    "SequenceName", "ScanningSequence", "SequenceVariant", "Manufacturer",
+    "ManufacturerModelName", "MagneticFieldStrength", "ImagesInAcquisition",
+    "NumberOfTemporalPositions", "NumberOfFrames", "EchoTime", "RepetitionTime", "FlipAngle",
+    "BodyPartExamined", "ContrastBolusAgent", "StudyDate", "PatientID", "SOPClassUID",
+)
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+Status = Literal["stored", "identical_duplicate", "kept_first", "overwritten"]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one instance."""
+
+    status: Status
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    path: Path
+    size: int
+    transfer_syntax_uid: str
+    calling_ae: str
+
+
+Listener = Callable[[IngestOutcome, InstanceRecord], None]
+
+
+def _to_python(ds: Dataset, keyword: str, vr_hint: str | None = None) -> Any:
+    if keyword not in ds:
+        return None
+    try:
+        value = ds[keyword].value
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    if vr_hint in ("IS", "US"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, bytes):
+        return None
+    return str(value)
+
+
+def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
+    return int(tag) in _PIXEL_TAGS
+
+
+def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
+    """Parse the top-level elements before the pixel data (values stay raw until used)."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise InvalidDataset(f"deflated dataset cannot be inflated: {exc}") from exc
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    little = transfer_syntax != ExplicitVRBigEndian
+    try:
+        ds = read_dataset(BytesIO(data), implicit, little, stop_when=_stop_at_pixels)
+        for keyword in _REQUIRED:
+            if keyword in ds:
+                _ = ds[keyword].value  # force conversion so a broken element fails here
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
+            NotImplementedError) as exc:
+        raise InvalidDataset(
+            f"the dataset cannot be decoded ({type(exc).__name__}: {exc}); the sender's "
+            "file is corrupt or truncated"
+        ) from exc
+    return ds
+
+
+def _check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
+    """A native (uncompressed) Pixel Data shorter than its header promises is a truncated dataset."""
+    if UID(transfer_syntax).is_compressed or transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return
+    expected = rows * cols * samples * frames * bits // 8
+    # The remaining bytes after the header hold the Pixel Data element (tag, VR, length, value).
+    consumed = _header_length(data, transfer_syntax)
+    remaining = len(data) - consumed
+    if consumed and remaining < expected:
+        raise InvalidDataset(
+            f"Pixel Data is truncated: {rows}x{cols}x{frames} at {bits} bits needs {expected} "
+            f"bytes, {max(remaining, 0)} arrived"
+        )
+
+
+def _header_length(data: bytes, transfer_syntax: UID) -> int:
+    """Offset of the Pixel Data value, or 0 when it cannot be found quickly."""
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    marker = b"\xe0\x7f\x10\x00"
+    at = data.rfind(marker)
+    if at < 0:
+        return 0
+    return at + (8 if implicit else 12)
+
+
+class Ingestor:
+    """Validates, stores and indexes instances.
+
+    Parameters
+    ----------
+    store, index:
+        Where files and rows go.
+    allowed_sop_classes:
+        SOP Class UIDs accepted; anything else is refused (0x0122 / HTTP 415).
+    duplicate_policy:
+        ``keep_first`` keeps the stored copy and files the differing one under
+        ``duplicates/``; ``overwrite`` replaces it and files the old one there. Both
+        record the event in the index, so nothing received is lost.
+    listeners:
+        Called after each instance is stored and indexed (completion tracking, metrics).
+    """
+
+    def __init__(
+        self,
+        store: InstanceStore,
+        index: Index,
+        *,
+        allowed_sop_classes: Collection[str],
+        duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first",
+        listeners: list[Listener] | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.allowed_sop_classes = frozenset(allowed_sop_classes)
+        self.duplicate_policy = duplicate_policy
+        self.listeners: list[Listener] = list(listeners or [])
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def ingest_dataset(
+        self,
+        data: bytes,
+        transfer_syntax: str,
+        *,
+        calling_ae: str = "",
+        context_sop_class: str | None = None,
+    ) -> IngestOutcome:
+        """Store an encoded dataset as it arrived over DIMSE (no file meta, no preamble)."""
+        ts = UID(transfer_syntax)
+        ds = _parse_header(data, ts)
+        self._validate(ds, context_sop_class)
+        _check_pixel_length(ds, data, ts)
+        meta = self._file_meta(ds, ts, calling_ae)
+        return self._store(ds, meta, data, ts, calling_ae)
+
+    def ingest_part10(self, data: bytes, *, calling_ae: str = "") -> IngestOutcome:
+        """Store a DICOM Part 10 file (STOW-RS part, a file sent by ``pacsnode send``)."""
+        meta, offset = split_part10(data)
+        ts = UID(str(meta.TransferSyntaxUID))
+        body = data[offset:]
+        ds = _parse_header(body, ts)
+        self._validate(ds, None)
+        _check_pixel_length(ds, body, ts)
+        own_meta = self._file_meta(ds, ts, calling_ae)
+        return self._store(ds, own_meta, body, ts, calling_ae)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _validate(self, ds: Dataset, context_sop_class: str | None) -> None:
+        missing = [k for k in _REQUIRED if not ds.get(k)]
+        if "PatientID" not in ds:
+            missing.append("PatientID")
+        if missing:
+            raise DatasetMismatch(
+                f"required attribute(s) missing or empty: {', '.join(missing)}; the node "
+                "indexes every instance by patient, study, series and SOP instance"
+            )
+        sop_class = str(ds.SOPClassUID)
+        if context_sop_class and sop_class != context_sop_class:
+            raise DatasetMismatch(
+                f"SOP Class UID {sop_class} in the dataset differs from the presentation "
+                f"context's {context_sop_class}"
+            )
+        if sop_class not in self.allowed_sop_classes:
+            raise SopClassNotAllowed(
+                f"SOP class {sop_class} is not stored by this node; allow it in "
+                "[dicom] storage_sop_classes"
+            )
+        for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            try:
+                safe_component(str(ds[keyword].value))
+            except ValueError:
+                raise DatasetMismatch(
+                    f"{keyword} {str(ds[keyword].value)!r} is not a valid UID (digits and dots, "
+                    "at most 64 characters)"
+                ) from None
+
+    def _file_meta(self, ds: Dataset, ts: UID, calling_ae: str) -> bytes:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(str(ds.SOPClassUID))
+        meta.MediaStorageSOPInstanceUID = UID(str(ds.SOPInstanceUID))
+        meta.TransferSyntaxUID = ts
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        if calling_ae:
+            meta.SourceApplicationEntityTitle = calling_ae.strip()[:16]
+        buffer = DicomBytesIO()
+        buffer.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        return buffer.getvalue()
+
+    def _store(self, ds: Dataset, meta: bytes, data: bytes, ts: UID, calling_ae: str) -> IngestOutcome:
+        sop_uid = str(ds.SOPInstanceUID)
+        digest = hashlib.blake2b(data, digest_size=20).hexdigest()
+        target = self.store.path_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop_uid)
+        status: Status = "stored"
+        existing = self.index.lookup_instance(sop_uid)
+        if existing is not None:
+            existing_path, existing_digest = existing
+            if existing_digest == digest:
+                self.index.record_duplicate(sop_uid, identical=True, policy=self.duplicate_policy,
+                                            kept_path=existing_path, other_path="",
+                                            calling_ae=calling_ae)
+                return self._outcome("identical_duplicate", ds, self.store.absolute(existing_path),
+                                     len(meta) + len(data), ts, calling_ae)
+            other = self.store.duplicates_dir / f"{sop_uid}.{digest[:16]}.dcm"
+            if self.duplicate_policy == "keep_first":
+                self.store.check_space(len(meta) + len(data))
+                self.store.write(other, (meta, data))
+                self.index.record_duplicate(sop_uid, identical=False, policy="keep_first",
+                                            kept_path=existing_path,
+                                            other_path=self.store.relative(other),
+                                            calling_ae=calling_ae)
+                log.warning("instance %s arrived again with different content; kept the first, "
+                            "filed the new copy as %s", sop_uid, other)
+                return self._outcome("kept_first", ds, self.store.absolute(existing_path),
+                                     len(meta) + len(data), ts, calling_ae)
+            old = self.store.absolute(existing_path)
+            previous = self.store.duplicates_dir / f"{sop_uid}.{existing_digest[:16]}.dcm"
+            if old.exists():
+                self.store.write(previous, (old.read_bytes(),))
+            status = "overwritten"
+            self.index.record_duplicate(sop_uid, identical=False, policy="overwrite",
+                                        kept_path=self.store.relative(target),
+                                        other_path=self.store.relative(previous),
+                                        calling_ae=calling_ae)
+        self.store.check_space(len(meta) + len(data))
+        size = self.store.write(target, (meta, data))
+        record = self._record(ds, target, size, digest, ts, calling_ae)
+        self.index.add_instance(record)
+        outcome = self._outcome(status, ds, target, size, ts, calling_ae)
+        for listener in self.listeners:
+            try:
+                listener(outcome, record)
+            except Exception:
+                log.exception("ingest listener %r failed for %s", listener, sop_uid)
+        return outcome
+
+    def _record(self, ds: Dataset, path: Path, size: int, digest: str, ts: UID,
+                calling_ae: str) -> InstanceRecord:
+        values = {a.keyword: _to_python(ds, a.keyword, a.vr) for a in ATTRIBUTES}
+        series_attributes = {k: _to_python(ds, k) for k in SERIES_ROUTING_KEYWORDS}
+        return InstanceRecord(
+            values=values,
+            path=self.store.relative(path),
+            size=size,
+            digest=digest,
+            transfer_syntax_uid=str(ts),
+            calling_ae=calling_ae.strip(),
+            received_at=time.time(),
+            series_attributes={k: v for k, v in series_attributes.items() if v is not None},
+        )
+
+    @staticmethod
+    def _outcome(status: Status, ds: Dataset, path: Path, size: int, ts: UID,
+                 calling_ae: str) -> IngestOutcome:
+        return IngestOutcome(
+            status=status,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            path=path,
+            size=size,
+            transfer_syntax_uid=str(ts),
+            calling_ae=calling_ae.strip(),
+        )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Index stored files the index does not know (after a power loss); returns the count.
+
+        Also removes partial files left by a crash mid-write: they were never acknowledged.
+        """
+        self.store.remove_partial_files()
+        known = self.index.indexed_paths()
+        added = 0
+        for path in self.store.iter_instance_files():
+            relative = self.store.relative(path)
+            if relative in known:
+                continue
+            raw = path.read_bytes()
+            meta, offset = split_part10(raw)
+            ts = UID(str(meta.TransferSyntaxUID))
+            body = raw[offset:]
+            ds = _parse_header(body, ts)
+            digest = hashlib.blake2b(body, digest_size=20).hexdigest()
+            calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
+            self.index.add_instance(self._record(ds, path, len(raw), digest, ts, calling_ae))
+            added += 1
+        if added:
+            log.warning("re-indexed %d stored instance(s) missing from the index", added)
+        return added
+
+
+def split_part10(data: bytes) -> tuple[FileMetaDataset, int]:
+    """The file meta of a Part 10 file and the offset where its dataset starts.
+
+    Raises
+    ------
+    InvalidDataset
+        No preamble/``DICM`` prefix, unreadable file meta, or no transfer syntax.
+    """
+    stream = BytesIO(data)
+    try:
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidDataset(
+            f"not a readable DICOM Part 10 file ({exc}); send application/dicom with the "
+            "128-byte preamble, DICM prefix and file meta information"
+        ) from exc
+    if not meta.get("TransferSyntaxUID"):
+        raise InvalidDataset("the file meta information has no Transfer Syntax UID (0002,0010)")
+    return meta, stream.tell()

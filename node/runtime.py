@@ -1,0 +1,65 @@
+"""Assembles one running node from its settings: store, index, ingest and the services.
+
+``pacsnode serve`` builds a :class:`Node`, calls :meth:`Node.start` and waits; tests
+and the demo do the same in-process or in a subprocess. A marker file tells an
+unclean stop (a crash, SIGKILL) from a clean one, so the next start reconciles
+the store with the index only when needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from node.config import Settings
+from node.dimse.handlers import DimseHandlers
+from node.dimse.server import DimseServer, storage_sop_classes
+from node.ingest import Ingestor
+from node.storage.index import Index
+from node.storage.store import InstanceStore
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One pacsnode: its storage and the services that use it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        storage = settings.storage
+        self.store = InstanceStore(
+            storage.path,
+            fsync=storage.fsync,
+            min_free_bytes=int(storage.min_free_gb * 1e9),
+        )
+        self.index = Index(storage.index_path)
+        self.ingestor = Ingestor(
+            self.store,
+            self.index,
+            allowed_sop_classes=storage_sop_classes(),
+            duplicate_policy=storage.duplicate_policy,
+        )
+        self.dimse = DimseServer(settings.dicom, DimseHandlers(settings, self.ingestor, self.index))
+        self._marker = Path(storage.path) / ".running"
+
+    def recover(self) -> int:
+        """After an unclean stop: drop partial files and index stored files the index lacks."""
+        if self._marker.exists():
+            log.warning("the previous run did not stop cleanly; reconciling store and index")
+            return self.ingestor.reconcile()
+        self.store.remove_partial_files()
+        return 0
+
+    def start(self, *, dimse: bool = True) -> None:
+        self.recover()
+        self._marker.write_text(str(os.getpid()))
+        if dimse:
+            self.dimse.start()
+
+    def stop(self) -> None:
+        self.dimse.stop()
+        self.index.close()
+        self._marker.unlink(missing_ok=True)
