@@ -109,12 +109,12 @@ def write_series(
 AXIAL = {"row_cosine": np.array([1.0, 0, 0]), "column_cosine": np.array([0, 1.0, 0])}
 
 
-def _stored(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
+def stored_values(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 4000, size=shape).astype(np.uint16)
 
 
 def test_axial_static_shuffled(tmp_path: Path) -> None:
-    stored = _stored((6, 5, 7))
+    stored = stored_values((6, 5, 7))
     origin = np.array([-10.0, -20.0, 30.0])
     files = write_series(tmp_path, stored, origin=origin, **AXIAL)
     volume = load_series(files)
@@ -138,7 +138,7 @@ def test_oblique_geometry_and_sitk(tmp_path: Path) -> None:
     rotation = _rotation(np.array([1.0, 2.0, 0.5]), 27.0)
     row_cosine, column_cosine = rotation[:, 0], rotation[:, 1]
     origin = np.array([12.5, -40.0, 7.25])
-    stored = _stored((4, 6, 5), seed=3)
+    stored = stored_values((4, 6, 5), seed=3)
     files = write_series(
         tmp_path, stored, row_cosine=row_cosine, column_cosine=column_cosine, origin=origin,
         pixel_spacing=(1.1, 0.7), slice_gap=2.5,
@@ -160,7 +160,7 @@ def test_oblique_geometry_and_sitk(tmp_path: Path) -> None:
 def test_slices_sorted_along_normal_not_by_instance_number(tmp_path: Path) -> None:
     # Slices written head-first with decreasing z: the normal of this orientation
     # (row = +x, column = -y) is -z, so ascending distance along it is descending z.
-    stored = _stored((5, 4, 4), seed=4)
+    stored = stored_values((5, 4, 4), seed=4)
     files = write_series(
         tmp_path, stored, row_cosine=np.array([1.0, 0, 0]), column_cosine=np.array([0, -1.0, 0]),
         origin=np.array([0.0, 0.0, 0.0]), slice_gap=2.0,
@@ -173,7 +173,7 @@ def test_slices_sorted_along_normal_not_by_instance_number(tmp_path: Path) -> No
 
 def test_dynamic_with_temporal_ids_and_trigger_time(tmp_path: Path) -> None:
     times = np.array([0.0, 1.5, 3.0, 4.5, 6.0])
-    stored = _stored((5, 3, 4, 4), seed=5)
+    stored = stored_values((5, 3, 4, 4), seed=5)
     files = write_series(tmp_path, stored, origin=np.zeros(3), times_s=times, **AXIAL)
     volume = load_series(files)
     assert volume.is_dynamic
@@ -187,7 +187,7 @@ def test_dynamic_with_temporal_ids_and_trigger_time(tmp_path: Path) -> None:
 
 def test_dynamic_by_acquisition_time_only(tmp_path: Path) -> None:
     times = np.array([0.0, 4.8, 9.6, 14.4])
-    stored = _stored((4, 3, 3, 3), seed=6)
+    stored = stored_values((4, 3, 3, 3), seed=6)
     files = write_series(
         tmp_path, stored, origin=np.zeros(3), times_s=times, temporal_ids=False, trigger=False,
         **AXIAL,
@@ -198,7 +198,7 @@ def test_dynamic_by_acquisition_time_only(tmp_path: Path) -> None:
 
 
 def test_rescale_applied(tmp_path: Path) -> None:
-    stored = _stored((3, 3, 3), seed=7)
+    stored = stored_values((3, 3, 3), seed=7)
     files = write_series(
         tmp_path, stored, origin=np.zeros(3), slope=0.5, intercept=-100.0, **AXIAL
     )
@@ -208,7 +208,7 @@ def test_rescale_applied(tmp_path: Path) -> None:
 
 
 def test_missing_slice_is_reported(tmp_path: Path) -> None:
-    files = write_series(tmp_path, _stored((6, 3, 3)), origin=np.zeros(3), seed=0, **AXIAL)
+    files = write_series(tmp_path, stored_values((6, 3, 3)), origin=np.zeros(3), seed=0, **AXIAL)
     # Remove the slice at z = 6 mm (index 2) from the middle of the stack.
     import pydicom
 
@@ -219,7 +219,7 @@ def test_missing_slice_is_reported(tmp_path: Path) -> None:
 
 def test_missing_time_point_is_reported(tmp_path: Path) -> None:
     files = write_series(
-        tmp_path, _stored((3, 3, 3, 3)), origin=np.zeros(3), times_s=np.array([0.0, 2.0, 4.0]),
+        tmp_path, stored_values((3, 3, 3, 3)), origin=np.zeros(3), times_s=np.array([0.0, 2.0, 4.0]),
         **AXIAL,
     )
     with pytest.raises(SeriesGeometryError, match="missing time points"):
@@ -229,7 +229,7 @@ def test_missing_time_point_is_reported(tmp_path: Path) -> None:
 def test_inconsistent_orientation_and_size(tmp_path: Path) -> None:
     import pydicom
 
-    files = write_series(tmp_path, _stored((3, 4, 4)), origin=np.zeros(3), **AXIAL)
+    files = write_series(tmp_path, stored_values((3, 4, 4)), origin=np.zeros(3), **AXIAL)
     ds = pydicom.dcmread(files[0])
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
     ds.save_as(files[0])
@@ -278,7 +278,7 @@ def _enhanced_mr(stored: np.ndarray, origin: np.ndarray, gap: float) -> Dataset:
 
 
 def test_enhanced_multiframe() -> None:
-    stored = _stored((4, 3, 5), seed=8)
+    stored = stored_values((4, 3, 5), seed=8)
     volume = load_series([_enhanced_mr(stored, np.array([5.0, 6.0, 7.0]), 1.5)])
     np.testing.assert_array_equal(volume.data, stored * 2.0)
     np.testing.assert_allclose(volume.affine[:3, 3], [5.0, 6.0, 7.0])
@@ -334,7 +334,7 @@ def test_load_segmentation_same_and_other_grid(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     files = write_series(
-        tmp_path / "a", _stored((4, 6, 6)), origin=np.zeros(3), pixel_spacing=(2.0, 2.0),
+        tmp_path / "a", stored_values((4, 6, 6)), origin=np.zeros(3), pixel_spacing=(2.0, 2.0),
         slice_gap=2.0, frame_of_reference=frame_of_reference, study_uid=study, **AXIAL,
     )
     volume = load_series(files)
@@ -349,7 +349,7 @@ def test_load_segmentation_same_and_other_grid(tmp_path: Path) -> None:
 
     # A finer series of the same frame of reference: the mask maps through patient space.
     fine_files = write_series(
-        tmp_path / "b", _stored((8, 12, 12)), origin=np.array([-0.5, -0.5, -0.5]),
+        tmp_path / "b", stored_values((8, 12, 12)), origin=np.array([-0.5, -0.5, -0.5]),
         pixel_spacing=(1.0, 1.0), slice_gap=1.0, frame_of_reference=frame_of_reference,
         study_uid=study, **AXIAL,
     )

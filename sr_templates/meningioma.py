@@ -1,0 +1,62 @@
+"""Report content of the ``meningioma`` analyzer (WHO grade from T1C radiomics).
+
+IBSI-compliant radiomic features (Zwanenburg et al., Radiology 2020) computed
+with pyradiomics feed a nomogram whose output is the probability of WHO grade
+2/3 vs grade 1. PS3.16 has no concepts for pyradiomics feature names, so each
+reported feature is a ``RADFEATURE`` measurement whose name the analyzer gives
+with :func:`feature_concept`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import MappingProxyType
+
+from pydicom.sr.coding import Code
+
+from sr_templates import Quantity, ReportTemplate, SegmentClass, by_key
+from sr_templates import codes as c
+
+__all__ = ["TEMPLATE", "feature_concept", "feature_quantity"]
+
+TEMPLATE = ReportTemplate(
+    analyzer="meningioma",
+    title=c.IMAGING_MEASUREMENT_REPORT,
+    procedure=c.IMAGING_PROCEDURE,
+    series_description="pacsnode meningioma grade",
+    finding_type=c.MENINGIOMA,
+    finding_site=c.MENINGES,
+    quantities=by_key(
+        Quantity("rad_score", c.RADIOMICS_SCORE, c.NO_UNITS, "Rad-score",
+                 "Linear radiomics score of the grading nomogram"),
+        Quantity("volume", c.VOLUME, c.CUBIC_MILLIMETER, "Volume", "Tumour volume (mm3)"),
+        Quantity("probability", c.PROBABILITY, c.PERCENT, "Probability",
+                 "Probability of the stated impression (%)"),
+    ),
+    diagnoses=MappingProxyType({
+        "grade1": c.WHO_GRADE_1,
+        "grade2_3": c.WHO_GRADE_2_3,
+    }),
+    segment_classes=by_key(
+        SegmentClass("tumour", "Meningioma", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                     c.MENINGIOMA, c.MENINGES),
+    ),
+    body_part="BRAIN",
+)
+
+
+def feature_concept(feature_name: str) -> Code:
+    """Private concept of a radiomic feature (``original_glcm_JointEntropy``).
+
+    The code value is a short stable hash of the name (code values are limited
+    to 16 characters); the meaning carries the full feature name.
+    """
+    digest = hashlib.sha1(feature_name.encode()).hexdigest()[:10].upper()
+    return c.private_code(f"RF{digest}", feature_name[:64])
+
+
+def feature_quantity(feature_name: str) -> Quantity:
+    """A :class:`Quantity` for a radiomic feature value (unitless)."""
+    key = "f_" + "".join(ch if ch.isalnum() else "_" for ch in feature_name)
+    return Quantity(key, feature_concept(feature_name), c.NO_UNITS, "Feature",
+                    feature_name[:64])

@@ -1,0 +1,353 @@
+"""SEG, Parametric Map and TID 1500 SR builders: dciodvfy-clean and round-tripping."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.coding import Code
+
+from analyzers._shared import outputs as out
+from analyzers._shared.volume import Volume, load_segmentation, load_series
+from analyzers.contract import NOT_FOR_CLINICAL_USE
+from sr_templates import ANALYZERS, Quantity, report_template
+from sr_templates import codes as c
+from tests.test_volume import AXIAL, stored_values, write_series
+
+ALGORITHM = out.Algorithm("brainmets", "1.2.3")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of dciodvfy's output that report an error (skip when it is not installed)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = subprocess.run(
+        ["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def axial(tmp_path_factory: pytest.TempPathFactory) -> Volume:
+    folder = tmp_path_factory.mktemp("axial")
+    files = write_series(folder, stored_values((6, 16, 18), seed=11),
+                         origin=np.array([-20.0, -30.0, 10.0]), **AXIAL)
+    return load_series(files)
+
+
+@pytest.fixture(scope="module")
+def oblique_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Volume:
+    folder = tmp_path_factory.mktemp("oblique")
+    angle = np.deg2rad(20.0)
+    row = np.array([np.cos(angle), np.sin(angle), 0.0])
+    column = np.array([0.0, 0.0, -1.0])  # coronal-ish oblique
+    files = write_series(folder, stored_values((3, 4, 10, 12), seed=12),
+                         row_cosine=row, column_cosine=column, origin=np.array([5.0, 6.0, 7.0]),
+                         times_s=np.array([0.0, 2.0, 4.0]))
+    return load_series(files)
+
+
+def lesion_masks(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    first = np.zeros(volume.shape3d, dtype=bool)
+    first[1:4, 3:9, 4:8] = True
+    second = np.zeros(volume.shape3d, dtype=bool)
+    second[4, 10:13, 12:16] = True
+    return first, second
+
+
+def written(dataset: pydicom.Dataset, path: Path) -> Path:
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_segmentation_roundtrip(axial: Volume, tmp_path: Path) -> None:
+    template = report_template("brainmets")
+    first, second = lesion_masks(axial)
+    other = report_template("dsc").segment_classes["lesion"]
+    seg = out.build_segmentation(
+        axial,
+        [out.Segment(template.segment_classes["metastasis"], first, "lesion 1"),
+         out.Segment(other, second)],
+        ALGORITHM,
+        out.OutputSeries(series_instance_uid="1.2.3.4.5", sop_instance_uid="1.2.3.4.5.1"),
+    )
+    path = written(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+
+    back = hd.seg.segread(path)
+    assert back.SegmentationType == "BINARY"
+    assert (back.SeriesInstanceUID, back.SOPInstanceUID) == ("1.2.3.4.5", "1.2.3.4.5.1")
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID"):
+        assert back[keyword].value == axial.headers[0][keyword].value
+    assert back.Manufacturer == "pacsnode"
+    assert back.SoftwareVersions == "1.2.3"
+    assert "brainmets" in back.SeriesDescription
+    assert back.BodyPartExamined == "BRAIN"
+    assert back.ContentDescription == "NOT FOR CLINICAL USE"
+    description = back.SegmentSequence[0]
+    assert description.SegmentLabel == "Metastasis"
+    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"
+    assert description.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert description.SegmentAlgorithmName == "brainmets"
+    assert description.SegmentAlgorithmType == "AUTOMATIC"
+    assert description.TrackingID == "lesion 1"
+    # The private code of the second class is declared in the object.
+    schemes = [i.CodingSchemeDesignator
+               for i in back.get("CodingSchemeIdentificationSequence", [])]
+    assert c.PRIVATE_SCHEME not in schemes  # only standard codes in these two classes
+    referenced = {str(i.ReferencedSOPInstanceUID)
+                  for i in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == set(axial.sop_instance_uids)
+    pixels = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(axial.sop_instance_uids), segment_numbers=[1, 2]
+    )
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), first)
+    np.testing.assert_array_equal(pixels[..., 1].astype(bool), second)
+    masks = load_segmentation(path, onto=axial)
+    np.testing.assert_array_equal(masks["Metastasis"], first)
+    np.testing.assert_array_equal(masks[other.label], second)
+
+
+def test_segmentation_uids_are_deterministic_and_empty_mask_valid(
+    axial: Volume, tmp_path: Path
+) -> None:
+    template = report_template("brainmets")
+    empty = np.zeros(axial.shape3d, dtype=bool)
+    segments = [out.Segment(template.segment_classes["metastasis"], empty)]
+    one = out.build_segmentation(axial, segments, ALGORITHM)
+    two = out.build_segmentation(axial, segments, ALGORITHM)
+    assert one.SeriesInstanceUID == two.SeriesInstanceUID
+    assert one.SOPInstanceUID == two.SOPInstanceUID
+    assert out.derive_uid("job-1", "seg") == out.derive_uid("job-1", "seg")
+    assert out.derive_uid("job-1", "seg") != out.derive_uid("job-2", "seg")
+    assert dciodvfy_errors(written(one, tmp_path / "empty.dcm")) == []
+    # A class with a private concept declares the private coding scheme.
+    meningioma = report_template("meningioma").segment_classes["tumour"]
+    private = out.build_segmentation(axial, [out.Segment(meningioma, empty)], ALGORITHM)
+    item = private.CodingSchemeIdentificationSequence[0]
+    assert (item.CodingSchemeDesignator, item.CodingSchemeUID) == (
+        c.PRIVATE_SCHEME, c.PRIVATE_SCHEME_UID
+    )
+    assert dciodvfy_errors(written(private, tmp_path / "private.dcm")) == []
+    with pytest.raises(out.OutputError, match="shape"):
+        out.build_segmentation(
+            axial, [out.Segment(template.segment_classes["metastasis"], empty[:-1])], ALGORITHM
+        )
+
+
+def _frames_by_position(dataset: pydicom.Dataset) -> list[np.ndarray]:
+    return [np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+            for item in dataset.PerFrameFunctionalGroupsSequence]
+
+
+@pytest.mark.parametrize("fixture", ["axial", "oblique_dynamic"])
+def test_parametric_map_roundtrip(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    volume: Volume = request.getfixturevalue(fixture)
+    quantity = report_template("dce").quantity("ktrans")
+    values = np.random.default_rng(3).gamma(2.0, 0.05, size=volume.shape3d).astype(np.float32)
+    values[0, 0, 0] = np.nan
+    pm = out.build_parametric_map(volume, values, quantity, out.Algorithm("dce", "0.4"))
+    path = written(pm, tmp_path / "pm.dcm")
+    assert dciodvfy_errors(path) == []
+
+    dataset = pydicom.dcmread(path)
+    back = hd.pm.ParametricMap.from_dataset(dataset)
+    assert back.BodyPartExamined == "BRAIN"
+    assert "Laterality" not in back
+    assert back.Manufacturer == "pacsnode" and back.ManufacturerModelName == "dce"
+    assert back.StudyInstanceUID == volume.study_instance_uid
+    assert back.SeriesInstanceUID != volume.series_instance_uid
+    mapping = back.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "/min"
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "126312"
+    assert mapping.LUTLabel == "Ktrans"
+    assert float(mapping.RealWorldValueSlope) == 1.0
+    pixels = dataset.pixel_array
+    assert pixels.dtype == np.float32
+    expected = np.where(np.isfinite(values), values, 0.0)
+    headers = volume.headers
+    for frame, position in zip(pixels, _frames_by_position(dataset), strict=True):
+        k = next(k for k, h in enumerate(headers)
+                 if np.allclose([float(v) for v in h.ImagePositionPatient], position, atol=1e-4))
+        np.testing.assert_array_equal(frame, expected[k])
+    referenced = {str(i.ReferencedSOPInstanceUID)
+                  for i in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    first_time_point = volume.sop_instance_uids[0] if volume.is_dynamic else volume.sop_instance_uids
+    assert referenced == set(first_time_point)
+
+
+def _report(axial: Volume, with_seg: bool) -> tuple[pydicom.Dataset, pydicom.Dataset | None]:
+    template = report_template("brainmets")
+    first, second = lesion_masks(axial)
+    seg = None
+    if with_seg:
+        seg = out.build_segmentation(
+            axial,
+            [out.Segment(template.segment_classes["metastasis"], first),
+             out.Segment(template.segment_classes["metastasis"], second)],
+            ALGORITHM,
+        )
+    lesions = [
+        out.LesionFinding(
+            tracking_id=f"lesion {n}",
+            region=out.LesionRegion.from_mask(mask),
+            measurements=[
+                out.MeasuredValue(template.quantity("volume"), float(mask.sum()) * 2.16),
+                out.MeasuredValue(template.quantity("probability"), 87.5 - n),
+            ],
+            impression=template.diagnosis("metastasis"),
+            evaluations=[(c.EDEMA, c.PRESENT)],
+            segment_number=n if with_seg else None,
+        )
+        for n, mask in enumerate((first, second), start=1)
+    ]
+    sr = out.build_measurement_report(
+        axial, template, lesions, ALGORITHM, segmentation=seg,
+        study_measurements=[out.MeasuredValue(template.quantity("lesion_count"), 2)],
+        texts=[(c.COMMENT, "Two lesions.")],
+    )
+    return sr, seg
+
+
+@pytest.mark.parametrize("with_seg", [True, False])
+def test_measurement_report_roundtrip(axial: Volume, tmp_path: Path, with_seg: bool) -> None:
+    sr, seg = _report(axial, with_seg)
+    path = written(sr, tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+
+    back = hd.sr.srread(path)
+    assert back.PatientID == axial.headers[0].PatientID
+    assert back.StudyInstanceUID == axial.study_instance_uid
+    assert back.Manufacturer == "pacsnode" and back.SoftwareVersions == "1.2.3"
+    assert "brainmets" in back.SeriesDescription
+    assert back.CompletionFlag == "COMPLETE" and back.VerificationFlag == "UNVERIFIED"
+    groups = back.content.get_volumetric_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["lesion 1", "lesion 2"]
+    first, _ = lesion_masks(axial)
+    group = groups[0]
+    assert group.tracking_uid == out.derive_uid(axial.series_instance_uid, "lesion 1")
+    assert group.finding_type == c.METASTASIS
+    assert [s.value for s in group.finding_sites] == [c.BRAIN]
+    values = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert values["118565006"] == pytest.approx((first.sum() * 2.16, "mm3"))
+    assert values["122157"] == (86.5, "%")
+    evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    assert evaluations == {"121073": "128462008", "79654002": "52101004"}
+
+    # Coordinates for viewers: an SCOORD ellipse on the largest slice and its SCOORD3D.
+    items = group[0].ContentSequence
+    scoord = next(i for i in items if i.ValueType == "SCOORD")
+    scoord3d = next(i for i in items if i.ValueType == "SCOORD3D")
+    largest = int(np.argmax(first.sum(axis=(1, 2))))
+    image_ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+    assert image_ref.ReferencedSOPInstanceUID == axial.sop_instance_uids[largest]
+    assert scoord.GraphicType == "ELLIPSE" and scoord3d.GraphicType == "ELLIPSE"
+    assert scoord3d.ReferencedFrameOfReferenceUID == axial.frame_of_reference_uid
+    points = np.asarray(scoord3d.GraphicData, dtype=float).reshape(4, 3)
+    rows, cols = np.nonzero(first[largest])
+    centroid = axial.index_to_patient([cols.mean(), rows.mean(), largest])
+    np.testing.assert_allclose(points.mean(axis=0), centroid, atol=1e-3)
+    pixel_points = np.asarray(scoord.GraphicData, dtype=float).reshape(4, 2) - 0.5
+    np.testing.assert_allclose(
+        axial.index_to_patient(np.column_stack([pixel_points, np.full(4, largest)])), points,
+        atol=1e-3,
+    )
+
+    if with_seg:
+        assert seg is not None
+        assert group.reference_type == Code("121191", "DCM", "Referenced Segment")
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert reference.referenced_segment_numbers == [1]
+        evidence = {str(i.ReferencedSOPInstanceUID)
+                    for s in back.CurrentRequestedProcedureEvidenceSequence
+                    for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+        assert seg.SOPInstanceUID in evidence
+    else:
+        assert group.reference_type == Code("111030", "DCM", "Image Region")
+
+    study = back.content.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in study] == ["study"]
+    assert study[0].get_measurements()[0].value == 2
+    texts = [i.TextValue for i in pydicom.dcmread(path).ContentSequence[-1].ContentSequence]
+    assert texts == [NOT_FOR_CLINICAL_USE, "Two lesions."]
+    schemes = [i.CodingSchemeDesignator for i in back.CodingSchemeIdentificationSequence]
+    assert c.PRIVATE_SCHEME in schemes  # the lesion count concept is private
+
+
+def test_measurement_report_rejects_bad_references(axial: Volume) -> None:
+    template = report_template("brainmets")
+    first, _ = lesion_masks(axial)
+    lesion = out.LesionFinding("lesion 1", out.LesionRegion.from_mask(first), segment_number=3)
+    with pytest.raises(out.OutputError, match="no SEG"):
+        out.build_measurement_report(axial, template, [lesion], ALGORITHM)
+    seg = out.build_segmentation(
+        axial, [out.Segment(template.segment_classes["metastasis"], first)], ALGORITHM
+    )
+    with pytest.raises(out.OutputError, match="segment 3 not in SEG"):
+        out.build_measurement_report(axial, template, [lesion], ALGORITHM, segmentation=seg)
+    twice = out.LesionFinding("lesion 1", out.LesionRegion.circle((5, 5, 2), 2.0))
+    with pytest.raises(out.OutputError, match="unique"):
+        out.build_measurement_report(axial, template, [twice, twice], ALGORITHM)
+
+
+def test_summary_report_for_qc(oblique_dynamic: Volume, tmp_path: Path) -> None:
+    template = report_template("qc")
+    sr = out.build_summary_report(
+        oblique_dynamic, template, out.Algorithm("qc", "0.1"),
+        out.OutputSeries(series_instance_uid=out.derive_uid("job-7", "sr"),
+                         sop_instance_uid=out.derive_uid("job-7", "sr", "1")),
+        measurements=[out.MeasuredValue(template.quantity("snr"), 23.4),
+                      out.MeasuredValue(template.quantity("time_points"), 3)],
+        evaluations=[(c.QUALITY_FINDING, template.diagnosis("acceptable"))],
+        texts=[(c.FINDING, "4 slices, 3 time points, 2.0 s apart")],
+    )
+    path = written(sr, tmp_path / "qc.dcm")
+    assert dciodvfy_errors(path) == []
+    back = hd.sr.srread(path)
+    assert back.SOPInstanceUID == out.derive_uid("job-7", "sr", "1")
+    assert back.content.get_volumetric_roi_measurement_groups() == []
+    group = back.content.get_image_measurement_groups()[0]
+    assert [(m.name.value, m.value) for m in group.get_measurements()] == [
+        ("111787", 23.4), ("NTIMEPOINTS", 3)
+    ]
+    assert group.get_qualitative_evaluations()[0].value == c.NORMAL
+    texts = [i.TextValue for i in pydicom.dcmread(path).ContentSequence[-1].ContentSequence
+             if i.ValueType == "TEXT"]
+    assert texts == [NOT_FOR_CLINICAL_USE, "4 slices, 3 time points, 2.0 s apart"]
+    with pytest.raises(out.OutputError):
+        out.build_summary_report(oblique_dynamic, template, out.Algorithm("qc", "0.1"))
+
+
+def test_templates_are_complete() -> None:
+    keys = {"dsc": {"rcbv", "rcbf", "probability"}, "dce": {"ktrans", "ve", "vp", "kep"},
+            "meningioma": {"rad_score"}, "brainmets": {"volume"}, "spine": {"probability"},
+            "qc": {"snr"}}
+    for name in ANALYZERS:
+        template = report_template(name)
+        assert template.analyzer == name
+        assert keys[name] <= set(template.quantities)
+        for quantity in template.quantities.values():
+            assert isinstance(quantity, Quantity)
+            assert quantity.unit.scheme_designator == "UCUM"
+    dce = report_template("dce")
+    assert [dce.quantity(k).concept.value for k in ("ktrans", "ve", "vp", "kep")] == [
+        "126312", "126314", "126331", "126313"
+    ]
+    dsc = report_template("dsc")
+    assert (dsc.quantity("rcbv").concept.value, dsc.quantity("rcbf").concept.value) == (
+        "126398", "126397"
+    )
+    assert dsc.quantity("probability").concept == c.PROBABILITY
+    assert dsc.quantity("probability").unit.value == "%"
+    assert report_template("meningioma").diagnosis("grade2_3").scheme_designator == "99PACSNODE"
+    with pytest.raises(ValueError, match="known"):
+        dsc.quantity("nope")
