@@ -1,0 +1,28 @@
+"""Digital reference objects (phantoms) per sequence: realistic DICOM series plus ground truth.
+
+Each phantom has a generator ``generate_<name>(out, seed=0, cases=1, **options)``
+writing ``out/<name>/case-XXXX/<series>/IM*.dcm`` and ``out/<name>/case-XXXX/truth/``
+(``maps.npz`` with arrays on the series grid, ``truth.json`` with labels,
+lesions in patient coordinates and the model constants) plus a cohort
+``labels.csv``; and ``simulate_<name>(seed, case_index, **options)`` giving one
+case in memory (:class:`PhantomCase`) for fast tests. Same seed, same bytes.
+
+Anatomy comes from the MNI152 2009a template that ships inside nilearn. Not for
+clinical use: the phantoms exist to test and train the analyzers.
+"""
+
+from analyzers.phantoms.dsc import DSC_CONSTANTS, DSC_LABELS, generate_dsc, simulate_dsc
+from analyzers.phantoms.model import Patient, PhantomCase, PhantomError, Scanner, SeriesData, Study
+
+__all__ = [
+    "DSC_CONSTANTS",
+    "DSC_LABELS",
+    "Patient",
+    "PhantomCase",
+    "PhantomError",
+    "Scanner",
+    "SeriesData",
+    "Study",
+    "generate_dsc",
+    "simulate_dsc",
+]
