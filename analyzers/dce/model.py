@@ -1,9 +1,12 @@
 """Probability of recurrence: a logistic model on (log rKtrans, log rVP, pre-treatment flag).
 
-The features follow the issue: the log ratios of the post-treatment study and the
+The inputs follow the issue: the log ratios of the post-treatment study and the
 pre-treatment hyperperfusion flag of the matched lesion (1 = hyperperfused before
-treatment). When a lesion has no matched prior, the flag is replaced by the training
-prevalence stored with the model (mean imputation), and the report says so.
+treatment). The model also carries the two products flag × log ratio, because the
+study's point is an interaction: low ratios argue for necrosis only in lesions that were
+hyperperfused before treatment; without them a linear model cannot express the rule.
+When a lesion has no matched prior, the flag is replaced by the training prevalence
+stored with the model (mean imputation), and the report says so.
 
 A model lives in a folder: ``model.json`` (coefficients, feature definition, training
 summary) and ``MODEL_CARD.md``. :func:`synthetic_ratio_cohort` draws cohorts around the
@@ -34,12 +37,18 @@ __all__ = [
 ]
 
 MODEL_KIND = "pacsnode.dce.recurrence-logistic/1"
-FEATURE_NAMES = ("log_r_ktrans", "log_r_vp", "pre_treatment_hyperperfused")
+FEATURE_NAMES = ("log_r_ktrans", "log_r_vp", "pre_treatment_hyperperfused",
+                 "pre_flag_x_log_r_ktrans", "pre_flag_x_log_r_vp")
 _RATIO_FLOOR = 1e-3  # ratios below this (or zero) are floored before the log
 
 
+def _design(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(log rK, log rVP, flag) -> the model's terms, with the flag products."""
+    return np.column_stack([x, x[:, 2] * x[:, 0], x[:, 2] * x[:, 1]])
+
+
 def feature_matrix(r_ktrans: ArrayLike, r_vp: ArrayLike, pre_flag: ArrayLike) -> NDArray[np.float64]:
-    """Features (log rKtrans, log rVP, flag) as an (N, 3) array; NaN flags stay NaN."""
+    """Inputs (log rKtrans, log rVP, flag) as an (N, 3) array; NaN flags stay NaN."""
     k = np.atleast_1d(np.asarray(r_ktrans, dtype=np.float64))
     v = np.atleast_1d(np.asarray(r_vp, dtype=np.float64))
     f = np.atleast_1d(np.asarray(pre_flag, dtype=np.float64))
@@ -57,7 +66,7 @@ class RecurrenceModel:
     Attributes
     ----------
     coefficients:
-        One per feature of :data:`FEATURE_NAMES`.
+        One per term of :data:`FEATURE_NAMES`.
     intercept:
         The bias term.
     prior_flag_fill:
@@ -68,7 +77,7 @@ class RecurrenceModel:
         JSON-able summary of the training data and evaluation.
     """
 
-    coefficients: tuple[float, float, float]
+    coefficients: tuple[float, ...]
     intercept: float
     prior_flag_fill: float
     name: str
@@ -88,7 +97,7 @@ class RecurrenceModel:
         """Probability of recurrence per lesion; a NaN flag means "no matched prior"."""
         x = feature_matrix(r_ktrans, r_vp, pre_flag)
         x[:, 2] = np.where(np.isnan(x[:, 2]), self.prior_flag_fill, x[:, 2])
-        z = x @ np.asarray(self.coefficients) + self.intercept
+        z = _design(x) @ np.asarray(self.coefficients) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod
@@ -105,9 +114,9 @@ class RecurrenceModel:
         known = ~np.isnan(x[:, 2])
         fill = float(x[known, 2].mean()) if np.any(known) else 0.5
         x[:, 2] = np.where(known, x[:, 2], fill)
-        clf = LogisticRegression(C=c, max_iter=1000).fit(x, y)
-        coef = tuple(float(v) for v in clf.coef_[0])
-        return cls(coefficients=(coef[0], coef[1], coef[2]), intercept=float(clf.intercept_[0]),
+        clf = LogisticRegression(C=c, max_iter=1000).fit(_design(x), y)
+        return cls(coefficients=tuple(float(v) for v in clf.coef_[0]),
+                   intercept=float(clf.intercept_[0]),
                    prior_flag_fill=fill, name=name, version=version,
                    training=dict(training or {}, n_cases=int(y.size),
                                  n_recurrence=int(y.sum())))
@@ -133,13 +142,12 @@ class RecurrenceModel:
         if payload.get("kind") != MODEL_KIND or payload.get("features") != list(FEATURE_NAMES):
             raise RecurrenceModelError(f"{path} is not a {MODEL_KIND} model")
         try:
-            coef = tuple(float(v) for v in payload["coefficients"])
-            return cls(coefficients=(coef[0], coef[1], coef[2]),
+            return cls(coefficients=tuple(float(v) for v in payload["coefficients"]),
                        intercept=float(payload["intercept"]),
                        prior_flag_fill=float(payload["prior_flag_fill"]),
                        name=str(payload["name"]), version=str(payload["version"]),
                        training=dict(payload.get("training", {})))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise RecurrenceModelError(f"{path} is incomplete: {exc}") from exc
 
     def _card(self) -> str:
@@ -147,7 +155,7 @@ class RecurrenceModel:
                  f"**{NOT_FOR_CLINICAL_USE}**", "",
                  "Logistic regression: probability of recurrent tumour (vs radiation necrosis) "
                  "of an enhancing lesion after radiosurgery, from the DCE ratios rKtrans and rVP "
-                 "(log) and the pre-treatment hyperperfusion flag.", "",
+                 "(log), the pre-treatment hyperperfusion flag and their products.", "",
                  "| feature | coefficient |", "|---|---|"]
         lines += [f"| {n} | {c:.4f} |" for n, c in zip(FEATURE_NAMES, self.coefficients,
                                                           strict=True)]
