@@ -103,6 +103,7 @@ class DicomSettings(_Section):
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    storage_sop_classes: list[str] = Field(default_factory=list)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -154,6 +155,9 @@ class HttpSettings(_Section):
     cors_origins: list[str] = Field(default_factory=list)
     max_upload_mb: Annotated[float, Field(gt=0)] = 2048.0
     tls: TlsSettings | None = None
+    # The URL clients reach DICOMweb at (behind a reverse proxy), used in RetrieveURL and
+    # BulkDataURI; by default derived from each request.
+    public_url: str | None = None
 
     @field_validator("base_path")
     @classmethod
@@ -161,6 +165,13 @@ class HttpSettings(_Section):
         if not value.startswith("/"):
             raise ValueError('the base path starts with "/", e.g. "/dicom-web"')
         return value.rstrip("/") or "/"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError('public_url is an http(s) URL, e.g. "https://pacs.example.org/dicom-web"')
+        return value.rstrip("/") if value else None
 
 
 class RoutingSettings(_Section):

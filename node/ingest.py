@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -121,6 +122,7 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
     little = transfer_syntax != ExplicitVRBigEndian
     try:
         ds = read_dataset(BytesIO(data), implicit, little, stop_when=_stop_at_pixels)
+        _check_element_lengths(ds)
         for keyword in _REQUIRED:
             if keyword in ds:
                 _ = ds[keyword].value  # force conversion so a broken element fails here
@@ -131,6 +133,19 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
             "file is corrupt or truncated"
         ) from exc
     return ds
+
+
+def _check_element_lengths(ds: Dataset) -> None:
+    """pydicom reads a value shorter than its declared length without complaint; such an element
+    means the dataset was cut off or is corrupt."""
+    for tag, element in ds._dict.items():
+        if isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF:
+            present = len(element.value) if element.value is not None else 0
+            if present < element.length:
+                raise InvalidDataset(
+                    f"element ({tag.group:04X},{tag.element:04X}) declares {element.length} bytes "
+                    f"but only {present} arrived: the dataset is truncated or corrupt"
+                )
 
 
 def _check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:

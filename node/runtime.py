@@ -39,10 +39,14 @@ class Node:
         self.ingestor = Ingestor(
             self.store,
             self.index,
-            allowed_sop_classes=storage_sop_classes(),
+            allowed_sop_classes=settings.dicom.storage_sop_classes or storage_sop_classes(),
             duplicate_policy=storage.duplicate_policy,
         )
-        self.dimse = DimseServer(settings.dicom, DimseHandlers(settings, self.ingestor, self.index))
+        self.dimse = DimseServer(
+            settings.dicom,
+            DimseHandlers(settings, self.ingestor, self.index),
+            sop_classes=settings.dicom.storage_sop_classes or None,
+        )
         self._marker = Path(storage.path) / ".running"
 
     def recover(self) -> int:
