@@ -351,3 +351,19 @@ def test_templates_are_complete() -> None:
     assert report_template("meningioma").diagnosis("grade2_3").scheme_designator == "99PACSNODE"
     with pytest.raises(ValueError, match="known"):
         dsc.quantity("nope")
+
+
+def test_segmentation_on_oblique_dynamic_series(oblique_dynamic: Volume, tmp_path: Path) -> None:
+    template = report_template("dce")
+    mask = np.zeros(oblique_dynamic.shape3d, dtype=bool)
+    mask[1:3, 2:7, 3:5] = True
+    mask[3, 8, 10] = True
+    seg = out.build_segmentation(
+        oblique_dynamic, [out.Segment(template.segment_classes["lesion"], mask)],
+        out.Algorithm("dce", "0.4"), out.OutputSeries.for_job("job-9", "seg"),
+    )
+    assert seg.SOPInstanceUID == out.OutputSeries.for_job("job-9", "seg").sop_instance_uid
+    path = written(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    masks = load_segmentation([path], onto=oblique_dynamic)
+    np.testing.assert_array_equal(masks["Enhancing lesion"], mask)

@@ -52,6 +52,7 @@ def write_series(
     frame_of_reference: str | None = None,
     study_uid: str | None = None,
     seed: int = 0,
+    per_time_point: list[dict[str, object]] | None = None,
 ) -> list[Path]:
     """Write classic MR files (uint16 stored values) in shuffled order; return the paths."""
     if stored.ndim == 3:
@@ -98,6 +99,8 @@ def write_series(
                 if temporal_ids:
                     ds.TemporalPositionIdentifier = t + 1
                     ds.NumberOfTemporalPositions = n_t
+            for keyword, value in (per_time_point[t] if per_time_point else {}).items():
+                setattr(ds, keyword, value)
             ds.PixelData = stored[t, z].astype(np.uint16).tobytes()
             path = folder / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
@@ -195,6 +198,21 @@ def test_dynamic_by_acquisition_time_only(tmp_path: Path) -> None:
     volume = load_series(files)
     np.testing.assert_array_equal(volume.data, stored.astype(np.float32))
     np.testing.assert_allclose(volume.times, times, atol=1e-5)
+
+
+def test_variable_flip_angles_become_the_fourth_axis(tmp_path: Path) -> None:
+    angles = [15.0, 2.0, 10.0, 5.0]  # acquired in this order
+    stored = stored_values((4, 3, 4, 4), seed=9)
+    files = write_series(
+        tmp_path, stored, origin=np.zeros(3), times_s=np.arange(4) * 30.0, temporal_ids=False,
+        trigger=False, per_time_point=[{"FlipAngle": a, "EchoTime": 2.1} for a in angles],
+        **AXIAL,
+    )
+    volume = load_series(files)
+    order = np.argsort(angles)
+    np.testing.assert_array_equal(volume.data, stored[order].astype(np.float32))
+    assert [float(h.FlipAngle) for h in volume.time_point_headers] == sorted(angles)
+    np.testing.assert_allclose(volume.times, (np.arange(4) * 30.0)[order] - 30.0, atol=1e-5)
 
 
 def test_rescale_applied(tmp_path: Path) -> None:

@@ -112,6 +112,28 @@ class OutputSeries:
     series_description: str | None = None
     instance_number: int = 1
 
+    @classmethod
+    def for_job(
+        cls,
+        job_id: str,
+        role: str,
+        *,
+        series_number: int | None = None,
+        series_description: str | None = None,
+    ) -> OutputSeries:
+        """UIDs derived from the job id and the output's role (``"seg"``, ``"pm-ktrans"``).
+
+        Re-running the job gives the same UIDs, so the PACS replaces instead of
+        duplicating its results.
+        """
+        series_uid = derive_uid(job_id, role, "series")
+        return cls(
+            series_instance_uid=series_uid,
+            sop_instance_uid=derive_uid(job_id, role, "instance", "1"),
+            series_number=series_number,
+            series_description=series_description,
+        )
+
     def resolve(
         self, source: Volume, algorithm: Algorithm, kind: str, default_number: int
     ) -> tuple[str, str, int, str]:

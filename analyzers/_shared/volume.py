@@ -70,6 +70,8 @@ class _Frame:
     trigger_time_s: float | None
     acquisition_time_s: float | None
     content_time_s: float | None
+    echo_time_ms: float | None
+    flip_angle: float | None
     header: Dataset
 
 
@@ -97,6 +99,10 @@ class Volume:
         point, in slice order.
     sop_class_uids:
         SOP Class UIDs matching ``sop_instance_uids``.
+    time_point_headers:
+        For a 4D volume, the header of the first slice of every time point
+        (FlipAngle of a variable flip angle series, EchoTime of a multi-echo
+        series, AcquisitionTime, ...); empty for a 3D volume.
     """
 
     data: np.ndarray
@@ -106,6 +112,7 @@ class Volume:
     sop_instance_uids: np.ndarray
     headers: tuple[Dataset, ...]
     sop_class_uids: np.ndarray
+    time_point_headers: tuple[Dataset, ...] = ()
 
     def __post_init__(self) -> None:
         if self.data.ndim not in (3, 4):
@@ -297,14 +304,23 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _header_without_pixels(ds: Dataset) -> Dataset:
+def _header_without_pixels(ds: Dataset, owned: bool) -> Dataset:
+    """``ds`` without pixel data (and per-frame groups); in place when ``owned``.
+
+    Files read here are owned and stripped in place, which avoids converting
+    every element of every file; datasets passed in by a caller are copied.
+    """
+    dropped = ("PixelData", "FloatPixelData", "DoubleFloatPixelData",
+               "PerFrameFunctionalGroupsSequence")
+    if owned:
+        for keyword in dropped:
+            if keyword in ds:
+                delattr(ds, keyword)
+        return ds
     header = Dataset()
     for element in ds:
-        if element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            continue
-        if element.keyword == "PerFrameFunctionalGroupsSequence":
-            continue
-        header.add(element)
+        if element.keyword not in dropped:
+            header.add(element)
     header.file_meta = getattr(ds, "file_meta", Dataset())
     return header
 
@@ -318,7 +334,7 @@ def _vector(value: Any, length: int, what: str, source: str) -> np.ndarray:
     return vector
 
 
-def _classic_frames(ds: Dataset, source: str) -> list[_Frame]:
+def _classic_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
     orientation = _vector(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", source)
     position = _vector(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", source)
     spacing = _vector(ds.get("PixelSpacing"), 2, "PixelSpacing", source)
@@ -345,7 +361,9 @@ def _classic_frames(ds: Dataset, source: str) -> list[_Frame]:
             ),
             acquisition_time_s=_seconds_of_tm(ds.get("AcquisitionTime")),
             content_time_s=_seconds_of_tm(ds.get("ContentTime")),
-            header=_header_without_pixels(ds),
+            echo_time_ms=_float_or_none(ds.get("EchoTime")),
+            flip_angle=_float_or_none(ds.get("FlipAngle")),
+            header=_header_without_pixels(ds, owned),
         )
     ]
 
@@ -360,7 +378,21 @@ def _group_item(
     return None
 
 
-def _enhanced_frames(ds: Dataset, source: str) -> list[_Frame]:
+def _echo_time(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
+    echo = _group_item(per_frame, shared, "MREchoSequence")
+    if echo is not None:
+        return _float_or_none(echo.get("EffectiveEchoTime"))
+    return _float_or_none(ds.get("EchoTime"))
+
+
+def _flip_angle(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
+    timing = _group_item(per_frame, shared, "MRTimingAndRelatedParametersSequence")
+    if timing is not None and timing.get("FlipAngle") not in (None, ""):
+        return float(timing.FlipAngle)
+    return _float_or_none(ds.get("FlipAngle"))
+
+
+def _enhanced_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
     """Frames of an Enhanced MR (multi-frame) instance (PS3.3 C.7.6.16)."""
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else None
@@ -370,7 +402,7 @@ def _enhanced_frames(ds: Dataset, source: str) -> list[_Frame]:
     all_pixels = ds.pixel_array.astype(np.float32)
     if all_pixels.ndim == 2:
         all_pixels = all_pixels[np.newaxis]
-    header = _header_without_pixels(ds)
+    header = _header_without_pixels(ds, owned)
     frames = []
     for index, groups in enumerate(per_frame_seq):
         where = f"{source} frame {index + 1}"
@@ -420,6 +452,8 @@ def _enhanced_frames(ds: Dataset, source: str) -> list[_Frame]:
                 trigger_time_s=trigger,
                 acquisition_time_s=acquired,
                 content_time_s=referenced,
+                echo_time_ms=_echo_time(groups, shared, ds),
+                flip_angle=_flip_angle(groups, shared, ds),
                 header=header,
             )
         )
@@ -429,6 +463,7 @@ def _enhanced_frames(ds: Dataset, source: str) -> list[_Frame]:
 def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]:
     frames: list[_Frame] = []
     for item in files:
+        owned = not isinstance(item, Dataset)
         if isinstance(item, Dataset):
             ds, source = item, str(item.get("SOPInstanceUID", "dataset"))
         else:
@@ -440,9 +475,9 @@ def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise SeriesGeometryError(f"{source}: no pixel data (not an image)")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-            frames.extend(_enhanced_frames(ds, source))
+            frames.extend(_enhanced_frames(ds, source, owned))
         else:
-            frames.extend(_classic_frames(ds, source))
+            frames.extend(_classic_frames(ds, source, owned))
     if not frames:
         raise SeriesGeometryError("no files given")
     return frames
@@ -519,7 +554,9 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
     Slices are sorted by their distance along the normal of the image plane.
     Time points are grouped per slice position and ordered by
     TemporalPositionIdentifier (TemporalPositionIndex for enhanced images),
-    else by TriggerTime, AcquisitionTime or ContentTime, else InstanceNumber.
+    then by EchoTime or FlipAngle where those vary (a multi-echo or variable
+    flip angle series becomes 4D along them), then by TriggerTime,
+    AcquisitionTime or ContentTime, then InstanceNumber.
     ``times`` comes from TriggerTime when it varies, else AcquisitionTime,
     else ContentTime, taking the earliest slice of each time point.
     """
@@ -559,10 +596,23 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
 
     use_temporal = all(f.temporal_position is not None for f in frames)
 
-    def sort_key(frame_index: int) -> tuple[float, float, int]:
+    # Repeated positions that differ in echo time or flip angle (multi-echo, VFA)
+    # are ordered by those values; otherwise by time.
+    varying = [
+        attribute for attribute in ("echo_time_ms", "flip_angle")
+        if len({getattr(f, attribute) for f in frames}) > 1
+        and all(getattr(f, attribute) is not None for f in frames)
+    ]
+
+    def sort_key(frame_index: int) -> tuple[float, ...]:
         frame = frames[frame_index]
         temporal = float(frame.temporal_position) if use_temporal else 0.0  # type: ignore[arg-type]
-        return (temporal, _frame_time(frame, time_source, reference), frame.instance_number)
+        return (
+            temporal,
+            *(float(getattr(frame, attribute)) for attribute in varying),
+            _frame_time(frame, time_source, reference),
+            float(frame.instance_number),
+        )
 
     grid = np.empty((n_times, n_slices), dtype=np.int64)
     for k, members in enumerate(per_slice):
@@ -624,7 +674,8 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
                 for t in range(n_times)
             ])
             times = starts - starts[0]
-        return Volume(data, affine, spacing, times, uids, headers, classes)
+        per_time_point = tuple(frames[m].header for m in grid[:, 0])
+        return Volume(data, affine, spacing, times, uids, headers, classes, per_time_point)
     return Volume(data[0], affine, spacing, None, uids[0], headers, classes[0])
 
 
@@ -682,6 +733,8 @@ def load_segmentation(
             array = np.asarray(volume.array)
             if array.ndim == 4:
                 array = array[..., 0]
+            # FRACTIONAL values come rescaled to 0..1: a voxel belongs from 0.5 on.
+            threshold = 0.5 if seg.SegmentationType == "FRACTIONAL" else 0.0
             # highdicom's affine maps (axis0, axis1, axis2) of its array; ours maps
             # (column, row, slice) of a (slice, row, column) array: reverse the axes.
             source_affine = np.eye(4)
@@ -689,7 +742,9 @@ def load_segmentation(
             source_affine[:3, 1] = volume.affine[:3, 1]
             source_affine[:3, 2] = volume.affine[:3, 0]
             source_affine[:3, 3] = volume.affine[:3, 3]
-            mask = resample_nearest(array > 0, source_affine, onto.affine, onto.shape3d, False)
+            mask = resample_nearest(
+                array > threshold, source_affine, onto.affine, onto.shape3d, False
+            )
             label = str(description.SegmentLabel)
             key, copy = label, 2
             while key in masks:
