@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from pydicom.sr.coding import Code
 
@@ -162,6 +163,9 @@ class ReportTemplate:
             ) from None
 
 
+_Keyed = TypeVar("_Keyed", Quantity, SegmentClass)
+
+
 def report_template(analyzer: str) -> ReportTemplate:
     """The :class:`ReportTemplate` of ``analyzer`` (``TEMPLATE`` of its module)."""
     if analyzer not in ANALYZERS:
@@ -173,7 +177,7 @@ def report_template(analyzer: str) -> ReportTemplate:
     return template
 
 
-def by_key(*items: Quantity | SegmentClass) -> MappingProxyType:  # type: ignore[type-arg]
+def by_key(*items: _Keyed) -> MappingProxyType[str, _Keyed]:
     """Read-only mapping of quantities or segment classes by their ``key``."""
     mapping = {item.key: item for item in items}
     if len(mapping) != len(items):

@@ -321,7 +321,9 @@ def _header_without_pixels(ds: Dataset, owned: bool) -> Dataset:
     for element in ds:
         if element.keyword not in dropped:
             header.add(element)
-    header.file_meta = getattr(ds, "file_meta", Dataset())
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        header.file_meta = meta
     return header
 
 
@@ -583,8 +585,8 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
     ) if time_source else 0.0
 
     per_slice: list[list[int]] = [[] for _ in range(n_slices)]
-    for frame_index, k in enumerate(slice_of):
-        per_slice[k].append(frame_index)
+    for frame_index, slice_number in enumerate(slice_of.tolist()):
+        per_slice[slice_number].append(frame_index)
     counts = {len(members) for members in per_slice}
     if len(counts) > 1:
         by_count = {len(m): k for k, m in enumerate(per_slice)}
