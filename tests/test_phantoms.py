@@ -13,10 +13,19 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from analyzers.phantoms import DSC_CONSTANTS, PhantomError, generate_dsc, simulate_dsc
+from analyzers.phantoms import (
+    DSC_CONSTANTS,
+    HYPERPERFUSION_RATIO,
+    PhantomError,
+    generate_dce,
+    generate_dsc,
+    simulate_dce,
+    simulate_dsc,
+)
 from analyzers.phantoms.anatomy import Grid
 from analyzers.phantoms.bolus import exponential_convolution
 
+SMALL_DCE = {"matrix": 64, "slices": 8, "time_points": 60, "frame_s": 5.0, "pixel_mm": 3.6, "slice_mm": 8.0}
 SMALL_DSC = {"matrix": 64, "slices": 10, "time_points": 40, "pixel_mm": 3.6, "slice_mm": 8.0}
 
 
@@ -92,7 +101,8 @@ class TestDsc:
         assert 0.02 < drop < 0.3
 
     def test_truth_cbv_matches_area_ratio_and_units(self) -> None:
-        case = simulate_dsc(2, 0, snr=None, time_points=120, **{k: v for k, v in SMALL_DSC.items() if k != "time_points"})
+        options = {**SMALL_DSC, "time_points": 120}
+        case = simulate_dsc(2, 0, snr=None, **options)
         m, c = case.truth_maps, DSC_CONSTANTS
         t = m["time_fine_s"]
         wm_conc = np.interp(t, m["time_s"], m["c_wm_mM"])
@@ -145,3 +155,85 @@ class TestDsc:
             simulate_dsc(0, 0, label="glioma")
         with pytest.raises(PhantomError):
             simulate_dsc(0, 0, snr=-1)
+
+
+def _spgr_to_concentration(signal, m0, t10, r1, tr, flip_deg):
+    a = np.deg2rad(flip_deg)
+    x = signal / (m0 * np.sin(a))
+    e1 = (1 - x) / (1 - x * np.cos(a))
+    return (-np.log(e1) / tr - 1.0 / t10) / r1
+
+
+class TestDce:
+    def test_deterministic_and_same_patient_in_both_studies(self) -> None:
+        a = simulate_dce(3, 0, **SMALL_DCE)
+        b = simulate_dce(3, 0, **SMALL_DCE)
+        np.testing.assert_array_equal(a.series[-1].pixels, b.series[-1].pixels)
+        pre, post = a.studies
+        assert pre.date < post.date and pre.study_uid != post.study_uid
+        folders = [s.folder for s in a.series]
+        assert folders[:5] == ["pre_vfa_fa02", "pre_vfa_fa05", "pre_vfa_fa10", "pre_vfa_fa15", "pre_dce"]
+        truth = a.truth["studies_truth"]
+        np.testing.assert_allclose(truth["pre"]["lesions"][0]["centre_lps"], truth["post"]["lesions"][0]["centre_lps"],
+                                   atol=1.5)
+
+    def test_noise_free_tissue_curve_is_extended_tofts(self) -> None:
+        case = simulate_dce(1, 0, snr=None, label="recurrence", **SMALL_DCE)
+        m, c = case.truth_maps, case.truth["constants"]
+        dyn = next(s for s in case.series if s.folder == "dce")
+        core = m["lesion_fraction"] >= 1.0
+        assert core.sum() >= 3
+        conc = _spgr_to_concentration(dyn.pixels[:, core].T, m["m0"][core][:, None], m["t10_s"][core][:, None],
+                                      c["r1_per_mM_per_s"], c["tr_s"], c["flip_deg"])
+        # Independent extended Tofts: discrete convolution of the recorded plasma curve on the fine grid.
+        t_fine, cp = m["time_fine_s"] / 60.0, m["cp_fine_mM"]
+        step = t_fine[1] - t_fine[0]
+        frames = np.rint(m["time_s"] / 60.0 / step).astype(int)
+        for n, (kt, ve, vp) in enumerate(zip(m["ktrans_per_min"][core], m["ve"][core], m["vp"][core], strict=True)):
+            kernel = np.exp(-kt / ve * t_fine)
+            tofts = vp * cp + kt * np.convolve(cp, kernel)[: t_fine.size] * step
+            np.testing.assert_allclose(conc[n], tofts[frames], atol=2e-3, rtol=0.02)
+
+    def test_vfa_signal_follows_spgr_with_true_t1(self) -> None:
+        case = simulate_dce(2, 0, snr=None, **SMALL_DCE)
+        m = case.truth_maps
+        brain = case.truth_maps["tissue_labels"] > 0
+        for series in case.series:
+            if "vfa" not in series.folder or series.folder.startswith("pre_"):
+                continue
+            a = np.deg2rad(series.attributes["FlipAngle"])
+            e1 = np.exp(-case.truth["constants"]["tr_s"] / m["t10_s"][brain])
+            expected = m["m0"][brain] * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1)
+            np.testing.assert_allclose(series.pixels[0][brain], expected, rtol=1e-4)
+
+    def test_cohort_labels_follow_the_prior_rule(self) -> None:
+        rows = []
+        for index in range(6):
+            case = simulate_dce(7, index, **SMALL_DCE, snr=None)
+            truth = case.truth
+            post = truth["studies_truth"]["post"]["lesions"][0]
+            pre = truth["studies_truth"]["pre"]["lesions"][0]
+            assert pre["hyperperfusion"] == truth["pretreatment_hyperperfusion"]
+            if not truth["pretreatment_hyperperfusion"] and truth["label"] == "recurrence":
+                # The case the prior-informed rule exists for: recurrence without hyperperfusion.
+                assert max(post["rktrans"], post["rvp"]) < HYPERPERFUSION_RATIO * 1.2
+            assert 0 <= post["ktrans_mean"] <= 0.35 and 0.001 <= post["vp_mean"] <= 0.1
+            rows.append(truth["label"])
+        assert set(rows) <= {"recurrence", "radiation_necrosis"}
+
+    def test_cohort_written_with_both_studies(self, tmp_path: Path) -> None:
+        root = generate_dce(tmp_path, seed=2, cases=1, progress=False, vendor="philips", **SMALL_DCE)
+        rows = list(csv.DictReader((root / "labels.csv").open()))
+        assert [r["role"] for r in rows] == ["pre", "post"]
+        assert rows[0]["PatientID"] == rows[1]["PatientID"]
+        case = root / "case-0001"
+        _check_geometry(case / "dce")
+        vfa = pydicom.dcmread(next((case / "vfa_fa02").glob("IM*.dcm")))
+        dyn = sorted((case / "dce").glob("IM*.dcm"))
+        first, later = pydicom.dcmread(dyn[0]), pydicom.dcmread(dyn[SMALL_DCE["slices"]])
+        assert float(vfa.FlipAngle) == 2.0 and "ContrastBolusAgent" not in vfa
+        assert float(first.RepetitionTime) == 5.0 and first.MRAcquisitionType == "3D"
+        assert vfa.FrameOfReferenceUID == first.FrameOfReferenceUID
+        assert int(later.TemporalPositionIdentifier) == 2
+        assert len(dyn) == SMALL_DCE["slices"] * SMALL_DCE["time_points"]
+        assert _dciodvfy_errors(dyn[0]) == []

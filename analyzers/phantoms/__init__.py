@@ -11,18 +11,24 @@ Anatomy comes from the MNI152 2009a template that ships inside nilearn. Not for
 clinical use: the phantoms exist to test and train the analyzers.
 """
 
+from analyzers.phantoms.dce import DCE_CONSTANTS, DCE_LABELS, HYPERPERFUSION_RATIO, generate_dce, simulate_dce
 from analyzers.phantoms.dsc import DSC_CONSTANTS, DSC_LABELS, generate_dsc, simulate_dsc
 from analyzers.phantoms.model import Patient, PhantomCase, PhantomError, Scanner, SeriesData, Study
 
 __all__ = [
+    "DCE_CONSTANTS",
+    "DCE_LABELS",
     "DSC_CONSTANTS",
     "DSC_LABELS",
+    "HYPERPERFUSION_RATIO",
     "Patient",
     "PhantomCase",
     "PhantomError",
     "Scanner",
     "SeriesData",
     "Study",
+    "generate_dce",
     "generate_dsc",
+    "simulate_dce",
     "simulate_dsc",
 ]
