@@ -47,6 +47,7 @@ __all__ = [
 
 _SERIES_THRESHOLD = 1e-3  # below this kep*dt, Taylor series avoid cancellation
 _FD_STEP = 1e-6  # relative forward-difference step of the kep derivative
+_RELATIVE_GAIN_TOL = 1e-7  # an accepted step lowering the cost by less than this: converged
 
 
 @dataclass(frozen=True)
@@ -323,18 +324,40 @@ def _two_column_nnls(f: NDArray[np.float64], cp: NDArray[np.float64], curves: ND
 def _grid_initialisation(t_min: NDArray[np.float64], cp: NDArray[np.float64],
                          curves: NDArray[np.float64], bounds: FitBounds
                          ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Best (Ktrans, ve, vp) on a log kep grid, solving (Ktrans, vp) exactly at each kep."""
+    """Best (Ktrans, ve, vp) on a log kep grid, solving (Ktrans, vp) exactly at each kep.
+
+    All grid points are handled by one matrix product: for every kep the columns
+    [conv(kep), Cp] are shared by all curves, so the 2 x 2 normal equations differ only
+    in their right-hand sides.
+    """
     k_low = max(bounds.ktrans[1] * 1e-5, 1e-4)
     grid = np.geomspace(k_low, 50.0, 48)
-    convs = _exp_conv_minutes(t_min, cp, grid)
-    best = np.full((curves.shape[0], 3), np.nan)
-    best_rss = np.full(curves.shape[0], np.inf)
-    for kep, conv in zip(grid, convs, strict=True):
-        ktrans, vp, rss = _two_column_nnls(conv, cp, curves)
-        better = rss < best_rss
-        best_rss = np.where(better, rss, best_rss)
-        best[better] = np.stack([ktrans[better], ktrans[better] / kep, vp[better]], axis=1)
-    return best, best_rss
+    convs = _exp_conv_minutes(t_min, cp, grid)  # (G, T)
+    ff = np.einsum("gt,gt->g", convs, convs)
+    fc = convs @ cp
+    cc = float(cp @ cp)
+    yf = curves @ convs.T  # (N, G)
+    yc = (curves @ cp)[:, np.newaxis]
+    yy = np.einsum("nt,nt->n", curves, curves)[:, np.newaxis]
+    det = ff * cc - fc * fc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k_joint = (yf * cc - yc * fc) / det
+        v_joint = (yc * ff - yf * fc) / det
+    joint_ok = (k_joint >= 0) & (v_joint >= 0) & (det > 0)
+    # Where the joint solution leaves the non-negative orthant, the better one-column fit.
+    k_only = np.maximum(yf / ff, 0.0)
+    v_only = np.maximum(yc / cc, 0.0) if cc > 0 else np.zeros_like(yc)
+    rss_k = yy - 2 * k_only * yf + k_only**2 * ff
+    rss_v = yy - 2 * v_only * yc + v_only**2 * cc
+    use_k = ~joint_ok & (rss_k <= rss_v)
+    ktrans = np.where(joint_ok, k_joint, np.where(use_k, k_only, 0.0))
+    vp = np.where(joint_ok, v_joint, np.where(use_k, 0.0, v_only))
+    rss = yy - 2 * ktrans * yf - 2 * vp * yc + ktrans**2 * ff + 2 * ktrans * vp * fc + vp**2 * cc
+    best = np.argmin(rss, axis=1)
+    rows = np.arange(curves.shape[0])
+    k_best = ktrans[rows, best]
+    p0 = np.stack([k_best, k_best / grid[best], vp[rows, best]], axis=1)
+    return p0, rss[rows, best]
 
 
 def _model_and_conv(t_min: NDArray[np.float64], cp: NDArray[np.float64], p: NDArray[np.float64]
@@ -369,8 +392,9 @@ def _levenberg_marquardt(t_min: NDArray[np.float64], cp: NDArray[np.float64],
         jac[:, :, 0] = ca + (pa[:, 0] / pa[:, 1])[:, np.newaxis] * dconv
         jac[:, :, 1] = -(pa[:, 0] ** 2 / pa[:, 1] ** 2)[:, np.newaxis] * dconv
         jac[:, :, 2] = cp
-        jtj = np.einsum("ntk,ntl->nkl", jac, jac)
-        grad = np.einsum("ntk,nt->nk", jac, ra)
+        jac_t = jac.transpose(0, 2, 1)
+        jtj = jac_t @ jac
+        grad = (jac_t @ ra[:, :, np.newaxis])[:, :, 0]
         diag = np.einsum("nkk->nk", jtj)
         damped = jtj + (lam[act][:, np.newaxis] * np.maximum(diag, 1e-12))[:, :, np.newaxis] * np.eye(3)
         with np.errstate(all="ignore"):
@@ -383,22 +407,24 @@ def _levenberg_marquardt(t_min: NDArray[np.float64], cp: NDArray[np.float64],
         rss_new = np.einsum("nt,nt->n", r_new, r_new)
         better = (rss_new < rss[act]) & ~bad_step
         acc = act[better]
-        rel_gain = (rss[acc] - rss_new[better]) / scale[acc]
+        # Gain relative to the current cost (noisy curves) or to the curve energy
+        # (noise-free curves, whose cost tends to zero).
+        rel_gain = (rss[acc] - rss_new[better]) / (rss[acc] + 1e-12 * scale[acc])
         moved = np.max(np.abs(p_new[better] - pa[better]) / (np.abs(pa[better]) + 1e-6), axis=1)
         p[acc], conv[acc], resid[acc], rss[acc] = p_new[better], conv_new[better], r_new[better], rss_new[better]
         lam[acc] = np.maximum(lam[acc] / 10.0, 1e-12)
         lam[act[~better]] *= 10.0
-        small = (rel_gain < 1e-12) | (moved < 1e-8)
+        small = (rel_gain < _RELATIVE_GAIN_TOL) | (moved < 1e-8)
         converged[acc[small]] = True
         # A damping this large means no step along the gradient lowers the cost: a minimum.
-        stalled = lam[act] > 1e8
+        stalled = lam[act] > 1e6
         converged[act[stalled]] = True
         done[act] = converged[act]
     return p, rss, converged
 
 
 def fit_extended_tofts(t: ArrayLike, cp: ArrayLike, ct: ArrayLike, *,
-                       bounds: FitBounds = DEFAULT_BOUNDS, max_iter: int = 100,
+                       bounds: FitBounds = DEFAULT_BOUNDS, max_iter: int = 300,
                        batch_size: int = 8192) -> ToftsFit:
     """Fit the extended Tofts model to many tissue curves at once.
 
