@@ -17,7 +17,7 @@ from analyzers._shared.volume import Volume, load_segmentation, load_series
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from sr_templates import ANALYZERS, Quantity, report_template
 from sr_templates import codes as c
-from tests.test_volume import AXIAL, stored_values, write_series
+from tests.test_volume import AXIAL, enhanced_mr, stored_values, write_series
 
 ALGORITHM = out.Algorithm("brainmets", "1.2.3")
 
@@ -367,3 +367,13 @@ def test_segmentation_on_oblique_dynamic_series(oblique_dynamic: Volume, tmp_pat
     assert dciodvfy_errors(path) == []
     masks = load_segmentation([path], onto=oblique_dynamic)
     np.testing.assert_array_equal(masks["Enhancing lesion"], mask)
+
+
+def test_multiframe_source_is_refused() -> None:
+    volume = load_series([enhanced_mr(stored_values((4, 3, 5)), np.zeros(3), 2.0)])
+    mask = np.ones(volume.shape3d, dtype=bool)
+    with pytest.raises(out.OutputError, match="multi-frame"):
+        out.build_segmentation(
+            volume, [out.Segment(report_template("brainmets").segment_classes["metastasis"],
+                                 mask)], ALGORITHM,
+        )

@@ -261,7 +261,7 @@ def test_inconsistent_orientation_and_size(tmp_path: Path) -> None:
         load_series(files)
 
 
-def _enhanced_mr(stored: np.ndarray, origin: np.ndarray, gap: float) -> Dataset:
+def enhanced_mr(stored: np.ndarray, origin: np.ndarray, gap: float) -> Dataset:
     """A minimal Enhanced MR multi-frame instance with per-frame plane positions."""
     n_z, n_y, n_x = stored.shape
     ds = Dataset()
@@ -297,7 +297,7 @@ def _enhanced_mr(stored: np.ndarray, origin: np.ndarray, gap: float) -> Dataset:
 
 def test_enhanced_multiframe() -> None:
     stored = stored_values((4, 3, 5), seed=8)
-    volume = load_series([_enhanced_mr(stored, np.array([5.0, 6.0, 7.0]), 1.5)])
+    volume = load_series([enhanced_mr(stored, np.array([5.0, 6.0, 7.0]), 1.5)])
     np.testing.assert_array_equal(volume.data, stored * 2.0)
     np.testing.assert_allclose(volume.affine[:3, 3], [5.0, 6.0, 7.0])
     np.testing.assert_allclose(volume.affine[:3, 2], [0, 0, 1.5])

@@ -176,6 +176,10 @@ def _stamp(dataset: Dataset, description: str, body_part: str | None) -> None:
 def _source_images(source: Volume) -> list[Dataset]:
     if not source.headers:
         raise OutputError("the source volume has no headers to reference")
+    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in source.headers):
+        # Frame-level references (and the per-frame groups highdicom needs) are not
+        # kept by load_series for Enhanced MR; refuse rather than write wrong references.
+        raise OutputError("outputs on multi-frame (Enhanced MR) source series are not supported")
     return list(source.headers)
 
 
