@@ -215,6 +215,13 @@ def test_variable_flip_angles_become_the_fourth_axis(tmp_path: Path) -> None:
     np.testing.assert_allclose(volume.times, (np.arange(4) * 30.0)[order] - 30.0, atol=1e-5)
 
 
+def test_duplicate_instances_are_read_once(tmp_path: Path) -> None:
+    stored = stored_values((4, 3, 3), seed=10)
+    files = write_series(tmp_path, stored, origin=np.zeros(3), **AXIAL)
+    volume = load_series([*files, files[0], files[2]])
+    np.testing.assert_array_equal(volume.data, stored.astype(np.float32))
+
+
 def test_rescale_applied(tmp_path: Path) -> None:
     stored = stored_values((3, 3, 3), seed=7)
     files = write_series(

@@ -361,7 +361,11 @@ def _classic_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
             trigger_time_s=(
                 None if (tt := _float_or_none(ds.get("TriggerTime"))) is None else tt / 1000.0
             ),
-            acquisition_time_s=_seconds_of_tm(ds.get("AcquisitionTime")),
+            acquisition_time_s=(
+                _seconds_of_tm(ds.get("AcquisitionTime"))
+                if ds.get("AcquisitionTime")
+                else _seconds_of_dt(ds.get("AcquisitionDateTime"))
+            ),
             content_time_s=_seconds_of_tm(ds.get("ContentTime")),
             echo_time_ms=_float_or_none(ds.get("EchoTime")),
             flip_angle=_float_or_none(ds.get("FlipAngle")),
@@ -464,6 +468,7 @@ def _enhanced_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
 
 def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]:
     frames: list[_Frame] = []
+    seen: set[str] = set()
     for item in files:
         owned = not isinstance(item, Dataset)
         if isinstance(item, Dataset):
@@ -476,6 +481,11 @@ def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]
                 raise SeriesGeometryError(f"{source}: not a readable DICOM file ({exc})") from exc
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise SeriesGeometryError(f"{source}: no pixel data (not an image)")
+        # A re-sent instance (same SOP Instance UID) is the same image: keep the first.
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid and uid in seen:
+            continue
+        seen.add(uid)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             frames.extend(_enhanced_frames(ds, source, owned))
         else:
@@ -559,8 +569,10 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
     then by EchoTime or FlipAngle where those vary (a multi-echo or variable
     flip angle series becomes 4D along them), then by TriggerTime,
     AcquisitionTime or ContentTime, then InstanceNumber.
-    ``times`` comes from TriggerTime when it varies, else AcquisitionTime,
-    else ContentTime, taking the earliest slice of each time point.
+    ``times`` comes from TriggerTime when it varies, else AcquisitionTime
+    (or AcquisitionDateTime), else ContentTime, taking the earliest slice of
+    each time point, relative to the first entry of the fourth axis. Instances
+    given twice (same SOP Instance UID) are read once.
     """
     frames = _read_frames(files)
     _check_consistency(frames)
