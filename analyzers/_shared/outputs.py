@@ -54,6 +54,8 @@ __all__ = [
 MANUFACTURER = "pacsnode"
 """Manufacturer of every output."""
 
+# ContentDescription is LO (64 characters): the short form of NOT_FOR_CLINICAL_USE.
+_CONTENT_NOTICE = "NOT FOR CLINICAL USE"
 _SEG_SERIES_NUMBER = 9100
 _PM_SERIES_NUMBER = 9200
 _SR_SERIES_NUMBER = 9300
@@ -164,7 +166,8 @@ def _stamp(dataset: Dataset, description: str, body_part: str | None) -> None:
     dataset.SeriesDescription = description
     if body_part:
         dataset.BodyPartExamined = body_part
-    # PS3.3 C.12.1.1.2: a private coding scheme used in the object must be identified.
+    # SOP Common Module: a private coding scheme used in the object is identified in
+    # its Coding Scheme Identification Sequence.
     if _uses_private_codes(dataset):
         existing = list(dataset.get("CodingSchemeIdentificationSequence", []))
         if all(item.CodingSchemeDesignator != c.PRIVATE_SCHEME for item in existing):
@@ -270,7 +273,7 @@ def build_segmentation(
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
         device_serial_number=MANUFACTURER,
-        content_description="NOT FOR CLINICAL USE"[:64],
+        content_description=_CONTENT_NOTICE,
         content_label="SEGMENTATION",
         # An all-empty SEG still needs frames; otherwise empty frames are omitted.
         omit_empty_frames=bool(pixel_array.any()),
@@ -304,6 +307,13 @@ def build_parametric_map(
     quantity:
         Concept, UCUM unit and labels (from :mod:`sr_templates`); stored in the
         Real World Value Mapping (identity slope/intercept, float values).
+    algorithm, output:
+        As for :func:`build_segmentation`.
+    body_part:
+        BodyPartExamined; Laterality is copied from the source only when it
+        has one (PS3.3 General Series: only for paired body parts).
+    fill_value:
+        Value written where ``values`` is not finite.
     """
     data = np.asarray(values, dtype=np.float32)
     if data.shape != source.shape3d:
@@ -354,7 +364,7 @@ def build_parametric_map(
             )
         ],
         content_label=quantity.label.upper().replace(" ", "_")[:16] or "MAP",
-        content_description="NOT FOR CLINICAL USE",
+        content_description=_CONTENT_NOTICE,
     )
     _stamp(pm, description, body_part)
     # Laterality (Type 2C) only for paired body parts: copy it when the source has one.
