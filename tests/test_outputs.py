@@ -377,3 +377,42 @@ def test_multiframe_source_is_refused() -> None:
             volume, [out.Segment(report_template("brainmets").segment_classes["metastasis"],
                                  mask)], ALGORITHM,
         )
+
+
+def test_feature_and_per_sequence_measurements(axial: Volume, tmp_path: Path) -> None:
+    from sr_templates.meningioma import feature_quantity
+    from sr_templates.spine import vertebra
+
+    meningioma = report_template("meningioma")
+    features = ["original_glcm_JointEntropy", "original_shape_Sphericity"]
+    tumour = out.LesionFinding(
+        "meningioma 1", out.LesionRegion.circle((8, 8, 3), 4),
+        measurements=[out.MeasuredValue(feature_quantity(f), 0.25 * (n + 1))
+                      for n, f in enumerate(features)]
+        + [out.MeasuredValue(meningioma.quantity("rad_score"), -0.7),
+           out.MeasuredValue(meningioma.quantity("probability"), 33.0)],
+        impression=meningioma.diagnosis("grade2_3"),
+    )
+    spine = report_template("spine")
+    lesion = out.LesionFinding(
+        "T12 lesion", out.LesionRegion.circle((4, 5, 1), 2), finding_sites=[vertebra("T12")],
+        measurements=[out.MeasuredValue(spine.quantity("probability"), p, method=spine.methods[m])
+                      for m, p in (("t1", 80.0), ("t2", 70.0), ("stir", 90.0))],
+        impression=spine.diagnosis("metastasis"),
+    )
+    for template, finding in ((meningioma, tumour), (spine, lesion)):
+        sr = out.build_measurement_report(
+            axial, template, [finding], out.Algorithm(template.analyzer, "0.1")
+        )
+        path = written(sr, tmp_path / f"{template.analyzer}.dcm")
+        assert dciodvfy_errors(path) == []
+        group = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()[0]
+        measurements = group.get_measurements()
+        assert [m.value for m in measurements] == [m.value for m in finding.measurements]
+    names = [m.name.meaning for m in
+             hd.sr.srread(tmp_path / "meningioma.dcm").content
+             .get_volumetric_roi_measurement_groups()[0].get_measurements()]
+    assert names[:2] == features
+    spine_group = hd.sr.srread(tmp_path / "spine.dcm").content.get_volumetric_roi_measurement_groups()[0]
+    assert [m.method.value for m in spine_group.get_measurements()] == ["CNNT1", "CNNT2", "CNNSTIR"]
+    assert spine_group.finding_sites[0].value == vertebra("T12")
