@@ -19,7 +19,14 @@ from analyzers._shared.modelcard import (
     write_model_card,
 )
 from analyzers._shared.report import write_report
-from analyzers._shared.stats import delong_pairwise, evaluate_predictions
+from analyzers._shared.stats import (
+    CVScheme,
+    delong_pairwise,
+    evaluate_predictions,
+    lda_factory,
+    nested_cross_validate,
+    univariate_aucs,
+)
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 
 
@@ -109,17 +116,25 @@ def test_report_is_self_contained_html_with_three_plots(tmp_path: Path, predicti
         "model A": evaluate_predictions(y, p_a, pid, n_boot=100),
         "model <B>": evaluate_predictions(y, p_b, pid, n_boot=100),
     }
+    cv = nested_cross_validate(
+        np.column_stack([p_a, p_b]), y, pid, lda_factory, outer=CVScheme.group_kfold(3), inner_splits=2, n_trials=2
+    )
+    uni = univariate_aucs(np.column_stack([p_a, -p_b]), y, ["rCBV_mean", "rCBF_mean"], pid, n_boot=50)
     paths = write_report(
         tmp_path / "report",
         title="dsc training report",
         evaluations=evs,
         comparison_table=[{"model": "model A", "auc": 0.9}],
         delong=delong_pairwise(y, {"model A": p_a, "model <B>": p_b}),
+        cv_results={"lda": cv},
+        univariate=uni,
         model_card=_card(),
         n_boot=100,
     )
     page = paths.html.read_text(encoding="utf-8")
     assert NOT_FOR_CLINICAL_USE in page
+    assert "<h2>Outer folds</h2>" in page and "shrinkage=" in page
+    assert "rCBF_mean</td><td>lower values favour positive" in page
     assert "model &lt;B&gt;" in page and "model <B>" not in page  # names are escaped
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any, ClassVar
 
 import numpy as np
-import optuna
 import pytest
+from optuna.trial import BaseTrial, FixedTrial
 from scipy import stats as sps
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
@@ -27,6 +28,7 @@ from analyzers._shared.stats import (
     delong_pairwise,
     delong_test,
     evaluate_predictions,
+    fit_final_model,
     hosmer_lemeshow,
     lda_factory,
     mann_whitney_u,
@@ -380,8 +382,8 @@ def test_nested_cv_is_deterministic_by_seed() -> None:
 def test_leave_one_patient_out_and_ten_fold_schemes() -> None:
     X, y, pid = _cohort(14, seed=13, shift=2.0)
 
-    def factory(trial: optuna.Trial) -> BaseEstimator:
-        return lda_factory(optuna.trial.FixedTrial({"shrinkage": 0.1}))
+    def factory(trial: BaseTrial) -> BaseEstimator:
+        return lda_factory(FixedTrial({"shrinkage": 0.1}))
 
     lopo = nested_cross_validate(X, y, pid, factory, outer=CVScheme.leave_one_patient_out(), inner_splits=3)
     assert len(lopo.folds) == 14 and all(len(f.test_groups) == 1 for f in lopo.folds)
@@ -408,6 +410,7 @@ def test_compare_models_table_and_soft_voting_ensemble() -> None:
     base = sorted(cmp.rows[:-1], key=lambda r: -r.auc.estimate)
     assert cmp.ensemble_members == (base[0].model, base[1].model)
     avg = (cmp.results[base[0].model].oof_probability + cmp.results[base[1].model].oof_probability) / 2
+    assert cmp.ensemble_probability is not None
     np.testing.assert_allclose(cmp.ensemble_probability, avg)
     assert cmp.rows[-1].auc.estimate == pytest.approx(roc_auc(y, avg))
     # The same seed gives every model the same outer folds.
@@ -416,6 +419,14 @@ def test_compare_models_table_and_soft_voting_ensemble() -> None:
     for row in cmp.table():
         assert row["sensitivity"] >= 0.85
     assert "| ensemble |" in cmp.to_markdown()
+    # The shipped ensemble: both members tuned and fitted on all data, probabilities averaged.
+    final = fit_final_model(cmp, X, y, pid, model="ensemble", cv_splits=2, n_trials=2)
+    assert final.name == "ensemble" and set(final.best_params) == set(cmp.ensemble_members)
+    assert final.threshold == cmp.rows[-1].at_threshold.threshold
+    members = dict(final.estimator.estimators)
+    expected = np.mean([members[n].predict_proba(X) for n in cmp.ensemble_members], axis=0)
+    restored = pickle.loads(pickle.dumps(final.estimator))
+    np.testing.assert_allclose(restored.predict_proba(X), expected)
 
 
 def test_evaluate_predictions_bundles_the_metrics() -> None:

@@ -30,7 +30,9 @@ from analyzers._shared.stats import (
     DecisionCurve,
     DeLongResult,
     Evaluation,
+    NestedCVResult,
     RocBand,
+    UnivariateAUC,
     roc_curve_band,
 )
 from analyzers.contract import NOT_FOR_CLINICAL_USE
@@ -204,6 +206,41 @@ def _delong_rows(results: Mapping[tuple[str, str], DeLongResult]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _folds_table(results: Mapping[str, NestedCVResult]) -> str:
+    head = (
+        "<tr><th>model</th><th>scheme</th><th>fold</th><th>train cases</th><th>test cases</th>"
+        "<th>test patients</th><th>AUC</th><th>Brier</th><th>inner AUC</th><th>hyper-parameters</th></tr>"
+    )
+    rows = []
+    for name, res in results.items():
+        for f in res.folds:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in f.best_params.items())
+            cells = [
+                html.escape(name),
+                html.escape(res.scheme),
+                str(f.fold),
+                str(f.n_train),
+                str(f.n_test),
+                str(len(f.test_groups)),
+                _fmt(f.auc),
+                _fmt(f.brier),
+                _fmt(f.inner_auc),
+                html.escape(params or "none"),
+            ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _univariate_table(items: Sequence[UnivariateAUC]) -> str:
+    head = "<tr><th>feature</th><th>direction</th><th>AUC (95% CI)</th></tr>"
+    rows = [
+        f"<tr><td>{html.escape(u.feature)}</td><td>{html.escape(u.direction)} values favour positive</td>"
+        f"<td>{html.escape(u.auc.format())}</td></tr>"
+        for u in items
+    ]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _dict_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
@@ -237,6 +274,8 @@ def write_report(
     roc_bands: Mapping[str, RocBand] | None = None,
     comparison_table: Sequence[Mapping[str, Any]] | None = None,
     delong: Mapping[tuple[str, str], DeLongResult] | None = None,
+    cv_results: Mapping[str, NestedCVResult] | None = None,
+    univariate: Sequence[UnivariateAUC] | None = None,
     model_card: ModelCard | None = None,
     notes: Sequence[str] = (),
     n_boot: int = 1000,
@@ -260,6 +299,11 @@ def write_report(
         Optional rows (e.g. :meth:`ModelComparison.table`) shown as a table.
     delong:
         Optional DeLong results (e.g. :func:`delong_pairwise`) shown as a table.
+    cv_results:
+        Optional nested-CV results by model; their per-fold metrics and chosen
+        hyper-parameters are tabulated.
+    univariate:
+        Optional univariate AUCs (e.g. of rCBV and rCBF) shown as a table.
     model_card:
         Optional card whose data, validation and references are summarised.
     notes:
@@ -316,6 +360,10 @@ def write_report(
         parts += ["<h2>Model comparison</h2>", _dict_table(comparison_table)]
     if delong:
         parts += ["<h2>DeLong test</h2>", _delong_rows(delong)]
+    if univariate:
+        parts += ["<h2>Univariate AUCs</h2>", _univariate_table(univariate)]
+    if cv_results:
+        parts += ["<h2>Outer folds</h2>", _folds_table(cv_results)]
     parts.append('<h2>Plots</h2><div class="figs">')
     for key, label in (("roc", "ROC curve"), ("calibration", "calibration"), ("dca", "decision curve")):
         parts.append(f'<img alt="{label}" src="data:image/png;base64,{pngs[key][1]}">')

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import optuna
 from numpy.typing import ArrayLike, NDArray
+from optuna.trial import BaseTrial
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut, StratifiedGroupKFold
 
@@ -43,8 +44,12 @@ __all__ = [
     "tune_and_fit",
 ]
 
-EstimatorFactory = Callable[[optuna.Trial], BaseEstimator]
-"""``trial -> unfitted classifier``; hyper-parameters drawn with ``trial.suggest_*``."""
+EstimatorFactory = Callable[[BaseTrial], BaseEstimator]
+"""``trial -> unfitted classifier``; hyper-parameters drawn with ``trial.suggest_*``.
+
+The trial is an ``optuna.Trial`` during the search and an ``optuna.trial.FixedTrial``
+holding the best parameters when the chosen model is refitted.
+"""
 
 
 class GroupLeakageError(RuntimeError):

@@ -20,14 +20,14 @@ scored on, which flatters the ensemble slightly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import optuna
-from numpy.typing import ArrayLike
-from sklearn.base import BaseEstimator
+from numpy.typing import ArrayLike, NDArray
+from optuna.trial import BaseTrial
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.impute import SimpleImputer
@@ -45,15 +45,19 @@ from analyzers._shared.stats.cv import (
     EstimatorFactory,
     NestedCVResult,
     nested_cross_validate,
+    tune_and_fit,
 )
 from analyzers._shared.stats.metrics import BinaryMetrics, brier_score, threshold_for_sensitivity
 
 __all__ = [
+    "FinalModel",
     "ModelComparison",
     "ModelRow",
+    "SoftVotingEnsemble",
     "compare_models",
     "decision_tree_factory",
     "default_candidates",
+    "fit_final_model",
     "knn_factory",
     "lda_factory",
     "linear_svm_factory",
@@ -73,33 +77,33 @@ def make_pipeline(classifier: BaseEstimator) -> Pipeline:
     )
 
 
-def lda_factory(trial: optuna.Trial) -> BaseEstimator:
+def lda_factory(trial: BaseTrial) -> BaseEstimator:
     """LDA with tuned shrinkage (0 = the classical LDA)."""
     shrinkage = trial.suggest_float("shrinkage", 0.0, 1.0)
     return make_pipeline(LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage))
 
 
-def logistic_l2_factory(trial: optuna.Trial) -> BaseEstimator:
+def logistic_l2_factory(trial: BaseTrial) -> BaseEstimator:
     """L2-regularised logistic regression with tuned inverse strength C."""
     c = trial.suggest_float("C", 1e-3, 1e3, log=True)
     return make_pipeline(LogisticRegression(C=c, l1_ratio=0.0, max_iter=2000))
 
 
-def linear_svm_factory(trial: optuna.Trial) -> BaseEstimator:
+def linear_svm_factory(trial: BaseTrial) -> BaseEstimator:
     """Linear SVM with Platt-scaled probabilities and tuned C."""
     c = trial.suggest_float("C", 1e-3, 1e2, log=True)
     svm = LinearSVC(C=c, max_iter=20000)
     return make_pipeline(CalibratedClassifierCV(svm, method="sigmoid", cv=3))
 
 
-def decision_tree_factory(trial: optuna.Trial) -> BaseEstimator:
+def decision_tree_factory(trial: BaseTrial) -> BaseEstimator:
     """Decision tree with tuned depth and minimum leaf size."""
     depth = trial.suggest_int("max_depth", 1, 6)
     leaf = trial.suggest_int("min_samples_leaf", 1, 10)
     return make_pipeline(DecisionTreeClassifier(max_depth=depth, min_samples_leaf=leaf))
 
 
-def knn_factory(trial: optuna.Trial) -> BaseEstimator:
+def knn_factory(trial: BaseTrial) -> BaseEstimator:
     """k-nearest neighbours with tuned k (3-15) and weighting; needs >= 15 cases per inner fit."""
     k = trial.suggest_int("n_neighbors", 3, 15)
     weights = trial.suggest_categorical("weights", ["uniform", "distance"])
@@ -267,4 +271,118 @@ def compare_models(
         ensemble_members=members,
         ensemble_probability=ens_p,
         target_sensitivity=target_sensitivity,
+    )
+
+
+class SoftVotingEnsemble(ClassifierMixin, BaseEstimator):
+    """Average of the positive-class probabilities of already fitted classifiers.
+
+    scikit-learn's ``VotingClassifier`` refits its members; this one keeps
+    members that were tuned and fitted one by one (:func:`fit_final_model`).
+    Picklable like any scikit-learn estimator.
+
+    Parameters
+    ----------
+    estimators:
+        ``(name, fitted classifier)`` pairs, each with ``predict_proba`` and
+        ``classes_ == [0, 1]``.
+    """
+
+    def __init__(self, estimators: Sequence[tuple[str, BaseEstimator]]) -> None:
+        self.estimators = estimators
+
+    def _check(self) -> None:
+        if len(self.estimators) < 2:
+            raise StatsInputError("a soft-voting ensemble needs at least two members")
+        for name, est in self.estimators:
+            if list(getattr(est, "classes_", [])) != [0, 1]:
+                raise StatsInputError(f"ensemble member {name!r} is not a fitted 0/1 classifier")
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> SoftVotingEnsemble:
+        """Check the members (they are already fitted; nothing is refitted)."""
+        self._check()
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Mean of the members' class probabilities, shape ``(n, 2)``."""
+        self._check()
+        return np.mean([np.asarray(est.predict_proba(X)) for _, est in self.estimators], axis=0)
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int_]:
+        """Class with the higher mean probability (ties go to 1)."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+@dataclass
+class FinalModel:
+    """The model that ships: chosen by the comparison, tuned and fitted on all data.
+
+    Attributes
+    ----------
+    name:
+        Row name in the comparison (a candidate name or ``"ensemble"``).
+    estimator:
+        The fitted classifier (a :class:`SoftVotingEnsemble` for ``"ensemble"``).
+    best_params:
+        Tuned hyper-parameters by member name.
+    threshold:
+        Operating threshold chosen on the pooled OOF probabilities of the nested
+        CV for the comparison's target sensitivity.
+    """
+
+    name: str
+    estimator: BaseEstimator
+    best_params: dict[str, dict[str, Any]]
+    threshold: float
+
+
+def fit_final_model(
+    comparison: ModelComparison,
+    X: ArrayLike,
+    y: ArrayLike,
+    groups: ArrayLike,
+    candidates: Mapping[str, EstimatorFactory] | None = None,
+    *,
+    model: str | None = None,
+    cv_splits: int = 5,
+    n_trials: int = 25,
+    seed: int = 0,
+) -> FinalModel:
+    """Tune and fit the chosen model (default: best pooled OOF AUC) on all data.
+
+    Parameters
+    ----------
+    comparison:
+        Result of :func:`compare_models` on the same data.
+    X, y, groups:
+        The training data.
+    candidates:
+        The factories the comparison used (default :func:`default_candidates`).
+    model:
+        Row to fit; default the comparison's best. ``"ensemble"`` fits both members.
+    cv_splits, n_trials, seed:
+        Grouped CV folds and Optuna trials of the final tuning.
+    """
+    cands = dict(candidates or default_candidates())
+    rows = {r.model: r for r in comparison.rows}
+    chosen = model or comparison.best().model
+    if chosen not in rows:
+        raise StatsInputError(f"no model {chosen!r} in the comparison ({', '.join(rows)})")
+    members = comparison.ensemble_members if chosen == "ensemble" else (chosen,)
+    fitted = {}
+    for name in members:
+        if name not in cands:
+            raise StatsInputError(f"no factory for {name!r} among the candidates")
+        fitted[name] = tune_and_fit(X, y, groups, cands[name], cv_splits=cv_splits, n_trials=n_trials, seed=seed)
+    if chosen == "ensemble":
+        mat = np.asarray(X, dtype=float)
+        estimator: BaseEstimator = SoftVotingEnsemble([(n, t.estimator) for n, t in fitted.items()]).fit(mat, y)
+    else:
+        estimator = fitted[chosen].estimator
+    return FinalModel(
+        name=chosen,
+        estimator=estimator,
+        best_params={n: t.best_params for n, t in fitted.items()},
+        threshold=rows[chosen].at_threshold.threshold,
     )
