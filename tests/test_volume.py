@@ -215,6 +215,24 @@ def test_variable_flip_angles_become_the_fourth_axis(tmp_path: Path) -> None:
     np.testing.assert_allclose(volume.times, (np.arange(4) * 30.0)[order] - 30.0, atol=1e-5)
 
 
+def test_flip_angle_series_combined_on_request(tmp_path: Path) -> None:
+    frame_of_reference, study = generate_uid(), generate_uid()
+    stored = stored_values((2, 3, 4, 4), seed=13)
+    files = []
+    for n, angle in enumerate((10.0, 3.0)):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        files += write_series(
+            folder, stored[n], origin=np.zeros(3), frame_of_reference=frame_of_reference,
+            study_uid=study, per_time_point=[{"FlipAngle": angle}], **AXIAL,
+        )
+    with pytest.raises(SeriesGeometryError, match="2 series"):
+        load_series(files)
+    volume = load_series(files, single_series=False)
+    np.testing.assert_array_equal(volume.data, stored[::-1].astype(np.float32))
+    assert [float(h.FlipAngle) for h in volume.time_point_headers] == [3.0, 10.0]
+
+
 def test_duplicate_instances_are_read_once(tmp_path: Path) -> None:
     stored = stored_values((4, 3, 3), seed=10)
     files = write_series(tmp_path, stored, origin=np.zeros(3), **AXIAL)

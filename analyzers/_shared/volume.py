@@ -495,10 +495,10 @@ def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]
     return frames
 
 
-def _check_consistency(frames: list[_Frame]) -> None:
+def _check_consistency(frames: list[_Frame], single_series: bool) -> None:
     first = frames[0]
     series = {f.series_instance_uid for f in frames}
-    if len(series) > 1:
+    if single_series and len(series) > 1:
         raise SeriesGeometryError(f"files belong to {len(series)} series: {sorted(series)}")
     for frame in frames:
         if frame.pixels.shape != first.pixels.shape:
@@ -539,7 +539,9 @@ def _frame_time(frame: _Frame, source: str | None, reference: float) -> float:
     return value
 
 
-def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
+def load_series(
+    files: Iterable[str | PathLike[str] | Dataset], *, single_series: bool = True
+) -> Volume:
     """Read one MR series into a :class:`Volume`.
 
     Parameters
@@ -548,6 +550,10 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
         Paths (or already read datasets) of the series' instances in any order:
         classic images (one per slice per time point) or Enhanced MR
         multi-frame instances.
+    single_series:
+        Refuse files of several series (the default). ``False`` combines
+        series of identical geometry, e.g. a variable flip angle acquisition
+        written as one series per flip angle.
 
     Returns
     -------
@@ -575,7 +581,7 @@ def load_series(files: Iterable[str | PathLike[str] | Dataset]) -> Volume:
     given twice (same SOP Instance UID) are read once.
     """
     frames = _read_frames(files)
-    _check_consistency(frames)
+    _check_consistency(frames, single_series)
     first = frames[0]
     normal = np.cross(first.row_cosine, first.column_cosine)
     distances = np.array([float(f.position @ normal) for f in frames])
