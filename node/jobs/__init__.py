@@ -1,0 +1,1 @@
+"""Durable job ledger, executors and the job runner."""

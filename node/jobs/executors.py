@@ -1,0 +1,195 @@
+"""Where jobs run: an embedded local process pool, or Dask distributed workers.
+
+Both take ``(analyzer name, AnalysisInput)`` and return a ``concurrent.futures.Future``
+of a :class:`node.jobs.work.JobOutcome`.
+
+* :class:`LocalExecutor` (``[jobs] executor = "local"``, the default): ``workers``
+  processes on this machine (forkserver, so the node's threads are not forked). The
+  outcome carries the outputs as Part 10 bytes; the runner stores them.
+* :class:`DaskExecutor` (``executor = "dask"``, ``scheduler = "tcp://host:8786"``): the
+  job goes to a Dask worker, which fetches the inputs from this node by WADO-RS and
+  stores its outputs back by STOW-RS (:mod:`node.jobs.remote`), so workers need no
+  shared disk. The outcome carries the output UIDs only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from analyzers.contract import AnalysisInput
+from node.config import JobsSettings, Settings
+from node.jobs.work import JobOutcome, execute_job
+
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor"]
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """What the job runner needs from an executor."""
+
+    remote: bool
+
+    @property
+    def capacity(self) -> int:
+        """How many jobs may run at once."""
+        ...
+
+    def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+def _limit_threads() -> None:
+    # Each worker runs one job; numeric libraries must not each start a thread per core.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
+
+def _warm(analyzers: tuple[str, ...]) -> None:
+    """Import the analyzers (and what they import) so the first job does not pay for it."""
+    from analyzers.registry import load_analyzer
+
+    for name in analyzers:
+        try:
+            load_analyzer(name)
+        except Exception:  # warming is best effort; the job itself reports real errors
+            log.debug("warming analyzer %s failed", name, exc_info=True)
+    time.sleep(0.2)  # hold this worker so the next warm-up task lands on another one
+
+
+class LocalExecutor:
+    """A process pool of ``workers`` processes.
+
+    A worker that dies (out of memory, a crash in native code) breaks the pool; the
+    job's future then fails with ``BrokenProcessPool``, the job is retried, and the
+    pool is rebuilt for the next submission.
+    """
+
+    remote = False
+
+    def __init__(self, workers: int, warm_analyzers: Sequence[str] = ()) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+        self.warm_analyzers = tuple(warm_analyzers)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_limit_threads)
+
+    @property
+    def capacity(self) -> int:
+        return self.workers
+
+    def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]:
+        with self._lock:
+            try:
+                return self._pool.submit(execute_job, analyzer, job)
+            except concurrent.futures.process.BrokenProcessPool:
+                log.warning("the local worker pool broke (a worker died); starting a new one")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                return self._pool.submit(execute_job, analyzer, job)
+
+    def warm_up(self) -> list[concurrent.futures.Future[None]]:
+        """Start the worker processes now and import the analyzers in each (in the background)."""
+        with self._lock:
+            return [self._pool.submit(_warm, self.warm_analyzers) for _ in range(self.workers)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Jobs on a Dask distributed cluster; inputs by WADO-RS, outputs by STOW-RS.
+
+    Parameters
+    ----------
+    scheduler:
+        ``tcp://host:8786`` of the Dask scheduler (or a ``distributed.Client``-compatible
+        address object).
+    node_url:
+        The DICOMweb base URL of this node as the workers reach it.
+    token:
+        A bearer token with ``read-write`` scope, or ``None`` when the node has no tokens.
+    capacity:
+        The most jobs in flight at once.
+    """
+
+    remote = True
+
+    def __init__(self, scheduler: Any, node_url: str, token: str | None, capacity: int) -> None:
+        from distributed import Client
+
+        self.node_url = node_url.rstrip("/")
+        self.token = token
+        self._capacity = capacity
+        self.client = Client(scheduler, set_as_default=False, timeout=30)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]:
+        from node.jobs.remote import run_remote_job
+
+        result: concurrent.futures.Future[JobOutcome] = concurrent.futures.Future()
+        remote = self.client.submit(run_remote_job, analyzer, job, self.node_url, self.token,
+                                    key=f"pacsnode-job-{job.job_id}-{os.urandom(4).hex()}", pure=False)
+
+        def done(future: Any) -> None:
+            try:
+                result.set_result(future.result())
+            except BaseException as exc:  # noqa: BLE001 - handed to the runner as the job's error
+                result.set_exception(exc)
+
+        remote.add_done_callback(done)
+        return result
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def node_url_of(settings: Settings) -> str:
+    """The DICOMweb base URL workers use to reach this node (``[jobs] node_url`` or ``[http]``)."""
+    if settings.jobs.node_url:
+        return settings.jobs.node_url.rstrip("/")
+    scheme = "https" if settings.http.tls else "http"
+    host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"{scheme}://{host}:{settings.http.port}{settings.http.base_path.rstrip('/')}"
+
+
+def _worker_token(settings: Settings) -> str | None:
+    if settings.jobs.worker_token:
+        return settings.jobs.worker_token
+    return next((t.token for t in settings.http.tokens if t.scope == "read-write"), None)
+
+
+def make_executor(settings: Settings, analyzers: Sequence[str] = ()) -> Executor:
+    """The executor ``[jobs]`` asks for; a local pool starts its workers and imports ``analyzers``."""
+    jobs: JobsSettings = settings.jobs
+    if jobs.executor == "dask":
+        return DaskExecutor(jobs.scheduler, node_url_of(settings), _worker_token(settings), jobs.workers)
+    executor = LocalExecutor(jobs.workers, analyzers)
+    executor.warm_up()
+    return executor
+
+
+def scratch_for(root: Path, job_id: str) -> Path:
+    """A fresh scratch folder for one job."""
+    folder = root / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,1 @@
+"""Series completion and routing rules."""

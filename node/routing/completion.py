@@ -1,0 +1,331 @@
+"""When is a series complete? Count-based when the headers say how many instances to expect,
+otherwise after ``stable_after`` seconds without a new instance.
+
+The state of every series lives in the index (table ``series_state``), never only in
+memory: an apscheduler timer per open series fires at its ``due_at``, and on start
+:meth:`CompletionTracker.start` re-creates the timers of open series, finishes series
+that were being completed when the node died, and opens series whose instances were
+indexed but never tracked (a crash between the index commit and the listener).
+
+Expected instance count (first rule that applies):
+
+* ``NumberOfFrames`` > 1 (an enhanced multi-frame object holds the whole acquisition): 1;
+* ``ImagesInAcquisition`` N with ``NumberOfTemporalPositions`` T > 1: N × T (N read as the
+  images of one time point, as Siemens and Philips write it; GE's convention, N = all
+  images, gives a larger count that is never reached, and the quiet timer completes the
+  series — erring late, never early);
+* ``ImagesInAcquisition`` N alone: N;
+* otherwise no count: the quiet timer decides.
+
+An instance arriving after completion is *late*: it is logged and counted, and re-opens
+the series for another round of analysis only for the routes that say
+``on_late = "reanalyze"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.ingest import IngestOutcome
+from node.jobs.ledger import ensure_schema, is_output_uid
+from node.routing.rules import Route
+from node.storage.index import Index, InstanceRecord
+
+__all__ = ["CompletionTracker", "SeriesState", "expected_instances"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series_state (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,                 -- open | completing | complete
+    expected INTEGER,
+    received INTEGER NOT NULL DEFAULT 0,
+    stable_after REAL NOT NULL,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    due_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,                         -- count | quiet
+    completed_at REAL,
+    late INTEGER NOT NULL DEFAULT 0,
+    pending_routes TEXT                  -- JSON list of routes to run on re-analysis, NULL: all
+);
+CREATE INDEX IF NOT EXISTS series_state_state ON series_state (state);
+"""
+
+CompleteCallback = Callable[[str, int, Sequence[str] | None], None]
+"""``(series_uid, generation, only_routes)``: make the jobs of a completed series (idempotent)."""
+
+
+def _int(value: Any) -> int | None:
+    try:
+        number = int(str(value).split("\\")[0])
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def expected_instances(attributes: Mapping[str, Any]) -> int | None:
+    """The instance count that completes a series, or ``None`` when the headers do not say."""
+    frames = _int(attributes.get("NumberOfFrames"))
+    if frames is not None and frames > 1:
+        return 1
+    images = _int(attributes.get("ImagesInAcquisition"))
+    if images is None:
+        return None
+    temporal = _int(attributes.get("NumberOfTemporalPositions"))
+    return images * temporal if temporal is not None and temporal > 1 else images
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """One row of ``series_state``."""
+
+    series_uid: str
+    study_uid: str
+    state: str
+    expected: int | None
+    received: int
+    stable_after: float
+    first_received: float
+    last_received: float
+    due_at: float
+    generation: int
+    reason: str | None
+    completed_at: float | None
+    late: int
+    pending_routes: tuple[str, ...] | None
+
+
+class CompletionTracker:
+    """Decides when series are complete and calls ``on_complete`` once per round.
+
+    Parameters
+    ----------
+    index:
+        The node's index (the state table is created in its file).
+    routes_for:
+        The routes a series with given attributes takes (for ``stable_after`` and ``on_late``).
+    stable_after:
+        Default quiet time in seconds (``[routing] stable_after``).
+    on_complete:
+        Called from a scheduler thread with ``(series_uid, generation, only_routes)``.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        routes_for: Callable[[Mapping[str, Any]], Sequence[Route]],
+        stable_after: float,
+        on_complete: CompleteCallback,
+    ) -> None:
+        if stable_after <= 0:
+            raise ValueError("stable_after must be > 0 seconds")
+        self.index = index
+        self.routes_for = routes_for
+        self.stable_after = stable_after
+        self.on_complete = on_complete
+        self._scheduler: BackgroundScheduler | None = None
+        self._lock = threading.Lock()
+        ensure_schema(index, _SCHEMA)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the timers: resume open and half-completed series, adopt untracked ones."""
+        # apscheduler logs every timer at INFO; one per series is noise in the node's log.
+        logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+        scheduler = BackgroundScheduler(
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+            timezone=UTC,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        self._adopt_untracked()
+        for row in self.series(states=("open", "completing")):
+            if row.state == "completing":
+                self._schedule_completion(row.series_uid)
+            else:
+                self._schedule(row.series_uid, row.due_at)
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+
+    # -- ingest listener ---------------------------------------------------------------------
+
+    def __call__(self, outcome: IngestOutcome, record: InstanceRecord) -> None:
+        """The :class:`node.ingest.Ingestor` listener."""
+        self.instance_arrived(outcome.series_instance_uid, outcome.study_instance_uid,
+                              record.series_attributes, record.received_at)
+
+    def _stable_after(self, routes: Sequence[Route]) -> float:
+        values = [r.stable_after for r in routes if r.stable_after is not None]
+        return min(values) if values else self.stable_after
+
+    def instance_arrived(self, series_uid: str, study_uid: str, attributes: Mapping[str, Any],
+                         received_at: float | None = None) -> None:
+        """Record one stored instance of a series; complete it when its count is reached."""
+        if is_output_uid(series_uid):
+            return  # results of the node's own jobs are not analyzed again
+        now = received_at or time.time()
+        schedule_at: float | None = None
+        complete_now = False
+        with self.index.transaction() as conn:
+            received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
+                                        (series_uid,)).fetchone()[0])
+            row = conn.execute("SELECT state, expected, stable_after, generation FROM series_state "
+                               "WHERE series_uid = ?", (series_uid,)).fetchone()
+            if row is None:
+                routes = self.routes_for(attributes)
+                stable = self._stable_after(routes)
+                expected = expected_instances(attributes)
+                conn.execute(
+                    "INSERT INTO series_state (series_uid, study_uid, state, expected, received, "
+                    "stable_after, first_received, last_received, due_at) "
+                    "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    (series_uid, study_uid, expected, received, stable, now, now, now + stable))
+                schedule_at = now + stable
+                state = "open"
+            else:
+                state, expected, stable, generation = row
+                if state == "open":
+                    conn.execute("UPDATE series_state SET received = ?, last_received = ?, due_at = ? "
+                                 "WHERE series_uid = ?", (received, now, now + stable, series_uid))
+                else:
+                    state = self._late(conn, series_uid, attributes, received, now, generation)
+                    if state == "open":
+                        schedule_at = now + stable
+            if state == "open" and expected is not None and received >= expected:
+                conn.execute("UPDATE series_state SET state = 'completing', reason = 'count' "
+                             "WHERE series_uid = ?", (series_uid,))
+                complete_now = True
+        if complete_now:
+            self._schedule_completion(series_uid)
+        elif schedule_at is not None:
+            self._schedule(series_uid, schedule_at)
+
+    def _late(self, conn: Any, series_uid: str, attributes: Mapping[str, Any], received: int,
+              now: float, generation: int) -> str:
+        reanalyze = [r.name for r in self.routes_for(attributes) if r.on_late == "reanalyze"]
+        if not reanalyze:
+            conn.execute("UPDATE series_state SET late = late + 1, received = ? WHERE series_uid = ?",
+                         (received, series_uid))
+            log.warning("late instance for completed series %s ignored (no route says on_late = "
+                        "\"reanalyze\")", series_uid)
+            return "complete"
+        conn.execute(
+            "UPDATE series_state SET state = 'open', late = late + 1, received = ?, last_received = ?, "
+            "due_at = ? + stable_after, generation = ?, pending_routes = ?, expected = NULL, reason = NULL "
+            "WHERE series_uid = ?",
+            (received, now, now, generation + 1, json.dumps(reanalyze), series_uid))
+        log.info("late instance re-opened series %s for re-analysis by %s", series_uid, ", ".join(reanalyze))
+        return "open"
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _schedule(self, series_uid: str, at: float) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return  # not started (tests of the listener alone); start() schedules from the index
+        scheduler.add_job(self._on_timer, "date", run_date=datetime.fromtimestamp(at, UTC),
+                          args=(series_uid,), id=f"complete:{series_uid}", replace_existing=True)
+
+    def _schedule_completion(self, series_uid: str) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        scheduler.add_job(self._complete, args=(series_uid,), id=f"finish:{series_uid}",
+                          replace_existing=True)
+
+    def _on_timer(self, series_uid: str) -> None:
+        """The quiet timer fired: complete the series, or wait again if an instance came since."""
+        with self.index.transaction() as conn:
+            row = conn.execute("SELECT state, due_at FROM series_state WHERE series_uid = ?",
+                               (series_uid,)).fetchone()
+            if row is None or row[0] != "open":
+                return
+            if row[1] > time.time() + 0.005:
+                later = float(row[1])
+            else:
+                later = None
+                conn.execute("UPDATE series_state SET state = 'completing', reason = 'quiet' "
+                             "WHERE series_uid = ?", (series_uid,))
+        if later is not None:
+            self._schedule(series_uid, later)
+        else:
+            self._complete(series_uid)
+
+    def _complete(self, series_uid: str) -> None:
+        row = self.get(series_uid)
+        if row is None or row.state != "completing":
+            return
+        try:
+            self.on_complete(series_uid, row.generation, row.pending_routes)
+        except Exception:
+            log.exception("making the jobs of completed series %s failed; retrying in 5 s", series_uid)
+            self._schedule(series_uid, time.time() + 5)
+            with self.index.transaction() as conn:
+                conn.execute("UPDATE series_state SET state = 'open', due_at = ? WHERE series_uid = ?",
+                             (time.time() + 5, series_uid))
+            return
+        with self.index.transaction() as conn:
+            conn.execute("UPDATE series_state SET state = 'complete', completed_at = ?, pending_routes = NULL "
+                         "WHERE series_uid = ? AND state = 'completing'", (time.time(), series_uid))
+        log.info("series %s complete (%s, %d instance(s))", series_uid, row.reason, row.received)
+
+    def _adopt_untracked(self) -> None:
+        """Open a state row for every indexed series that has none (crash before the listener)."""
+        reader = self.index.reader()
+        rows = reader.execute(
+            "SELECT s.series_uid, s.study_uid, s.attributes, s.first_received, s.last_received FROM series s "
+            "LEFT JOIN series_state c ON c.series_uid = s.series_uid WHERE c.series_uid IS NULL").fetchall()
+        for series_uid, study_uid, attributes, first, last in rows:
+            if is_output_uid(series_uid):
+                continue
+            attrs = json.loads(attributes or "{}")
+            stable = self._stable_after(self.routes_for(attrs))
+            with self.index.transaction() as conn:
+                received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
+                                            (series_uid,)).fetchone()[0])
+                conn.execute(
+                    "INSERT OR IGNORE INTO series_state (series_uid, study_uid, state, expected, received, "
+                    "stable_after, first_received, last_received, due_at) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                    (series_uid, study_uid, expected_instances(attrs), received, stable, first or time.time(),
+                     last or time.time(), (last or time.time()) + stable))
+            log.warning("series %s was indexed but not tracked; tracking it now", series_uid)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, series_uid: str) -> SeriesState | None:
+        rows = self._select("WHERE series_uid = ?", (series_uid,))
+        return rows[0] if rows else None
+
+    def series(self, states: Sequence[str] | None = None) -> list[SeriesState]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            return self._select(f"WHERE state IN ({marks})", tuple(states))
+        return self._select("", ())
+
+    def _select(self, where: str, params: tuple[Any, ...]) -> list[SeriesState]:
+        cur = self.index.reader().execute(
+            "SELECT series_uid, study_uid, state, expected, received, stable_after, first_received, "
+            f"last_received, due_at, generation, reason, completed_at, late, pending_routes FROM series_state {where} "
+            "ORDER BY first_received", params)
+        out = []
+        for row in cur:
+            pending = tuple(json.loads(row[13])) if row[13] else None
+            out.append(SeriesState(*row[:13], pending_routes=pending))
+        return out
