@@ -190,6 +190,11 @@ class JobsSettings(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     backoff_seconds: Annotated[float, Field(ge=0)] = 10.0
     models: Path = Path("./models")
+    # executor = "dask": the DICOMweb URL workers use to fetch inputs and store outputs
+    # (default: derived from [http]) and the read-write bearer token they send (default: the
+    # first read-write token of [http] tokens).
+    node_url: str | None = None
+    worker_token: str | None = None
 
     @model_validator(mode="after")
     def _dask_needs_scheduler(self) -> JobsSettings:
