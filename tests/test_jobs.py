@@ -1,0 +1,204 @@
+"""The job ledger, deterministic output UIDs, output checks and the runner's bookkeeping."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage
+
+from analyzers.contract import AnalysisInput, SeriesInput
+from node.ingest import Ingestor
+from node.jobs.ledger import JobLedger, is_output_uid, job_id_for, output_uid
+from node.jobs.run import JobRunner
+from node.jobs.work import JobOutcome, OutputRejected, assign_output_uids, check_outputs
+from node.outbox import Outbox
+from node.routing.rules import Route, RouteTable
+from node.samples import SeriesSpec, write_mr_series
+from node.storage.index import Index
+from node.storage.store import InstanceStore
+
+
+@pytest.fixture
+def index(tmp_path: Path):
+    idx = Index(tmp_path / "index.sqlite")
+    yield idx
+    idx.close()
+
+
+def _enqueue(ledger: JobLedger, series: str = "1.2.3.4", route: str = "qc", generation: int = 0) -> str:
+    return ledger.enqueue(series_uid=series, study_uid="1.2.3", patient_id="P1", route=route, analyzer="qc",
+                          send_to=["pacs"], generation=generation)
+
+
+def test_state_machine_backoff_and_final_failure(index: Index) -> None:
+    ledger = JobLedger(index, max_attempts=3, backoff_seconds=0.2)
+    job_id = _enqueue(ledger)
+    assert _enqueue(ledger) == job_id and len(ledger.jobs()) == 1  # idempotent
+    [job] = ledger.claim(5)
+    assert (job.state, job.attempts) == ("running", 1)
+    assert ledger.claim(5) == []
+    assert ledger.fail(job_id, "boom") == "queued"
+    assert ledger.claim(5) == []  # backing off
+    assert ledger.next_due() == pytest.approx(time.time() + 0.2, abs=0.1)
+    [job] = ledger.claim(5, now=time.time() + 0.25)
+    assert job.attempts == 2
+    assert ledger.fail(job_id, "boom") == "queued"
+    assert ledger.get(job_id).not_before - time.time() == pytest.approx(0.4, abs=0.1)  # doubled
+    ledger.claim(5, now=time.time() + 1)
+    assert ledger.fail(job_id, "boom again") == "failed"
+    failed = ledger.get(job_id)
+    assert (failed.state, failed.attempts, failed.error) == ("failed", 3, "boom again")
+    assert [j.id for j in ledger.jobs(state="failed")] == [job_id]
+
+
+def test_reject_done_requeue_and_priors(index: Index) -> None:
+    ledger = JobLedger(index)
+    rejected = _enqueue(ledger, "1.1")
+    done = _enqueue(ledger, "1.2")
+    interrupted = _enqueue(ledger, "1.3")
+    ledger.claim(3)
+    ledger.reject(rejected, "not a perfusion series")
+    ledger.finish(done, outputs=["9.9"], findings={"rcbv": 2.5}, analyzer_version="1.0")
+    assert ledger.requeue_running() == 1  # the crash left this one running
+    assert ledger.get(interrupted).state == "queued"
+    assert ledger.get(rejected).state == "rejected"
+    assert ledger.get(done).outputs == ["9.9"] and ledger.get(done).findings == {"rcbv": 2.5}
+    priors = ledger.priors(patient_id="P1", analyzer="qc", exclude_study="other")
+    assert [p.findings for p in priors] == [{"rcbv": 2.5}]
+    assert ledger.priors(patient_id="P1", analyzer="qc", exclude_study="1.2.3") == []
+    assert ledger.counts()["queued"] == 1
+
+
+def test_job_ids_and_output_uids_are_deterministic() -> None:
+    assert job_id_for("1.2", "qc", 0) == job_id_for("1.2", "qc", 0) != job_id_for("1.2", "qc", 1)
+    uid = output_uid("abc", "instance", 0)
+    assert uid == output_uid("abc", "instance", 0) != output_uid("abc", "instance", 1)
+    assert is_output_uid(uid) and len(uid) <= 64 and re.fullmatch(r"[0-9.]+", uid)
+    assert all(not part.startswith("0") or part == "0" for part in uid.split("."))
+
+
+def _output(study: str, patient: str, referenced_series: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = "1.9.1"
+    ds.SeriesInstanceUID = "1.9.2"
+    ds.StudyInstanceUID = study
+    ds.PatientID = patient
+    ds.Modality = "SR"
+    item = Dataset()
+    item.SeriesInstanceUID = referenced_series
+    reference = Dataset()
+    reference.ReferencedSOPInstanceUID = "1.9.1"  # an output referencing another output
+    ds.ReferencedSeriesSequence = [item]
+    ds.ContentSequence = [reference]
+    return ds
+
+
+def _input(tmp_path: Path) -> AnalysisInput:
+    series = SeriesInput("1.5.1", "1.5", (), {"PatientID": "P1"})
+    return AnalysisInput("job-1", series, {}, [], None, tmp_path)  # type: ignore[arg-type]
+
+
+def test_assign_output_uids_keeps_references(tmp_path: Path) -> None:
+    first, second = _output("1.5", "P1", "1.5.1"), _output("1.5", "P1", "1.5.1")
+    second.SOPInstanceUID = "1.9.3"
+    assign_output_uids("job-1", [first, second])
+    assert first.SOPInstanceUID == output_uid("job-1", "instance", 0)
+    assert second.SOPInstanceUID == output_uid("job-1", "instance", 1)
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID == output_uid("job-1", "series", 0)
+    assert second.ContentSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert first.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.5.1"  # inputs untouched
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda ds: setattr(ds, "StudyInstanceUID", "1.6"), "not the input study"),
+    (lambda ds: setattr(ds, "PatientID", "P2"), "not the input patient"),
+    (lambda ds: delattr(ds, "Modality"), "Modality"),
+    (lambda ds: setattr(ds.ReferencedSeriesSequence[0], "SeriesInstanceUID", "7.7"), "references none"),
+    (lambda ds: setattr(ds, "SeriesInstanceUID", "1.5.1"), "input series"),
+])
+def test_check_outputs_refuses(tmp_path: Path, change, message: str) -> None:
+    job = _input(tmp_path)
+    good = _output("1.5", "P1", "1.5.1")
+    check_outputs([good], job)
+    change(good)
+    with pytest.raises(OutputRejected, match=message):
+        check_outputs([good], job)
+
+
+class _ScriptedExecutor:
+    """An executor whose outcomes the test decides (the runner's bookkeeping alone)."""
+
+    remote = False
+    capacity = 2
+
+    def __init__(self, outcomes: list[object]) -> None:
+        self.outcomes = outcomes
+        self.submitted: list[str] = []
+
+    def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]:
+        self.submitted.append(job.job_id)
+        future: concurrent.futures.Future[JobOutcome] = concurrent.futures.Future()
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)  # type: ignore[arg-type]
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_runner_retries_failures_rejects_unsuitable_and_stores_outputs(tmp_path: Path) -> None:
+    index = Index(tmp_path / "var" / "index.sqlite")
+    store = InstanceStore(tmp_path / "var", fsync=False, min_free_bytes=0)
+    ingestor = Ingestor(store, index, allowed_sop_classes={MRImageStorage, Comprehensive3DSRStorage})
+    files = write_mr_series(tmp_path / "in", SeriesSpec(slices=3, rows=8, columns=8))
+    for path in files:
+        ingestor.ingest_part10(path.read_bytes())
+    series_uid = index.instance_paths()[0][2].split("/")[-2]
+    study_uid = index.instance_paths()[0][2].split("/")[-3]
+    ledger = JobLedger(index, max_attempts=2, backoff_seconds=0.05)
+    outbox = Outbox(index, store, [])
+    table = RouteTable((Route("qc", "qc", {"Modality": (re.compile("MR"),)}),))
+    from analyzers.qc import QcAnalyzer
+    from node.jobs.work import execute_job
+
+    real = execute_job("qc", AnalysisInput(job_id_for(series_uid, "qc", 0),
+                                           SeriesInput(series_uid, study_uid, tuple(files), {"PatientID": "DEMO-0001"}),
+                                           {}, [], QcAnalyzer.settings_model(), tmp_path))
+    executor = _ScriptedExecutor([RuntimeError("worker crashed"), real,
+                                  JobOutcome(analyzer_version="1", rejected="not a perfusion series")])
+    runner = JobRunner(ledger, index, store, ingestor, outbox, table, lambda: executor, tmp_path / "scratch")
+    flaky = ledger.enqueue(series_uid=series_uid, study_uid=study_uid, patient_id="DEMO-0001", route="qc",
+                           analyzer="qc", send_to=["pacs"])
+    runner.start()
+    try:
+        assert _wait(lambda: ledger.get(flaky).state == "done")
+        job = ledger.get(flaky)
+        assert job.attempts == 2 and executor.submitted == [flaky, flaky]
+        assert job.outputs == real.output_uids and index.lookup_instance(job.outputs[0]) is not None
+        assert [d.sop_uid for d in outbox.deliveries()] == job.outputs
+        unsuitable = ledger.enqueue(series_uid=series_uid, study_uid=study_uid, patient_id="DEMO-0001",
+                                    route="qc", analyzer="qc", send_to=[], generation=1)
+        runner.wake()
+        assert _wait(lambda: ledger.get(unsuitable).state == "rejected")
+        assert ledger.get(unsuitable).attempts == 1 and "perfusion" in ledger.get(unsuitable).error
+    finally:
+        runner.stop()
+        index.close()
