@@ -180,7 +180,7 @@ def test_hosmer_lemeshow_by_hand() -> None:
     # (O-E)^2 / (E (1 - E/3)) = 0.16/0.48 = 0.25/0.75 = 0.16/0.48 = 1/3, so chi2 = 1 on 1 df.
     y = [0, 0, 1, 0, 1, 0, 1, 1, 0]
     p = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    hl = hosmer_lemeshow(y, p, groups=3)
+    hl = hosmer_lemeshow(y, p, n_groups=3)
     np.testing.assert_allclose(hl.expected, [0.6, 1.5, 2.4])
     np.testing.assert_allclose(hl.observed, [1, 1, 2])
     assert hl.statistic == pytest.approx(1.0)
@@ -193,7 +193,7 @@ def test_hosmer_lemeshow_equals_two_class_pearson_form() -> None:
     rng = np.random.default_rng(3)
     p = rng.uniform(0.05, 0.95, 200)
     y = (rng.random(200) < p).astype(int)
-    hl = hosmer_lemeshow(y, p, groups=10)
+    hl = hosmer_lemeshow(y, p, n_groups=10)
     order = np.argsort(p, kind="stable")
     chi2 = 0.0
     for ix in np.array_split(order, 10):
@@ -453,6 +453,7 @@ def test_summaries_by_hand() -> None:
     assert s.sd == pytest.approx(math.sqrt(5 / 3))
     assert s.mean_sd(2) == "2.50 ± 1.29"
     assert s.median_iqr(2) == "2.50 (1.75-3.25)"
+    assert summarize([-2, -1, 0, 1]).median_iqr(2) == "-0.50 (-1.25 to 0.25)"
 
 
 def test_wilcoxon_mann_whitney_cohens_d_by_hand() -> None:

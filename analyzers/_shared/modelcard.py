@@ -145,7 +145,8 @@ class CardMetric:
         text = f"{self.value:.{decimals}f}"
         if self.ci_lower is not None and self.ci_upper is not None and self.confidence:
             pct = round(self.confidence * 100)
-            text += f" ({pct}% CI {self.ci_lower:.{decimals}f}-{self.ci_upper:.{decimals}f})"
+            sep = " to " if min(self.ci_lower, self.ci_upper) < 0 else "-"
+            text += f" ({pct}% CI {self.ci_lower:.{decimals}f}{sep}{self.ci_upper:.{decimals}f})"
         return text
 
     def to_dict(self) -> dict[str, Any]:

@@ -144,6 +144,12 @@ def _fmt(v: float | None, decimals: int = 3) -> str:
     return f"{v:.{decimals}f}"
 
 
+def _range(lower: float, upper: float) -> str:
+    # A hyphen between two numbers misreads when one of them is negative.
+    sep = " to " if min(lower, upper) < 0 else "-"
+    return f"{_fmt(lower)}{sep}{_fmt(upper)}"
+
+
 def _evaluation_rows(evaluations: Mapping[str, Evaluation]) -> str:
     head = (
         "<tr><th>model</th><th>cases / patients</th><th>AUC (95% CI)</th><th>Brier</th>"
@@ -159,7 +165,7 @@ def _evaluation_rows(evaluations: Mapping[str, Evaluation]) -> str:
             c = ci[key]
             if not (math.isfinite(c.lower) and math.isfinite(c.upper)):
                 return _fmt(value)
-            return f"{_fmt(value)} ({_fmt(c.lower)}-{_fmt(c.upper)})"
+            return f"{_fmt(value)} ({_range(c.lower, c.upper)})"
 
         hl = ev.hosmer_lemeshow
         cells = [
@@ -195,7 +201,7 @@ def _delong_rows(results: Mapping[tuple[str, str], DeLongResult]) -> str:
                 html.escape(b),
                 _fmt(r.auc_a),
                 _fmt(r.auc_b),
-                f"{_fmt(r.difference)} ({_fmt(r.ci_lower)}-{_fmt(r.ci_upper)})",
+                f"{_fmt(r.difference)} ({_range(r.ci_lower, r.ci_upper)})",
                 _fmt(r.z, 2),
                 _fmt(r.p_value, 4),
             )

@@ -8,6 +8,20 @@ Each submodule's docstring names the paper or standard it follows.
 
 Everything is pure numpy / scipy / scikit-learn / Optuna and deterministic for a
 given ``seed``.
+
+Typical use in a trainer (rows are lesions, ``groups`` the patient of each row)::
+
+    from analyzers._shared import stats
+
+    cmp = stats.compare_models(X, y, groups, seed=0)            # nested CV of 5 models + ensemble
+    print(cmp.to_markdown())
+    final = stats.fit_final_model(cmp, X, y, groups, model="lda")  # the model that ships
+    oof = cmp.results["lda"].oof_probability
+    ev = stats.evaluate_predictions(y, oof, groups)                 # AUC CI, calibration, HL, DCA
+    uni = stats.univariate_aucs(X, y, ["rCBF_mean", "rCBV_mean"], groups)
+
+Model cards and HTML reports are written from these results by
+:mod:`analyzers._shared.modelcard` and :mod:`analyzers._shared.report`.
 """
 
 from __future__ import annotations

@@ -80,9 +80,10 @@ class BootstrapCI:
         return asdict(self)
 
     def format(self, decimals: int = 3) -> str:
-        """``"0.866 (95% CI 0.798-0.934)"``."""
+        """``"0.866 (95% CI 0.798-0.934)"`` (``" to "`` between bounds when one is negative)."""
         pct = round(self.confidence * 100)
-        return f"{self.estimate:.{decimals}f} ({pct}% CI {self.lower:.{decimals}f}-{self.upper:.{decimals}f})"
+        sep = " to " if min(self.lower, self.upper) < 0 else "-"
+        return f"{self.estimate:.{decimals}f} ({pct}% CI {self.lower:.{decimals}f}{sep}{self.upper:.{decimals}f})"
 
 
 def _check_options(n_boot: int, confidence: float) -> None:

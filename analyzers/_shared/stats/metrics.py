@@ -251,7 +251,7 @@ class HosmerLemeshowResult:
     statistic:
         ``sum_g (O_g - E_g)^2 / (E_g (1 - E_g / n_g))`` over the risk groups.
     dof:
-        Degrees of freedom, ``groups - 2``.
+        Degrees of freedom, ``n_groups - 2``.
     p_value:
         Upper tail of chi-square(dof); small values mean poor fit.
     observed, expected, sizes:
@@ -266,25 +266,25 @@ class HosmerLemeshowResult:
     sizes: NDArray[np.int_]
 
 
-def hosmer_lemeshow(y: ArrayLike, probabilities: ArrayLike, groups: int = 10) -> HosmerLemeshowResult:
-    """Hosmer-Lemeshow test over ``groups`` groups of increasing predicted risk.
+def hosmer_lemeshow(y: ArrayLike, probabilities: ArrayLike, n_groups: int = 10) -> HosmerLemeshowResult:
+    """Hosmer-Lemeshow test over ``n_groups`` groups of increasing predicted risk.
 
     Cases are sorted by predicted probability (stable sort) and cut into
-    ``groups`` groups of as-equal-as-possible size ("deciles of risk" for 10).
+    ``n_groups`` groups of as-equal-as-possible size ("deciles of risk" for 10).
 
     Parameters
     ----------
     y, probabilities:
         Labels (0/1) and predicted probabilities of the positive class.
-    groups:
+    n_groups:
         Number of risk groups, >= 3 and <= number of cases.
     """
     labels = as_binary_labels(y, need_both=False)
     p = as_scores(probabilities, labels.size, "probabilities", probability=True)
-    if groups < 3 or groups > labels.size:
-        raise StatsInputError(f"groups must be in [3, {labels.size}], got {groups}")
+    if n_groups < 3 or n_groups > labels.size:
+        raise StatsInputError(f"n_groups must be in [3, {labels.size}], got {n_groups}")
     order = np.argsort(p, kind="stable")
-    parts = np.array_split(order, groups)
+    parts = np.array_split(order, n_groups)
     observed = np.array([labels[ix].sum() for ix in parts], dtype=float)
     expected = np.array([p[ix].sum() for ix in parts], dtype=float)
     sizes = np.array([ix.size for ix in parts], dtype=int)
@@ -296,7 +296,7 @@ def hosmer_lemeshow(y: ArrayLike, probabilities: ArrayLike, groups: int = 10) ->
         terms = np.where(denom > _EPS, diff2 / np.where(denom > _EPS, denom, 1.0), 0.0)
     terms = np.where((denom <= _EPS) & (diff2 > _EPS), np.inf, terms)
     statistic = float(terms.sum())
-    dof = groups - 2
+    dof = n_groups - 2
     return HosmerLemeshowResult(
         statistic=statistic,
         dof=dof,

@@ -61,7 +61,8 @@ class Summary:
 
     def median_iqr(self, decimals: int = 3) -> str:
         """``"0.812 (0.700-0.905)"``: median (first quartile-third quartile)."""
-        return f"{self.median:.{decimals}f} ({self.q1:.{decimals}f}-{self.q3:.{decimals}f})"
+        sep = " to " if min(self.q1, self.q3) < 0 else "-"
+        return f"{self.median:.{decimals}f} ({self.q1:.{decimals}f}{sep}{self.q3:.{decimals}f})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
