@@ -34,7 +34,7 @@ from node.routing.rules import RouteError, RouteTable, load_routes
 from node.storage.index import Index
 from node.storage.store import InstanceStore
 
-__all__ = ["JobRunner", "Pipeline", "series_attributes"]
+__all__ = ["JobRunner", "Pipeline", "reprocess", "series_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,8 @@ class Pipeline:
                                                 missing=UnknownAnalyzer)
         except RouteError as exc:
             raise ConfigError(str(exc)) from exc
+        for warning in self.warnings:
+            log.warning("%s: %s", self.table.source, warning)
         self.ledger = JobLedger(index, max_attempts=settings.jobs.max_attempts,
                                 backoff_seconds=settings.jobs.backoff_seconds)
         self.outbox = Outbox(index, store, settings.destinations, calling_ae=settings.dicom.ae_title)
@@ -302,26 +304,42 @@ class Pipeline:
 
     def reprocess(self, series_uid: str, analyzer: str | None = None) -> list[str]:
         """Queue a new round of the series' routes (of one analyzer, if named); returns the job ids."""
-        attributes = series_attributes(self.index, series_uid)
-        if attributes is None:
-            raise KeyError(f"no series {series_uid} in the index")
-        routes = [r for r in self.table.runnable(attributes) if analyzer is None or r.analyzer == analyzer]
-        if analyzer is not None and not routes:
-            route = next((r for r in self.table.routes if r.analyzer == analyzer
-                          and r.name not in self.table.unavailable), None)
-            if route is None:
-                raise KeyError(f"no installed route runs analyzer {analyzer!r}")
-            routes = [route]
-        ids = []
-        with self.index.transaction() as conn:
-            row = conn.execute("SELECT generation FROM series_state WHERE series_uid = ?", (series_uid,)).fetchone()
-            generation = (int(row[0]) if row else 0) + 1
-            conn.execute("UPDATE series_state SET generation = ? WHERE series_uid = ?", (generation, series_uid))
-            for route in routes:
-                assert route.analyzer is not None
-                ids.append(self.ledger.enqueue(
-                    series_uid=series_uid, study_uid=str(attributes["StudyInstanceUID"]),
-                    patient_id=attributes.get("PatientID"), route=route.name, analyzer=route.analyzer,
-                    send_to=route.send_to, generation=generation, conn=conn))
+        ids = reprocess(self.index, self.table, self.ledger, series_uid, analyzer)
         self.runner.wake()
         return ids
+
+
+def reprocess(index: Index, table: RouteTable, ledger: JobLedger, series_uid: str,
+              analyzer: str | None = None) -> list[str]:
+    """Queue a new round of analysis of a stored series; returns the new job ids.
+
+    All the routes the series takes, or only those of ``analyzer`` (when no route of the
+    series runs it, the first installed route that does). A running node picks the jobs up
+    from the ledger within seconds.
+
+    Raises
+    ------
+    KeyError
+        The series is not in the index, or no installed route runs ``analyzer``.
+    """
+    attributes = series_attributes(index, series_uid)
+    if attributes is None:
+        raise KeyError(f"no series {series_uid} in the index")
+    routes = [r for r in table.runnable(attributes) if analyzer is None or r.analyzer == analyzer]
+    if analyzer is not None and not routes:
+        route = next((r for r in table.routes if r.analyzer == analyzer and r.name not in table.unavailable), None)
+        if route is None:
+            raise KeyError(f"no installed route runs analyzer {analyzer!r}")
+        routes = [route]
+    ids = []
+    with index.transaction() as conn:
+        row = conn.execute("SELECT generation FROM series_state WHERE series_uid = ?", (series_uid,)).fetchone()
+        generation = max((int(row[0]) if row else 0) + 1, *(ledger.next_generation(series_uid, r.name) for r in routes))
+        conn.execute("UPDATE series_state SET generation = ? WHERE series_uid = ?", (generation, series_uid))
+        for route in routes:
+            assert route.analyzer is not None
+            ids.append(ledger.enqueue(
+                series_uid=series_uid, study_uid=str(attributes["StudyInstanceUID"]),
+                patient_id=attributes.get("PatientID"), route=route.name, analyzer=route.analyzer,
+                send_to=route.send_to, generation=generation, conn=conn))
+    return ids

@@ -40,7 +40,7 @@ from node.jobs.ledger import ensure_schema, is_output_uid
 from node.routing.rules import Route
 from node.storage.index import Index, InstanceRecord
 
-__all__ = ["CompletionTracker", "SeriesState", "expected_instances"]
+__all__ = ["CompletionTracker", "SeriesState", "create_tables", "expected_instances"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS series_state (
 );
 CREATE INDEX IF NOT EXISTS series_state_state ON series_state (state);
 """
+
+def create_tables(index: Index) -> None:
+    """Create the ``series_state`` table in the index when it is missing."""
+    ensure_schema(index, _SCHEMA)
+
 
 CompleteCallback = Callable[[str, int, Sequence[str] | None], None]
 """``(series_uid, generation, only_routes)``: make the jobs of a completed series (idempotent)."""

@@ -263,8 +263,6 @@ class RouteTable:
                         warnings.append(message + " (optional role: it stays empty)")
                     else:
                         raise RouteError(message)
-        for message in warnings:
-            log.warning("%s: %s", self.source, message)
         return warnings
 
 
