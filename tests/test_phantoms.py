@@ -19,13 +19,19 @@ from analyzers.phantoms import (
     PhantomError,
     generate_dce,
     generate_dsc,
+    generate_spine,
+    generate_t1c,
     simulate_dce,
     simulate_dsc,
+    simulate_spine,
+    simulate_t1c,
 )
 from analyzers.phantoms.anatomy import Grid
 from analyzers.phantoms.bolus import exponential_convolution
 
 SMALL_DCE = {"matrix": 64, "slices": 8, "time_points": 60, "frame_s": 5.0, "pixel_mm": 3.6, "slice_mm": 8.0}
+SMALL_T1C = {"matrix": 96, "slices": 40, "pixel_mm": 2.0, "slice_mm": 2.0}
+SMALL_SPINE = {"slices": 7, "rows": 160, "columns": 112, "pixel_mm": 2.0, "slice_mm": 4.0}
 SMALL_DSC = {"matrix": 64, "slices": 10, "time_points": 40, "pixel_mm": 3.6, "slice_mm": 8.0}
 
 
@@ -41,9 +47,22 @@ def _check_geometry(folder: Path) -> list[pydicom.Dataset]:
     assert files, f"no files in {folder}"
     first = pydicom.dcmread(files[0])
     assert first.SOPClassUID == pydicom.uid.MRImageStorage
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                    "FrameOfReferenceUID", "RepetitionTime", "EchoTime", "FlipAngle", "MagneticFieldStrength",
-                    "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientSex", "PatientAge"):
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "FrameOfReferenceUID",
+        "RepetitionTime",
+        "EchoTime",
+        "FlipAngle",
+        "MagneticFieldStrength",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "SeriesDescription",
+        "PatientSex",
+        "PatientAge",
+    ):
         assert keyword in first, keyword
     assert first.pixel_array.shape == (first.Rows, first.Columns)
     return [first]
@@ -60,8 +79,13 @@ def test_exponential_convolution_matches_numerical_integral() -> None:
 
 
 def test_grid_affine_matches_slice_positions() -> None:
-    grid = Grid(shape=(3, 4, 5), spacing=(5.0, 2.0, 1.5), origin=(10.0, -20.0, 30.0),
-                row_direction=(0.0, 1.0, 0.0), column_direction=(0.0, 0.0, -1.0))
+    grid = Grid(
+        shape=(3, 4, 5),
+        spacing=(5.0, 2.0, 1.5),
+        origin=(10.0, -20.0, 30.0),
+        row_direction=(0.0, 1.0, 0.0),
+        column_direction=(0.0, 0.0, -1.0),
+    )
     coords = grid.patient_coordinates()
     np.testing.assert_allclose(coords[2, 0, 0], grid.slice_position(2))
     np.testing.assert_allclose(coords[0, 1, 0] - coords[0, 0, 0], [0, 0, -2.0])
@@ -174,8 +198,9 @@ class TestDce:
         folders = [s.folder for s in a.series]
         assert folders[:5] == ["pre_vfa_fa02", "pre_vfa_fa05", "pre_vfa_fa10", "pre_vfa_fa15", "pre_dce"]
         truth = a.truth["studies_truth"]
-        np.testing.assert_allclose(truth["pre"]["lesions"][0]["centre_lps"], truth["post"]["lesions"][0]["centre_lps"],
-                                   atol=1.5)
+        np.testing.assert_allclose(
+            truth["pre"]["lesions"][0]["centre_lps"], truth["post"]["lesions"][0]["centre_lps"], atol=1.5
+        )
 
     def test_noise_free_tissue_curve_is_extended_tofts(self) -> None:
         case = simulate_dce(1, 0, snr=None, label="recurrence", **SMALL_DCE)
@@ -183,8 +208,14 @@ class TestDce:
         dyn = next(s for s in case.series if s.folder == "dce")
         core = m["lesion_fraction"] >= 1.0
         assert core.sum() >= 3
-        conc = _spgr_to_concentration(dyn.pixels[:, core].T, m["m0"][core][:, None], m["t10_s"][core][:, None],
-                                      c["r1_per_mM_per_s"], c["tr_s"], c["flip_deg"])
+        conc = _spgr_to_concentration(
+            dyn.pixels[:, core].T,
+            m["m0"][core][:, None],
+            m["t10_s"][core][:, None],
+            c["r1_per_mM_per_s"],
+            c["tr_s"],
+            c["flip_deg"],
+        )
         # Independent extended Tofts: discrete convolution of the recorded plasma curve on the fine grid.
         t_fine, cp = m["time_fine_s"] / 60.0, m["cp_fine_mM"]
         step = t_fine[1] - t_fine[0]
@@ -237,3 +268,72 @@ class TestDce:
         assert int(later.TemporalPositionIdentifier) == 2
         assert len(dyn) == SMALL_DCE["slices"] * SMALL_DCE["time_points"]
         assert _dciodvfy_errors(dyn[0]) == []
+
+
+class TestT1c:
+    def test_deterministic_and_features_match_label(self) -> None:
+        a = simulate_t1c(4, 0, label="grade2_3", **SMALL_T1C)
+        b = simulate_t1c(4, 0, label="grade2_3", **SMALL_T1C)
+        np.testing.assert_array_equal(a.series[0].pixels, b.series[0].pixels)
+        features = a.truth["features"]
+        assert features["shape"] in {"regular", "irregular"} and features["margin"] in {"distinct", "indistinct"}
+        assert features["sex"] == a.patient.sex
+        mask = a.truth_maps["tumour_mask"] > 0
+        assert mask.sum() > 10
+        brain = a.truth_maps["tissue_labels"] > 0
+        assert (ndimage.binary_dilation(mask, iterations=2) & brain).any(), "dural-based: touches the brain"
+        assert not (a.truth_maps["edema"] & mask).any()
+
+    def test_tumour_enhances_and_grades_differ_in_size(self) -> None:
+        volumes = {"grade1": [], "grade2_3": []}
+        for index in range(4):
+            for label in volumes:
+                case = simulate_t1c(9, index, label=label, snr=None, **SMALL_T1C)
+                m = case.truth_maps
+                image = case.series[0].pixels[0] / m["bias_field"]
+                tumour = (m["tumour_fraction"] > 0.95) & (m["necrosis"] == 0)
+                white = (m["tissue_labels"] == 3) & ~m["edema"]
+                assert image[tumour].mean() > 1.2 * image[white].mean()
+                volumes[label].append(case.truth["lesions"][0]["volume_ml"])
+        assert np.median(volumes["grade2_3"]) > np.median(volumes["grade1"])
+
+    def test_written_series_carries_sex_and_contrast(self, tmp_path: Path) -> None:
+        root = generate_t1c(tmp_path, seed=1, cases=1, progress=False, vendor="ge", **SMALL_T1C)
+        ds = _check_geometry(root / "case-0001" / "t1c")[0]
+        row = next(csv.DictReader((root / "labels.csv").open()))
+        assert ds.PatientSex == row["PatientSex"] and row["label"] in {"grade1", "grade2_3"}
+        assert "ContrastBolusAgent" in ds and ds.MRAcquisitionType == "3D"
+        assert _dciodvfy_errors(sorted((root / "case-0001" / "t1c").glob("IM*.dcm"))[0]) == []
+
+
+class TestSpine:
+    def test_lesions_in_labelled_vertebrae_with_expected_contrast(self) -> None:
+        for label in ("hemangioma", "metastasis"):
+            case = simulate_spine(2, 0 if label == "hemangioma" else 1, label=label, snr=None, **SMALL_SPINE)
+            m = case.truth_maps
+            assert {s.folder for s in case.series} == {"t1", "t2", "stir"}
+            images = {s.folder: s.pixels[0] for s in case.series}
+            marrow = m["tissue_labels"] == 1
+            for lesion in case.truth["lesions"]:
+                region = m["lesion_labels"] == lesion["id"]
+                assert region.any()
+                level = np.bincount(m["vertebra_labels"][region]).argmax()
+                assert case.truth["levels"][level - 1] == lesion["level"]
+                ratio = {
+                    k: images[k][region].mean() / images[k][marrow & ~(m["lesion_labels"] > 0)].mean() for k in images
+                }
+                if (label, lesion["subtype"]) == ("hemangioma", "typical"):
+                    assert ratio["t1"] > 1.1 and ratio["t2"] > 1.1
+                if (label, lesion["subtype"]) == ("metastasis", "typical"):
+                    assert ratio["t1"] < 0.6 and ratio["stir"] > 2.0
+
+    def test_written_series_share_frame_of_reference(self, tmp_path: Path) -> None:
+        root = generate_spine(tmp_path, seed=3, cases=1, progress=False, vendor="siemens", **SMALL_SPINE)
+        heads = {seq: _check_geometry(root / "case-0001" / seq)[0] for seq in ("t1", "t2", "stir")}
+        assert len({h.FrameOfReferenceUID for h in heads.values()}) == 1
+        assert len({h.SeriesInstanceUID for h in heads.values()}) == 3
+        assert [float(v) for v in heads["t1"].ImageOrientationPatient] == [0, 1, 0, 0, 0, -1]
+        assert heads["stir"].InversionTime > 0 and heads["t1"].BodyPartExamined == "SPINE"
+        rows = list(csv.DictReader((root / "labels.csv").open()))
+        assert all(r["level"] in {"T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"} for r in rows)
+        assert _dciodvfy_errors(sorted((root / "case-0001" / "stir").glob("IM*.dcm"))[0]) == []

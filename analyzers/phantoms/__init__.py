@@ -14,6 +14,8 @@ clinical use: the phantoms exist to test and train the analyzers.
 from analyzers.phantoms.dce import DCE_CONSTANTS, DCE_LABELS, HYPERPERFUSION_RATIO, generate_dce, simulate_dce
 from analyzers.phantoms.dsc import DSC_CONSTANTS, DSC_LABELS, generate_dsc, simulate_dsc
 from analyzers.phantoms.model import Patient, PhantomCase, PhantomError, Scanner, SeriesData, Study
+from analyzers.phantoms.spine import SPINE_LABELS, SPINE_LEVELS, generate_spine, simulate_spine
+from analyzers.phantoms.t1c import T1C_LABELS, generate_t1c, simulate_t1c
 
 __all__ = [
     "DCE_CONSTANTS",
@@ -21,6 +23,9 @@ __all__ = [
     "DSC_CONSTANTS",
     "DSC_LABELS",
     "HYPERPERFUSION_RATIO",
+    "SPINE_LABELS",
+    "SPINE_LEVELS",
+    "T1C_LABELS",
     "Patient",
     "PhantomCase",
     "PhantomError",
@@ -29,6 +34,10 @@ __all__ = [
     "Study",
     "generate_dce",
     "generate_dsc",
+    "generate_spine",
+    "generate_t1c",
     "simulate_dce",
     "simulate_dsc",
+    "simulate_spine",
+    "simulate_t1c",
 ]

@@ -101,9 +101,14 @@ class Grid:
 
     def patient_coordinates(self) -> np.ndarray:
         """LPS coordinates of every voxel centre, shape ``shape + (3,)``."""
-        idx = np.indices(self.shape, dtype=np.float64).reshape(3, -1)
-        pts = self.affine[:3, :3] @ idx + self.affine[:3, 3:4]
-        return pts.T.reshape(*self.shape, 3)
+        a = self.affine
+        nz, ny, nx = self.shape
+        out = np.empty((*self.shape, 3), dtype=np.float64)
+        out[...] = a[:3, 3]
+        out += (np.arange(nz)[:, None] * a[:3, 0])[:, None, None, :]
+        out += (np.arange(ny)[:, None] * a[:3, 1])[None, :, None, :]
+        out += (np.arange(nx)[:, None] * a[:3, 2])[None, None, :, :]
+        return out
 
     def to_index(self, point_lps: np.ndarray) -> np.ndarray:
         """Fractional ``(slice, row, column)`` index of a patient-coordinate point."""
@@ -111,14 +116,12 @@ class Grid:
         return inv[:3, :3] @ np.asarray(point_lps, dtype=np.float64) + inv[:3, 3]
 
 
-def axial_grid(
-    shape: tuple[int, int, int], spacing: tuple[float, float, float], centre_lps: np.ndarray
-) -> Grid:
+def axial_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], centre_lps: np.ndarray) -> Grid:
     """An axial grid (rows anterior→posterior, columns right→left) centred on a point."""
     centre = np.asarray(centre_lps, dtype=np.float64)
     half = (np.asarray(shape) - 1) / 2.0 * np.asarray(spacing)
-    origin = centre - half[2] * np.array([1.0, 0, 0]) - half[1] * np.array([0, 1.0, 0]) - half[0] * np.array(
-        [0, 0, 1.0]
+    origin = (
+        centre - half[2] * np.array([1.0, 0, 0]) - half[1] * np.array([0, 1.0, 0]) - half[0] * np.array([0, 0, 1.0])
     )
     return Grid(shape=shape, spacing=spacing, origin=tuple(float(v) for v in origin))
 
@@ -164,9 +167,7 @@ def load_template() -> Template:
     # Distance (mm) outside the brain mask gives dura, skull and scalp shells.
     outside = ndimage.distance_transform_edt(~brain).astype(np.float32)
     assert affine is not None
-    return Template(
-        t1=arrays["t1"], gm=arrays["gm"], wm=arrays["wm"], csf=csf, outside_mm=outside, affine_ras=affine
-    )
+    return Template(t1=arrays["t1"], gm=arrays["gm"], wm=arrays["wm"], csf=csf, outside_mm=outside, affine_ras=affine)
 
 
 @dataclass(frozen=True)
@@ -252,21 +253,40 @@ class Anatomy:
 
 
 def sample_anatomy(grid: Grid, pose: PatientPose) -> Anatomy:
-    """Resample the template onto ``grid`` for the patient ``pose`` (trilinear)."""
+    """Resample the template onto ``grid`` for the patient ``pose``.
+
+    Tissue fractions are trilinear on grids coarser than 1.5 mm and nearest-neighbour
+    on finer ones; the distance map and T1 intensity are always nearest-neighbour.
+    """
     template = load_template()
-    pts = pose.patient_to_mni(grid.patient_coordinates().reshape(-1, 3))
-    inv = np.linalg.inv(template.affine_ras)
-    vox = (inv[:3, :3] @ pts.T) + inv[:3, 3:4]
+    # grid index -> LPS -> MNI RAS -> template index is one affine map.
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps_to_ras[:3, 3] = -(_RAS_TO_LPS @ pose.translation)
+    similarity = np.eye(4)
+    similarity[:3, :3] = np.linalg.inv(pose.scale * pose.rotation)
+    matrix = np.linalg.inv(template.affine_ras) @ similarity @ lps_to_ras @ grid.affine
 
-    def sample(volume: np.ndarray, cval: float) -> np.ndarray:
-        out = ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=cval, prefilter=False)
-        return out.reshape(grid.shape).astype(np.float32)
+    # The template is 1 mm: on grids about as fine, nearest-neighbour sampling of its (smooth)
+    # probability maps loses little and is three times faster than trilinear.
+    fine = min(grid.spacing) < 1.5
 
-    outside = sample(template.outside_mm, 50.0) * pose.scale
+    def sample(volume: np.ndarray, cval: float, order: int = 1) -> np.ndarray:
+        return ndimage.affine_transform(
+            volume,
+            matrix,
+            output_shape=grid.shape,
+            order=0 if fine else order,
+            mode="constant",
+            cval=cval,
+            prefilter=False,
+            output=np.float32,
+        )
+
+    outside = sample(template.outside_mm, 50.0, order=0) * np.float32(pose.scale)
     return Anatomy(
         grid=grid,
         pose=pose,
-        t1=sample(template.t1, 0.0),
+        t1=sample(template.t1, 0.0, order=0),
         gm=sample(template.gm, 0.0),
         wm=sample(template.wm, 0.0),
         csf=sample(template.csf, 0.0),

@@ -47,9 +47,7 @@ class GammaVariate:
         return self.peak * shape
 
 
-def dsc_aif(
-    t: np.ndarray, arrival_s: float, peak_mM: float = 8.0, alpha: float = 3.0, beta: float = 1.5
-) -> np.ndarray:
+def dsc_aif(t: np.ndarray, arrival_s: float, peak_mM: float = 8.0, alpha: float = 3.0, beta: float = 1.5) -> np.ndarray:
     """Arterial concentration (mM) of a DSC bolus: first pass, recirculation, steady state.
 
     The recirculation is a second gamma variate 8 s later, broader and 15 % as
@@ -164,9 +162,7 @@ def indicator_dilution(
     return (density / k_h) * flow[:, None] * conv
 
 
-def extended_tofts(
-    t_min: np.ndarray, cp: np.ndarray, ktrans: np.ndarray, ve: np.ndarray, vp: np.ndarray
-) -> np.ndarray:
+def extended_tofts(t_min: np.ndarray, cp: np.ndarray, ktrans: np.ndarray, ve: np.ndarray, vp: np.ndarray) -> np.ndarray:
     """Extended Tofts model: Ct = vp·Cp + Ktrans·∫Cp(τ)·exp(−kep(t−τ))dτ, kep = Ktrans/ve.
 
     ``t_min`` in minutes, ``ktrans`` in 1/min; returns shape ``(voxels, times)``.

@@ -55,8 +55,18 @@ _M0 = {"gm": 0.85, "wm": 0.72, "csf": 1.0, "lesion": 0.85, "blood": 0.9, "scalp"
 _M0_SCALE = 40000.0
 _VFA_ANGLES = (2.0, 5.0, 10.0, 15.0)
 # Superior sagittal sinus along the inner table, MNI RAS mm (venous output for partial-volume scaling).
-_SINUS = (np.array([[0.0, 58.0, 20.0], [0.0, 40.0, 52.0], [0.0, 5.0, 72.0], [0.0, -40.0, 70.0],
-                    [0.0, -75.0, 48.0], [0.0, -95.0, 20.0]]),)
+_SINUS = (
+    np.array(
+        [
+            [0.0, 58.0, 20.0],
+            [0.0, 40.0, 52.0],
+            [0.0, 5.0, 72.0],
+            [0.0, -40.0, 70.0],
+            [0.0, -75.0, 48.0],
+            [0.0, -95.0, 20.0],
+        ]
+    ),
+)
 _NAMES = {
     "siemens": ("t1_vibe_fa{fa:02d}", "t1_vibe_dce_dyn", "*fl3d1"),
     "ge": ("Ax 3D SPGR T1MAP FA{fa}", "Ax DCE 3D SPGR", "efgre3d"),
@@ -66,8 +76,10 @@ _NAMES = {
 
 def _ratios(rng: np.random.Generator, ktrans_median: float, vp_median: float, sigma: float) -> tuple[float, float]:
     z = rng.normal()
-    return (float(ktrans_median * np.exp(sigma * z)),
-            float(vp_median * np.exp(0.8 * sigma * (0.6 * z + 0.8 * rng.normal()))))
+    return (
+        float(ktrans_median * np.exp(sigma * z)),
+        float(vp_median * np.exp(0.8 * sigma * (0.6 * z + 0.8 * rng.normal()))),
+    )
 
 
 def _draw_course(rng: np.random.Generator, label: str) -> dict[str, Any]:
@@ -123,8 +135,15 @@ def _study_series(
     m0 = gm * _M0["gm"] + wm * _M0["wm"] + csf * _M0["csf"] + les * _M0["lesion"] + vessel * _M0["blood"]
     m0 = m0 + scalp * _M0["scalp"] + anatomy.skull * _M0["skull"]
     t1_edema = np.where(edema, 1.3, 1.0)
-    r10_num = (gm / t10["gm"] + wm / (t10["wm"] * t1_edema) + csf / t10["csf"] + les / t10["lesion"]
-               + vessel / t10["blood"] + scalp / t10["scalp"] + anatomy.skull / 1.0)
+    r10_num = (
+        gm / t10["gm"]
+        + wm / (t10["wm"] * t1_edema)
+        + csf / t10["csf"]
+        + les / t10["lesion"]
+        + vessel / t10["blood"]
+        + scalp / t10["scalp"]
+        + anatomy.skull / 1.0
+    )
     frac_total = gm + wm + csf + les + vessel + scalp + anatomy.skull
     r10 = np.where(frac_total > 0, r10_num / np.where(frac_total > 0, frac_total, 1.0), 1.0 / 4.0)
 
@@ -142,9 +161,7 @@ def _study_series(
     t_fine = np.arange(0.0, times[-1] + 0.125, 0.25)
     cb_fine = PARKER.blood((t_fine - t_inj) / 60.0)
     cp_fine = cb_fine / (1.0 - hct)
-    tissue_fine = extended_tofts(
-        t_fine / 60.0, cp_fine, np.array([gk, wk]), np.array([gve, wve]), np.array([gvp, wvp])
-    )
+    tissue_fine = extended_tofts(t_fine / 60.0, cp_fine, np.array([gk, wk]), np.array([gve, wve]), np.array([gvp, wvp]))
     # Venous output: the arterial blood curve 6 s later, dispersed (mean transit 4 s), same area.
     dispersed = exponential_convolution(t_fine, cb_fine, np.array([1 / 4.0]))[0] / 4.0
     cv_fine = np.interp(t_fine - 6.0, t_fine, dispersed, left=0.0)
@@ -182,12 +199,19 @@ def _study_series(
         s = spgr_signal(_M0_SCALE * m0, r10, tr, fa)
         pixels = (rician(s, sigma, rng) if sigma > 0 else s)[None].astype(np.float32)
         name = vfa_name.format(fa=round(fa))
-        series.append(SeriesData(
-            folder=f"{tag}vfa_fa{round(fa):02d}", study=study, series_uid=ctx.uid("series", tag, "vfa", fa),
-            series_number=series_offset + n, grid=grid, pixels=pixels, times_s=np.zeros(1),
-            start_time_s=start + 40.0 * n,
-            attributes={**common, "SeriesDescription": name, "ProtocolName": name, "FlipAngle": float(fa)},
-        ))
+        series.append(
+            SeriesData(
+                folder=f"{tag}vfa_fa{round(fa):02d}",
+                study=study,
+                series_uid=ctx.uid("series", tag, "vfa", fa),
+                series_number=series_offset + n,
+                grid=grid,
+                pixels=pixels,
+                times_s=np.zeros(1),
+                start_time_s=start + 40.0 * n,
+                attributes={**common, "SeriesDescription": name, "ProtocolName": name, "FlipAngle": float(fa)},
+            )
+        )
     pixels = np.empty((frames, *grid.shape), dtype=np.float32)
     m0s = (_M0_SCALE * m0).astype(np.float32)
     for t in range(frames):
@@ -198,29 +222,67 @@ def _study_series(
         pixels[t] = rician(s, sigma, rng) if sigma > 0 else s
     dyn_start = start + 40.0 * len(opts["vfa_angles"]) + 30.0
     weight = opts["weight_kg"]
-    series.append(SeriesData(
-        folder=f"{tag}dce", study=study, series_uid=ctx.uid("series", tag, "dce"),
-        series_number=series_offset + len(opts["vfa_angles"]), grid=grid, pixels=pixels, times_s=times,
-        start_time_s=dyn_start, trigger_time=vendor == "ge",
-        attributes={**common, "SeriesDescription": dyn_name, "ProtocolName": dyn_name, "FlipAngle": float(flip),
-                    "ContrastBolusAgent": "Gadobutrol (Gadovist 1.0 mmol/ml)", "ContrastBolusRoute": "IV",
-                    "ContrastBolusVolume": round(0.1 * weight, 1), "ContrastBolusTotalDose": round(0.1 * weight, 1),
-                    "ContrastFlowRate": [2.0], "ContrastBolusStartTime": dicom_time(dyn_start + t_inj)},
-    ))
+    series.append(
+        SeriesData(
+            folder=f"{tag}dce",
+            study=study,
+            series_uid=ctx.uid("series", tag, "dce"),
+            series_number=series_offset + len(opts["vfa_angles"]),
+            grid=grid,
+            pixels=pixels,
+            times_s=times,
+            start_time_s=dyn_start,
+            trigger_time=vendor == "ge",
+            attributes={
+                **common,
+                "SeriesDescription": dyn_name,
+                "ProtocolName": dyn_name,
+                "FlipAngle": float(flip),
+                "ContrastBolusAgent": "Gadobutrol (Gadovist 1.0 mmol/ml)",
+                "ContrastBolusRoute": "IV",
+                "ContrastBolusVolume": round(0.1 * weight, 1),
+                "ContrastBolusTotalDose": round(0.1 * weight, 1),
+                "ContrastFlowRate": [2.0],
+                "ContrastBolusStartTime": dicom_time(dyn_start + t_inj),
+            },
+        )
+    )
     kep = np.where(ve > 0, ktrans / np.where(ve > 0, ve, 1.0), 0.0)
     maps = {
-        "ktrans_per_min": ktrans.astype(np.float32), "ve": ve.astype(np.float32), "vp": vp.astype(np.float32),
-        "kep_per_min": kep.astype(np.float32), "t10_s": (1.0 / r10).astype(np.float32),
-        "m0": m0s, "time_s": times, "cb_mM": cb, "cp_mM": cp, "c_gm_mM": c_gm, "c_wm_mM": c_wm,
-        "c_sinus_mM": cv, "time_fine_s": t_fine, "cp_fine_mM": cp_fine,
-        "artery_fraction": artery, "sinus_fraction": sinus, "gm_fraction": gm, "wm_fraction": wm,
+        "ktrans_per_min": ktrans.astype(np.float32),
+        "ve": ve.astype(np.float32),
+        "vp": vp.astype(np.float32),
+        "kep_per_min": kep.astype(np.float32),
+        "t10_s": (1.0 / r10).astype(np.float32),
+        "m0": m0s,
+        "time_s": times,
+        "cb_mM": cb,
+        "cp_mM": cp,
+        "c_gm_mM": c_gm,
+        "c_wm_mM": c_wm,
+        "c_sinus_mM": cv,
+        "time_fine_s": t_fine,
+        "cp_fine_mM": cp_fine,
+        "artery_fraction": artery,
+        "sinus_fraction": sinus,
+        "gm_fraction": gm,
+        "wm_fraction": wm,
         "lesion_fraction": les,
     }
     constants = {
-        "r1_per_mM_per_s": r1, "hematocrit": hct, "field_strength_t": scanner.field_strength_t,
-        "tr_s": tr, "flip_deg": flip, "vfa_flip_deg": list(opts["vfa_angles"]), "frame_s": dt_s,
-        "injection_s": t_inj, "parker_delay_s": t_inj, "parker": PARKER.as_dict(), "snr": opts["snr"],
-        "noise_sigma": sigma, "m0_scale": _M0_SCALE,
+        "r1_per_mM_per_s": r1,
+        "hematocrit": hct,
+        "field_strength_t": scanner.field_strength_t,
+        "tr_s": tr,
+        "flip_deg": flip,
+        "vfa_flip_deg": list(opts["vfa_angles"]),
+        "frame_s": dt_s,
+        "injection_s": t_inj,
+        "parker_delay_s": t_inj,
+        "parker": PARKER.as_dict(),
+        "snr": opts["snr"],
+        "noise_sigma": sigma,
+        "m0_scale": _M0_SCALE,
         "units": {"ktrans": "1/min", "kep": "1/min", "ve": "ml/ml", "vp": "ml/ml", "t10": "s"},
     }
     return series, maps, constants
@@ -283,15 +345,24 @@ def simulate_dce(
     pre = ctx.study("pre", pre_date, "MRI BRAIN PERFUSION PRE-SRS")
     patient = random_patient(rng, ctx.patient_id, post.date, age_range=(40, 80))
     flip = float(flip_deg if flip_deg is not None else rng.choice([15.0, 20.0, 25.0]))
-    opts = {"time_points": time_points, "frame_s": frame_s, "baseline_frames": baseline_frames, "tr_ms": tr_ms,
-            "flip_deg": flip, "vfa_angles": tuple(vfa_angles), "snr": snr, "weight_kg": patient.weight_kg}
+    opts = {
+        "time_points": time_points,
+        "frame_s": frame_s,
+        "baseline_frames": baseline_frames,
+        "tr_ms": tr_ms,
+        "flip_deg": flip,
+        "vfa_angles": tuple(vfa_angles),
+        "snr": snr,
+        "weight_kg": patient.weight_kg,
+    }
 
     pose = random_pose(rng)
     grid = axial_grid((slices, matrix, matrix), (slice_mm, pixel_mm, pixel_mm), pose.brain_centre)
     anatomy = sample_anatomy(grid, pose)
     coords = grid.patient_coordinates()
-    artery = rasterise_polylines(grid, pose, MCA_POLYLINES, radius_mm=1.2,
-                                 core_fraction=float(rng.uniform(0.5, 0.8)), rim_fraction=0.2)
+    artery = rasterise_polylines(
+        grid, pose, MCA_POLYLINES, radius_mm=1.2, core_fraction=float(rng.uniform(0.5, 0.8)), rim_fraction=0.2
+    )
     sinus = rasterise_polylines(grid, pose, _SINUS, radius_mm=3.0, core_fraction=1.0, rim_fraction=0.4)
     sinus = np.where(artery > 0, 0.0, sinus).astype(np.float32)
     course = _draw_course(rng, label)
@@ -315,8 +386,9 @@ def simulate_dce(
         edema = (d > 1.0) & (d < 1.0 + 12.0 / radius) & (anatomy.wm > 0.3)
         hetero = np.exp(rng.normal(0.0, 0.15, size=grid.shape))
         lk, lve, lvp = _clip_pk(rk * wk * hetero, np.full(grid.shape, rng.uniform(0.2, 0.5)), rv * wvp * hetero)
-        series, maps, constants = _study_series(ctx, tag, study, scanner, anatomy, artery, sinus, frac,
-                                                (lk, lve, lvp), edema, opts, offset)
+        series, maps, constants = _study_series(
+            ctx, tag, study, scanner, anatomy, artery, sinus, frac, (lk, lve, lvp), edema, opts, offset
+        )
         all_series.extend(series)
         core = frac >= 0.5
         labels_map = core.astype(np.uint8)
@@ -326,26 +398,61 @@ def simulate_dce(
         rvp = float(lvp[core].mean() / wvp)
         centre = (coords[core] * frac[core, None]).sum(0) / frac[core].sum()
         hyper = bool(max(rktrans, rvp) >= HYPERPERFUSION_RATIO)
-        lesion = {"id": 1, "label": label if role == "post" else "pretreatment_metastasis",
-                  "centre_lps": centre.round(2), "radius_mm": round(radius, 2),
-                  "volume_ml": round(float(frac.sum() * np.prod(grid.spacing) / 1000.0), 3),
-                  "ktrans_mean": float(lk[core].mean()), "vp_mean": float(lvp[core].mean()),
-                  "ve_mean": float(lve[core].mean()), "rktrans": rktrans, "rvp": rvp, "hyperperfusion": hyper}
-        truth["studies_truth"][role] = {"StudyInstanceUID": study.study_uid, "StudyDate": study.date,
-                                        "constants": constants, "lesions": [lesion], "maps_prefix": tag}
-        rows.append({"StudyInstanceUID": study.study_uid, "PatientID": patient.patient_id,
-                     "label": lesion["label"], "case": f"case-{case_index + 1:04d}", "role": role,
-                     "StudyDate": study.date, "centre_x": lesion["centre_lps"][0], "centre_y": lesion["centre_lps"][1],
-                     "centre_z": lesion["centre_lps"][2], "rktrans_true": round(rktrans, 4), "rvp_true": round(rvp, 4),
-                     "hyperperfusion": hyper, "pretreatment_hyperperfusion": course["pre_hyperperfusion"]})
+        lesion = {
+            "id": 1,
+            "label": label if role == "post" else "pretreatment_metastasis",
+            "centre_lps": centre.round(2),
+            "radius_mm": round(radius, 2),
+            "volume_ml": round(float(frac.sum() * np.prod(grid.spacing) / 1000.0), 3),
+            "ktrans_mean": float(lk[core].mean()),
+            "vp_mean": float(lvp[core].mean()),
+            "ve_mean": float(lve[core].mean()),
+            "rktrans": rktrans,
+            "rvp": rvp,
+            "hyperperfusion": hyper,
+        }
+        truth["studies_truth"][role] = {
+            "StudyInstanceUID": study.study_uid,
+            "StudyDate": study.date,
+            "constants": constants,
+            "lesions": [lesion],
+            "maps_prefix": tag,
+        }
+        rows.append(
+            {
+                "StudyInstanceUID": study.study_uid,
+                "PatientID": patient.patient_id,
+                "label": lesion["label"],
+                "case": f"case-{case_index + 1:04d}",
+                "role": role,
+                "StudyDate": study.date,
+                "centre_x": lesion["centre_lps"][0],
+                "centre_y": lesion["centre_lps"][1],
+                "centre_z": lesion["centre_lps"][2],
+                "rktrans_true": round(rktrans, 4),
+                "rvp_true": round(rvp, 4),
+                "hyperperfusion": hyper,
+                "pretreatment_hyperperfusion": course["pre_hyperperfusion"],
+            }
+        )
     truth["reference"] = {"tissue": "white matter class", "ktrans_per_min": wk, "ve": wve, "vp": wvp}
     truth["tissue_pk"] = {k: dict(zip(("ktrans_per_min", "ve", "vp"), v, strict=True)) for k, v in _TISSUE_PK.items()}
     truth["pretreatment_hyperperfusion"] = course["pre_hyperperfusion"]
     truth["lesions"] = truth["studies_truth"]["post"]["lesions"]
     truth["constants"] = truth["studies_truth"]["post"]["constants"]
     studies = [s for _, s, *_ in plan]
-    return PhantomCase(phantom="dce", case_index=case_index, seed=seed, patient=patient, scanner=scanner,
-                       studies=studies, series=all_series, truth_maps=truth_maps, truth=truth, label_rows=rows)
+    return PhantomCase(
+        phantom="dce",
+        case_index=case_index,
+        seed=seed,
+        patient=patient,
+        scanner=scanner,
+        studies=studies,
+        series=all_series,
+        truth_maps=truth_maps,
+        truth=truth,
+        label_rows=rows,
+    )
 
 
 def generate_dce(

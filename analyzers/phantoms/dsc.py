@@ -159,8 +159,9 @@ def simulate_dsc(
         corr = rng.normal(0.0, 1.0)
         rcbv = float(spec["rcbv"][0] * np.exp(spec["rcbv"][1] * corr))
         rcbf = float(spec["rcbf"][0] * np.exp(spec["rcbf"][1] * (0.7 * corr + 0.71 * rng.normal())))
-        lesion_params.append({"fraction": frac, "radius": radius, "rcbv": rcbv, "rcbf": rcbf,
-                              "k2": float(rng.normal(*spec["k2"]))})
+        lesion_params.append(
+            {"fraction": frac, "radius": radius, "rcbv": rcbv, "rcbf": rcbf, "k2": float(rng.normal(*spec["k2"]))}
+        )
     edema &= lesion_frac < 0.05
     keep = 1.0 - lesion_frac
     gm, wm, csf = anatomy.gm * keep, anatomy.wm * keep, anatomy.csf * keep
@@ -175,16 +176,20 @@ def simulate_dsc(
     ca_fine = dsc_aif(t_fine, arrival, peak_mM=peak)
     dens, k_h = DSC_CONSTANTS["density_g_per_ml"], DSC_CONSTANTS["k_h"]
     class_fine = indicator_dilution(
-        t_fine, ca_fine, np.array([tissue["gm"]["cbv"], tissue["wm"]["cbv"]]),
-        np.array([tissue["gm"]["cbf"], tissue["wm"]["cbf"]]), dens, k_h,
+        t_fine,
+        ca_fine,
+        np.array([tissue["gm"]["cbv"], tissue["wm"]["cbv"]]),
+        np.array([tissue["gm"]["cbf"], tissue["wm"]["cbf"]]),
+        dens,
+        k_h,
     )
     sample = np.rint(times / 0.1).astype(int)
     c_gm, c_wm = class_fine[0, sample], class_fine[1, sample]
     ca = ca_fine[sample]
     edema_factor = np.where(edema, 0.75, 1.0).astype(np.float32)
-    normal = (anatomy.brain & (lesion_frac == 0) & (artery == 0))
-    ref_fine = k * (np.sum(gm[normal]) * class_fine[0] + np.sum(wm[normal]) * class_fine[1]) / np.sum(
-        gm[normal] + wm[normal]
+    normal = anatomy.brain & (lesion_frac == 0) & (artery == 0)
+    ref_fine = (
+        k * (np.sum(gm[normal]) * class_fine[0] + np.sum(wm[normal]) * class_fine[1]) / np.sum(gm[normal] + wm[normal])
     )
     ref_int_fine = np.concatenate([[0.0], np.cumsum((ref_fine[1:] + ref_fine[:-1]) / 2 * 0.1)])
 
@@ -207,24 +212,28 @@ def simulate_dsc(
         k2_map[idx] = p["k2"]
         core = lesion_id == n + 1
         centre = (coords[core] * lesion_frac[core, None]).sum(0) / lesion_frac[core].sum()
-        lesion_truth.append({
-            "id": n + 1,
-            "label": label,
-            "centre_lps": centre.round(2),
-            "radius_mm": round(p["radius"], 2),
-            "volume_ml": round(float(f.sum() * np.prod(grid.spacing) / 1000.0), 3),
-            "cbv_mean": round(float(cbv_map[core].mean()), 4),
-            "cbf_mean": round(float(cbf_map[core].mean()), 4),
-            "rcbv": round(float(np.mean(cbv_v[lesion_id[idx] == n + 1]) / wm_cbv), 4),
-            "rcbf": round(float(np.mean(cbf_v[lesion_id[idx] == n + 1]) / wm_cbf), 4),
-            "k2_per_s": round(p["k2"], 5),
-        })
+        lesion_truth.append(
+            {
+                "id": n + 1,
+                "label": label,
+                "centre_lps": centre.round(2),
+                "radius_mm": round(p["radius"], 2),
+                "volume_ml": round(float(f.sum() * np.prod(grid.spacing) / 1000.0), 3),
+                "cbv_mean": round(float(cbv_map[core].mean()), 4),
+                "cbf_mean": round(float(cbf_map[core].mean()), 4),
+                "rcbv": round(float(np.mean(cbv_v[lesion_id[idx] == n + 1]) / wm_cbv), 4),
+                "rcbf": round(float(np.mean(cbf_v[lesion_id[idx] == n + 1]) / wm_cbf), 4),
+                "k2_per_s": round(p["k2"], 5),
+            }
+        )
     mtt_map = np.where(cbf_map > 0, cbv_map / np.where(cbf_map > 0, cbf_map, 1.0) * 60.0, 0.0)
 
     # Signal.
-    s0_tissue = _SIGNAL_SCALE * (
-        gm * _S0["gm"] + wm * _S0["wm"] + csf * _S0["csf"] + lesion_frac * _S0["lesion"]
-    ) * np.where(edema, 1.2, 1.0)
+    s0_tissue = (
+        _SIGNAL_SCALE
+        * (gm * _S0["gm"] + wm * _S0["wm"] + csf * _S0["csf"] + lesion_frac * _S0["lesion"])
+        * np.where(edema, 1.2, 1.0)
+    )
     s0_tissue += _SIGNAL_SCALE * (anatomy.skull * _S0["skull"] + anatomy.scalp * _S0["scalp"])
     s0_art = _SIGNAL_SCALE * _S0["artery"]
     pixels = np.empty((time_points, *grid.shape), dtype=np.float32)
@@ -262,41 +271,88 @@ def simulate_dsc(
         "ContrastBolusStartTime": dicom_time(contrast_start),
     }
     series = SeriesData(
-        folder="dsc", study=study, series_uid=ctx.uid("series", "dsc"), series_number=7,
-        grid=grid, pixels=pixels, times_s=times, start_time_s=study.time_s + 600.0, attributes=attributes,
+        folder="dsc",
+        study=study,
+        series_uid=ctx.uid("series", "dsc"),
+        series_number=7,
+        grid=grid,
+        pixels=pixels,
+        times_s=times,
+        start_time_s=study.time_s + 600.0,
+        attributes=attributes,
         trigger_time=vendor == "ge",
     )
     truth_maps = {
-        "cbv": cbv_map.astype(np.float32), "cbf": cbf_map.astype(np.float32),
-        "mtt_s": mtt_map.astype(np.float32), "k2_per_s": k2_map,
-        "lesion_labels": lesion_id, "lesion_fraction": lesion_frac,
-        "tissue_labels": anatomy.tissue_labels(), "gm_fraction": gm, "wm_fraction": wm,
-        "artery_fraction": artery, "edema": edema, "s0": s0_map.astype(np.float32),
-        "affine_lps": grid.affine, "time_s": times, "aif_mM": ca, "c_gm_mM": c_gm, "c_wm_mM": c_wm,
-        "dr2s_reference_per_s": ref_fine[sample], "int_dr2s_reference": ref_int_fine[sample],
-        "time_fine_s": t_fine, "aif_fine_mM": ca_fine,
+        "cbv": cbv_map.astype(np.float32),
+        "cbf": cbf_map.astype(np.float32),
+        "mtt_s": mtt_map.astype(np.float32),
+        "k2_per_s": k2_map,
+        "lesion_labels": lesion_id,
+        "lesion_fraction": lesion_frac,
+        "tissue_labels": anatomy.tissue_labels(),
+        "gm_fraction": gm,
+        "wm_fraction": wm,
+        "artery_fraction": artery,
+        "edema": edema,
+        "s0": s0_map.astype(np.float32),
+        "affine_lps": grid.affine,
+        "time_s": times,
+        "aif_mM": ca,
+        "c_gm_mM": c_gm,
+        "c_wm_mM": c_wm,
+        "dr2s_reference_per_s": ref_fine[sample],
+        "int_dr2s_reference": ref_int_fine[sample],
+        "time_fine_s": t_fine,
+        "aif_fine_mM": ca_fine,
     }
     arterial_voxels = np.argwhere(artery >= 1.0)
     truth = {
         "label": label,
-        "constants": {**DSC_CONSTANTS, "te_s": te, "tr_s": tr_s, "snr": snr, "noise_sigma": sigma,
-                      "signal_scale": _SIGNAL_SCALE, "bolus_arrival_s": arrival, "aif_peak_mM": peak,
-                      "residue": "exponential", "units": {"cbv": "ml/100 g", "cbf": "ml/100 g/min",
-                                                          "mtt": "s", "k2": "1/s"}},
+        "constants": {
+            **DSC_CONSTANTS,
+            "te_s": te,
+            "tr_s": tr_s,
+            "snr": snr,
+            "noise_sigma": sigma,
+            "signal_scale": _SIGNAL_SCALE,
+            "bolus_arrival_s": arrival,
+            "aif_peak_mM": peak,
+            "residue": "exponential",
+            "units": {"cbv": "ml/100 g", "cbf": "ml/100 g/min", "mtt": "s", "k2": "1/s"},
+        },
         "tissue": {n: {**v, "mtt_s": v["cbv"] / v["cbf"] * 60.0} for n, v in tissue.items()},
         "reference": "relative values divide by this patient's white-matter class CBV/CBF",
         "k2_reference": "mean dR2* per unit of non-enhancing GM+WM (dr2s_reference_per_s in maps.npz)",
         "lesions": lesion_truth,
         "arterial_voxels_lps": [coords[tuple(v)].round(2) for v in arterial_voxels],
     }
-    rows = [{"StudyInstanceUID": study.study_uid, "PatientID": patient.patient_id, "label": label,
-             "case": f"case-{case_index + 1:04d}", "lesion_id": les["id"],
-             "centre_x": les["centre_lps"][0], "centre_y": les["centre_lps"][1], "centre_z": les["centre_lps"][2],
-             "rcbv_true": les["rcbv"], "rcbf_true": les["rcbf"], "PatientSex": patient.sex}
-            for les in lesion_truth]
+    rows = [
+        {
+            "StudyInstanceUID": study.study_uid,
+            "PatientID": patient.patient_id,
+            "label": label,
+            "case": f"case-{case_index + 1:04d}",
+            "lesion_id": les["id"],
+            "centre_x": les["centre_lps"][0],
+            "centre_y": les["centre_lps"][1],
+            "centre_z": les["centre_lps"][2],
+            "rcbv_true": les["rcbv"],
+            "rcbf_true": les["rcbf"],
+            "PatientSex": patient.sex,
+        }
+        for les in lesion_truth
+    ]
     return PhantomCase(
-        phantom="dsc", case_index=case_index, seed=seed, patient=patient, scanner=scanner, studies=[study],
-        series=[series], truth_maps=truth_maps, truth=truth, label_rows=rows,
+        phantom="dsc",
+        case_index=case_index,
+        seed=seed,
+        patient=patient,
+        scanner=scanner,
+        studies=[study],
+        series=[series],
+        truth_maps=truth_maps,
+        truth=truth,
+        label_rows=rows,
     )
 
 
