@@ -1,0 +1,328 @@
+"""Whole-series DSC map computation: signal (t, z, y, x) → S0, ΔR2*, AIF, K2, CBV, CBF, MTT, PSR.
+
+The steps follow the methods of the ``dsc`` analyzer (DESIGN.md, issue text):
+
+1. brain mask from the baseline signal (Otsu threshold, largest component, holes filled);
+2. bolus arrival and baseline on the whole-brain mean curve, S0 per voxel,
+   ΔR2* = −ln(S/S0)/TE (:mod:`analyzers.dsc.signal`);
+3. automatic AIF, Mouridsen-style clustering (:mod:`analyzers.dsc.aif`), or the
+   mean curve of a given arterial mask; the baseline is then shortened to end one
+   frame before the arterial arrival (arteries fill first) and S0/ΔR2* recomputed,
+   so the bolus arrival used by PSR and wash-in time is the arterial one;
+4. Boxerman–Schmainda–Weisskoff leakage correction against the whole-brain
+   non-enhancing reference, K2 kept (:mod:`analyzers.dsc.leakage`);
+5. oSVD (default) or sSVD deconvolution, CBV with hematocrit and density
+   correction, CBF, MTT (:mod:`analyzers.dsc.deconvolution`);
+6. wash-in time, PSR and wash-out slope from the signal curves.
+
+Every per-voxel step is a vectorised array operation over all brain voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import ndimage
+
+from analyzers.dsc.aif import AifSelection, select_aif
+from analyzers.dsc.deconvolution import (
+    BRAIN_DENSITY_G_PER_ML,
+    HEMATOCRIT_FACTOR,
+    DeconvolutionMethod,
+    perfusion_from_concentration,
+)
+from analyzers.dsc.errors import DscInputError
+from analyzers.dsc.leakage import bsw_correct, non_enhancing_reference
+from analyzers.dsc.signal import (
+    BolusTiming,
+    baseline_signal,
+    bolus_timing,
+    delta_r2star,
+    dynamic_parameters,
+)
+
+__all__ = ["DscMaps", "MapOptions", "brain_mask_from_signal", "compute_maps"]
+
+# A DSC series needs enough frames for a baseline, a first pass and recovery.
+_MIN_FRAMES = 10
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """Parameters of the map computation (defaults follow the issue and the cited papers).
+
+    Attributes
+    ----------
+    method:
+        ``"osvd"`` (block-circulant, OI-regularised, default) or ``"ssvd"``.
+    oi_target:
+        Oscillation index target of oSVD (Wu 2003).
+    svd_threshold:
+        Relative singular-value threshold of sSVD.
+    leakage_correction:
+        Apply the Boxerman–Schmainda–Weisskoff correction.
+    psr_delay_s:
+        S1 of PSR and wash-out slope is read this long after bolus arrival.
+    skip_frames:
+        Leading frames excluded from the baseline (before steady state).
+    arrival_fraction:
+        Fraction of the signal drop that ends the baseline.
+    aif_auc_fraction, aif_roughness_fraction, aif_clusters, aif_max_voxels:
+        Automatic AIF parameters (:func:`analyzers.dsc.aif.select_aif`).
+    k_h, density:
+        Hematocrit factor (0.55/0.75) and brain density (1.04 g/ml).
+    """
+
+    method: DeconvolutionMethod = "osvd"
+    oi_target: float = 0.035
+    svd_threshold: float = 0.2
+    leakage_correction: bool = True
+    psr_delay_s: float = 90.0
+    skip_frames: int = 0
+    arrival_fraction: float = 0.1
+    aif_auc_fraction: float = 0.1
+    aif_roughness_fraction: float = 0.25
+    aif_clusters: int = 5
+    aif_max_voxels: int = 20
+    k_h: float = HEMATOCRIT_FACTOR
+    density: float = BRAIN_DENSITY_G_PER_ML
+
+    def __post_init__(self) -> None:
+        if self.method not in ("osvd", "ssvd"):
+            raise DscInputError(f"method must be 'osvd' or 'ssvd', got {self.method!r}")
+        if not (0 < self.oi_target < 1 and 0 < self.svd_threshold < 1):
+            raise DscInputError("oi_target and svd_threshold must lie in (0, 1)")
+        if self.psr_delay_s <= 0 or self.skip_frames < 0 or not 0 < self.arrival_fraction < 1:
+            raise DscInputError("psr_delay_s > 0, skip_frames >= 0, 0 < arrival_fraction < 1")
+        if self.k_h <= 0 or self.density <= 0:
+            raise DscInputError("k_h and density must be positive")
+
+
+@dataclass(frozen=True)
+class DscMaps:
+    """Maps of one DSC series; voxels outside the brain mask are NaN.
+
+    Attributes
+    ----------
+    brain_mask:
+        Boolean ``(z, y, x)``.
+    s0:
+        Baseline signal.
+    cbv, cbf, mtt:
+        ml/100 g, ml/100 g/min, s.
+    k1, k2:
+        BSW coefficients (K2 in 1/s); zeros when leakage correction is off.
+    wash_in_s, psr_percent, washout_slope:
+        Dynamic signal parameters.
+    aif_mask:
+        Boolean ``(z, y, x)`` of the voxels that form the AIF.
+    aif_curve:
+        Arterial ΔR2* curve (1/s).
+    leakage_reference:
+        Whole-brain non-enhancing ΔR2* curve used by the BSW fit.
+    timing:
+        Bolus timing of the whole-brain curve.
+    times:
+        Frame times (s).
+    psr_t1_s:
+        Time at which S1 was read (earlier than arrival + delay if the series is shorter).
+    """
+
+    brain_mask: np.ndarray
+    s0: np.ndarray
+    cbv: np.ndarray
+    cbf: np.ndarray
+    mtt: np.ndarray
+    k1: np.ndarray
+    k2: np.ndarray
+    wash_in_s: np.ndarray
+    psr_percent: np.ndarray
+    washout_slope: np.ndarray
+    aif_mask: np.ndarray
+    aif_curve: np.ndarray
+    leakage_reference: np.ndarray
+    timing: BolusTiming
+    times: np.ndarray
+    psr_t1_s: float
+    options: MapOptions = field(default_factory=MapOptions)
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centres) / np.maximum(weight0, 1)
+    total = (hist * centres).sum()
+    mean1 = (total - np.cumsum(hist * centres)) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def brain_mask_from_signal(baseline: np.ndarray) -> np.ndarray:
+    """Head/brain mask of a baseline image ``(z, y, x)``: Otsu, largest component, holes filled."""
+    image = np.asarray(baseline, dtype=np.float64)
+    finite = np.isfinite(image)
+    if not finite.any() or np.ptp(image[finite]) == 0:
+        raise DscInputError("the baseline image is empty or constant: no brain to analyse")
+    mask = finite & (image > _otsu_threshold(image[finite]))
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        raise DscInputError("no tissue above the background in the baseline image")
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in largest])
+    return np.asarray(filled, dtype=bool)
+
+
+def _check_times(times: np.ndarray, frames: int) -> np.ndarray:
+    t = np.asarray(times, dtype=np.float64)
+    if t.shape != (frames,):
+        raise DscInputError(f"expected {frames} frame times, got shape {t.shape}")
+    steps = np.diff(t)
+    dt = float(np.median(steps))
+    if dt <= 0 or np.max(np.abs(steps - dt)) > 0.05 * dt:
+        raise DscInputError(
+            "DSC frames are not uniformly spaced in time (needed by SVD deconvolution)"
+        )
+    return t
+
+
+def compute_maps(
+    signal: np.ndarray,
+    times: np.ndarray,
+    te_s: float,
+    options: MapOptions | None = None,
+    brain_mask: np.ndarray | None = None,
+    aif_mask: np.ndarray | None = None,
+) -> DscMaps:
+    """Compute every DSC map of a series.
+
+    Parameters
+    ----------
+    signal:
+        Magnitude signal, shape ``(t, z, y, x)``.
+    times:
+        Frame times in seconds, shape ``(t,)``, uniformly spaced.
+    te_s:
+        Echo time in seconds.
+    options:
+        Method parameters; defaults when ``None``.
+    brain_mask:
+        Voxels to analyse; found from the baseline signal when ``None``.
+    aif_mask:
+        Arterial voxels given by a reader; chosen automatically when ``None``.
+
+    Raises
+    ------
+    DscInputError
+        Wrong shape, too few frames, no bolus, irregular timing, empty masks.
+    """
+    opts = options or MapOptions()
+    data = np.asarray(signal)
+    if data.ndim != 4:
+        raise DscInputError(f"a DSC series must be 4-D (t, z, y, x), got shape {data.shape}")
+    if data.shape[0] < _MIN_FRAMES:
+        raise DscInputError(f"a DSC series needs at least {_MIN_FRAMES} frames, got {data.shape[0]}")
+    t = _check_times(times, data.shape[0])
+    spatial = data.shape[1:]
+    head = data[opts.skip_frames : opts.skip_frames + 3].mean(axis=0)
+    mask = brain_mask_from_signal(head) if brain_mask is None else np.asarray(brain_mask, bool)
+    if mask.shape != spatial or not mask.any():
+        raise DscInputError("the brain mask is empty or does not match the series")
+    curves = data[:, mask].T.astype(np.float64)  # (voxels, frames)
+    timing = bolus_timing(
+        curves.mean(axis=0), t, skip_frames=opts.skip_frames, arrival_fraction=opts.arrival_fraction
+    )
+    s0 = baseline_signal(curves, timing)
+    dr2 = delta_r2star(curves, s0, te_s)
+    dr2[:, : timing.baseline_start] = 0.0
+
+    aif_in_mask = np.zeros(mask.sum(), dtype=bool)
+    if aif_mask is None:
+        selection: AifSelection = select_aif(
+            dr2,
+            t,
+            auc_fraction=opts.aif_auc_fraction,
+            roughness_fraction=opts.aif_roughness_fraction,
+            n_clusters=opts.aif_clusters,
+            max_voxels=opts.aif_max_voxels,
+            baseline_frames=timing.baseline_end + 1,
+        )
+        aif_in_mask[selection.indices] = True
+        aif_curve = selection.curve
+    else:
+        given = np.asarray(aif_mask, dtype=bool)
+        if given.shape != spatial:
+            raise DscInputError("the AIF mask does not match the series")
+        aif_in_mask = given[mask]
+        if not aif_in_mask.any():
+            raise DscInputError("the AIF mask has no voxel inside the brain mask")
+        aif_curve = dr2[aif_in_mask].mean(axis=0)
+
+    # Arteries fill before the brain average drops: end every voxel's baseline one
+    # frame before the arterial arrival so that no S0 (above all the AIF's own)
+    # includes contrast, then recompute ΔR2* with it.
+    arterial = bolus_timing(
+        curves[aif_in_mask].mean(axis=0), t, opts.skip_frames, opts.arrival_fraction
+    )
+    baseline_end = max(timing.baseline_start + 1, arterial.baseline_end - 1)
+    if baseline_end < timing.baseline_end:
+        timing = replace(
+            timing,
+            baseline_end=baseline_end,
+            arrival_index=baseline_end + 1,
+            arrival_time_s=float(t[baseline_end + 1]),
+        )
+        s0 = baseline_signal(curves, timing)
+        dr2 = delta_r2star(curves, s0, te_s)
+        dr2[:, : timing.baseline_start] = 0.0
+        aif_curve = dr2[aif_in_mask].mean(axis=0)
+
+    reference, _ = non_enhancing_reference(dr2[~aif_in_mask], timing.arrival_index)
+    if opts.leakage_correction:
+        fit = bsw_correct(dr2, reference, t)
+        k1, k2, corrected = fit.k1, fit.k2, fit.corrected
+    else:
+        k1 = np.ones(dr2.shape[0])
+        k2 = np.zeros(dr2.shape[0])
+        corrected = dr2
+    perfusion = perfusion_from_concentration(
+        corrected,
+        aif_curve,
+        t,
+        method=opts.method,
+        oi_target=opts.oi_target,
+        threshold=opts.svd_threshold,
+        k_h=opts.k_h,
+        density=opts.density,
+    )
+    dynamic = dynamic_parameters(curves, t, s0, timing, psr_delay_s=opts.psr_delay_s)
+
+    def volume(values: np.ndarray) -> np.ndarray:
+        out = np.full(spatial, np.nan, dtype=np.float32)
+        out[mask] = values
+        return out
+
+    aif_volume = np.zeros(spatial, dtype=bool)
+    aif_volume[mask] = aif_in_mask
+    return DscMaps(
+        brain_mask=mask,
+        s0=volume(s0),
+        cbv=volume(perfusion.cbv),
+        cbf=volume(perfusion.cbf),
+        mtt=volume(perfusion.mtt),
+        k1=volume(k1),
+        k2=volume(k2),
+        wash_in_s=volume(dynamic.wash_in_s),
+        psr_percent=volume(dynamic.psr_percent),
+        washout_slope=volume(dynamic.washout_slope),
+        aif_mask=aif_volume,
+        aif_curve=aif_curve,
+        leakage_reference=reference,
+        timing=timing,
+        times=t,
+        psr_t1_s=dynamic.t1_s,
+        options=opts,
+    )
