@@ -32,9 +32,11 @@ from analyzers._shared.stats import (
     hosmer_lemeshow,
     lda_factory,
     mann_whitney_u,
+    model_summary_table,
     nested_cross_validate,
     paired_bootstrap_difference,
     roc_auc,
+    roc_curve_band,
     summarize,
     threshold_for_sensitivity,
     tune_and_fit,
@@ -329,6 +331,19 @@ def test_cluster_bootstrap_of_any_metric_and_univariate_aucs() -> None:
     assert res[1].auc.estimate == pytest.approx(roc_auc(y, X[:, 1]))
 
 
+def test_roc_band_and_clustered_paired_difference() -> None:
+    X, y, pid = _cohort(40, seed=17)
+    band = roc_curve_band(y, X[:, 0], pid, n_boot=200, seed=0)
+    assert band.tpr[-1] == 1.0 and np.all(np.diff(band.tpr) >= 0)
+    assert np.all(band.lower <= band.upper)
+    assert band.auc.estimate == pytest.approx(roc_auc(y, X[:, 0]))
+    # Model A (the signal) against model B (noise) on the same patients.
+    noise = np.random.default_rng(0).normal(size=y.size)
+    diff = paired_bootstrap_difference(y, X[:, 0], noise, pid, n_boot=300, seed=0)
+    assert diff.ci.estimate == pytest.approx(roc_auc(y, X[:, 0]) - roc_auc(y, noise))
+    assert diff.ci.lower > 0 and diff.p_value < 0.05  # CI excluding 0 and p agree
+
+
 # ---------------------------------------------------------------------------
 # Nested cross-validation
 # ---------------------------------------------------------------------------
@@ -467,6 +482,23 @@ def test_wilcoxon_mann_whitney_cohens_d_by_hand() -> None:
     assert cohens_d([1, 2, 3], [3, 4, 5]) == pytest.approx(-2.0)
     with pytest.raises(StatsInputError):
         wilcoxon_signed_rank([1, 2], [1, 2])
+
+
+def test_model_summary_table_with_wilcoxon_between_models() -> None:
+    table = model_summary_table(
+        {
+            "A": {"F1": [0.5, 0.6, 0.7, 0.8, np.nan], "PPV": [1.0, 1.0, 1.0, 1.0, 1.0]},
+            "B": {"F1": [0.6, 0.8, 1.0, 1.2, 0.9], "PPV": [1.0, 1.0, 1.0, 1.0, 1.0]},
+        },
+        pairs=[("A", "B")],
+        decimals=2,
+    )
+    f1, ppv = table
+    assert f1["metric"] == "F1" and f1["A mean ± SD"] == "0.65 ± 0.13"
+    assert f1["B median (IQR)"] == "0.90 (0.80-1.00)"
+    # Four pairs (the NaN pair dropped), all differences negative: exact p = 2 / 2^4.
+    assert f1["p A vs B"] == pytest.approx(2 / 16)
+    assert ppv["p A vs B"] is None  # every difference zero: undefined, not "1.0"
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ from analyzers._shared.stats.summaries import (
     TwoSampleTestResult,
     cohens_d,
     mann_whitney_u,
+    model_summary_table,
     summarize,
     wilcoxon_signed_rank,
 )
@@ -146,6 +147,7 @@ __all__ = [
     "logistic_l2_factory",
     "make_pipeline",
     "mann_whitney_u",
+    "model_summary_table",
     "nested_cross_validate",
     "paired_bootstrap_difference",
     "roc_auc",

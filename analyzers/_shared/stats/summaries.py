@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ __all__ = [
     "TwoSampleTestResult",
     "cohens_d",
     "mann_whitney_u",
+    "model_summary_table",
     "summarize",
     "wilcoxon_signed_rank",
 ]
@@ -173,3 +175,53 @@ def cohens_d(a: ArrayLike, b: ArrayLike) -> float:
     if pooled == 0:
         raise StatsInputError("both samples are constant; Cohen's d is undefined")
     return float((x.mean() - z.mean()) / np.sqrt(pooled))
+
+
+def model_summary_table(
+    per_patient: Mapping[str, Mapping[str, ArrayLike]],
+    pairs: Sequence[tuple[str, str]] = (),
+    decimals: int = 3,
+) -> list[dict[str, Any]]:
+    """Per-metric table of several models as in the brain-metastasis study's tables.
+
+    Parameters
+    ----------
+    per_patient:
+        ``{model: {metric: per-patient values}}``; every model lists the same
+        patients in the same order (NaN where a value is undefined).
+    pairs:
+        ``(model_a, model_b)`` pairs to compare with the Wilcoxon signed-rank test.
+    decimals:
+        Decimals of the formatted cells.
+
+    Returns
+    -------
+    list of dict
+        One row per metric: ``metric``, then ``"<model> mean ± SD"`` and
+        ``"<model> median (IQR)"`` for each model, then ``"p <a> vs <b>"`` for each
+        pair (None when the test is undefined, e.g. all differences zero).
+    """
+    if not per_patient:
+        raise StatsInputError("no models given")
+    models = list(per_patient)
+    metrics = list(per_patient[models[0]])
+    for m in models[1:]:
+        if list(per_patient[m]) != metrics:
+            raise StatsInputError(f"model {m!r} does not report the same metrics as {models[0]!r}")
+    for a, b in pairs:
+        if a not in per_patient or b not in per_patient:
+            raise StatsInputError(f"unknown model in pair ({a!r}, {b!r})")
+    rows = []
+    for metric in metrics:
+        row: dict[str, Any] = {"metric": metric}
+        for m in models:
+            summary = summarize(per_patient[m][metric])
+            row[f"{m} mean ± SD"] = summary.mean_sd(decimals)
+            row[f"{m} median (IQR)"] = summary.median_iqr(decimals)
+        for a, b in pairs:
+            try:
+                row[f"p {a} vs {b}"] = wilcoxon_signed_rank(per_patient[a][metric], per_patient[b][metric]).p_value
+            except StatsInputError:
+                row[f"p {a} vs {b}"] = None
+        rows.append(row)
+    return rows
