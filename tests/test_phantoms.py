@@ -17,10 +17,12 @@ from analyzers.phantoms import (
     DSC_CONSTANTS,
     HYPERPERFUSION_RATIO,
     PhantomError,
+    generate_brainmets,
     generate_dce,
     generate_dsc,
     generate_spine,
     generate_t1c,
+    simulate_brainmets,
     simulate_dce,
     simulate_dsc,
     simulate_spine,
@@ -337,3 +339,48 @@ class TestSpine:
         rows = list(csv.DictReader((root / "labels.csv").open()))
         assert all(r["level"] in {"T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"} for r in rows)
         assert _dciodvfy_errors(sorted((root / "case-0001" / "stir").glob("IM*.dcm"))[0]) == []
+
+
+class TestBrainmets:
+    def test_lesions_vessels_and_motion_are_consistent(self) -> None:
+        case = simulate_brainmets(6, 0, metastases=5, spacing_mm=2.5, snr=None, veins=6)
+        m = case.truth_maps
+        space, mprage = case.series
+        assert m["space_lesion_labels"].max() == 5 and len(case.truth["lesions"]) == 5
+        brain = ndimage.binary_dilation(m["space_tissue_labels"] > 0, iterations=2)
+        assert not (m["space_lesion_labels"].astype(bool) & ~brain).any()
+        vessel_space = (m["space_vessels"] > 0.9) & (m["space_lesion_labels"] == 0)
+        vessel_mprage = (m["mprage_vessels"] > 0.9) & (m["mprage_lesion_labels"] == 0)
+        white = m["space_tissue_labels"] == 3
+        assert space.pixels[0][vessel_space].mean() < 0.3 * space.pixels[0][white].mean(), "black blood"
+        assert mprage.pixels[0][vessel_mprage].mean() > 1.3 * mprage.pixels[0][white].mean(), "bright vessels"
+        motion = np.asarray(case.truth["mprage_from_space_lps"])
+        grid = mprage.grid
+        for lesion in case.truth["lesions"]:
+            region = m["mprage_lesion_labels"] == lesion["id"]
+            if region.sum() < 8:
+                continue
+            centroid = grid.patient_coordinates()[region].mean(0)
+            moved = motion[:3, :3] @ np.asarray(lesion["centre_lps"]) + motion[:3, 3]
+            assert np.linalg.norm(centroid - moved) < 2.5
+
+    def test_no_metastases_case_and_written_series(self, tmp_path: Path) -> None:
+        root = generate_brainmets(
+            tmp_path,
+            seed=1,
+            cases=1,
+            progress=False,
+            metastases=0,
+            spacing_mm=3.0,
+            veins=2,
+            vendor="siemens",
+            mprage_tilt_deg=12.0,
+        )
+        row = next(csv.DictReader((root / "labels.csv").open()))
+        assert row["label"] == "none" and row["n_lesions"] == "0"
+        space = _check_geometry(root / "case-0001" / "space")[0]
+        mprage = _check_geometry(root / "case-0001" / "mprage")[0]
+        assert space.FrameOfReferenceUID == mprage.FrameOfReferenceUID
+        assert abs(float(mprage.ImageOrientationPatient[5]) + np.sin(np.deg2rad(12.0))) < 1e-6
+        maps = np.load(root / "case-0001" / "truth" / "maps.npz")
+        assert maps["space_lesion_labels"].max() == 0

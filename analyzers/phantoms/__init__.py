@@ -11,6 +11,7 @@ Anatomy comes from the MNI152 2009a template that ships inside nilearn. Not for
 clinical use: the phantoms exist to test and train the analyzers.
 """
 
+from analyzers.phantoms.brainmets import BRAINMETS_LABEL, generate_brainmets, simulate_brainmets
 from analyzers.phantoms.dce import DCE_CONSTANTS, DCE_LABELS, HYPERPERFUSION_RATIO, generate_dce, simulate_dce
 from analyzers.phantoms.dsc import DSC_CONSTANTS, DSC_LABELS, generate_dsc, simulate_dsc
 from analyzers.phantoms.model import Patient, PhantomCase, PhantomError, Scanner, SeriesData, Study
@@ -18,6 +19,7 @@ from analyzers.phantoms.spine import SPINE_LABELS, SPINE_LEVELS, generate_spine,
 from analyzers.phantoms.t1c import T1C_LABELS, generate_t1c, simulate_t1c
 
 __all__ = [
+    "BRAINMETS_LABEL",
     "DCE_CONSTANTS",
     "DCE_LABELS",
     "DSC_CONSTANTS",
@@ -32,10 +34,12 @@ __all__ = [
     "Scanner",
     "SeriesData",
     "Study",
+    "generate_brainmets",
     "generate_dce",
     "generate_dsc",
     "generate_spine",
     "generate_t1c",
+    "simulate_brainmets",
     "simulate_dce",
     "simulate_dsc",
     "simulate_spine",

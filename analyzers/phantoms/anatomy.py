@@ -99,15 +99,15 @@ class Grid:
         """ImagePositionPatient of slice ``k``."""
         return np.asarray(self.origin) + k * self.spacing[0] * self.normal
 
-    def patient_coordinates(self) -> np.ndarray:
-        """LPS coordinates of every voxel centre, shape ``shape + (3,)``."""
+    def patient_coordinates(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """LPS coordinates of every voxel centre (of ``box`` when given), shape ``(..., 3)``."""
         a = self.affine
-        nz, ny, nx = self.shape
-        out = np.empty((*self.shape, 3), dtype=np.float64)
+        ranges = [np.arange(n)[b] for n, b in zip(self.shape, box or (slice(None),) * 3, strict=True)]
+        out = np.empty((*(r.size for r in ranges), 3), dtype=np.float64)
         out[...] = a[:3, 3]
-        out += (np.arange(nz)[:, None] * a[:3, 0])[:, None, None, :]
-        out += (np.arange(ny)[:, None] * a[:3, 1])[None, :, None, :]
-        out += (np.arange(nx)[:, None] * a[:3, 2])[None, None, :, :]
+        out += (ranges[0][:, None] * a[:3, 0])[:, None, None, :]
+        out += (ranges[1][:, None] * a[:3, 1])[None, :, None, :]
+        out += (ranges[2][:, None] * a[:3, 2])[None, None, :, :]
         return out
 
     def to_index(self, point_lps: np.ndarray) -> np.ndarray:
@@ -219,7 +219,6 @@ class Anatomy:
 
     grid: Grid
     pose: PatientPose
-    t1: np.ndarray
     gm: np.ndarray
     wm: np.ndarray
     csf: np.ndarray
@@ -256,7 +255,7 @@ def sample_anatomy(grid: Grid, pose: PatientPose) -> Anatomy:
     """Resample the template onto ``grid`` for the patient ``pose``.
 
     Tissue fractions are trilinear on grids coarser than 1.5 mm and nearest-neighbour
-    on finer ones; the distance map and T1 intensity are always nearest-neighbour.
+    on finer ones; the distance map is always nearest-neighbour.
     """
     template = load_template()
     # grid index -> LPS -> MNI RAS -> template index is one affine map.
@@ -286,7 +285,6 @@ def sample_anatomy(grid: Grid, pose: PatientPose) -> Anatomy:
     return Anatomy(
         grid=grid,
         pose=pose,
-        t1=sample(template.t1, 0.0, order=0),
         gm=sample(template.gm, 0.0),
         wm=sample(template.wm, 0.0),
         csf=sample(template.csf, 0.0),

@@ -76,12 +76,21 @@ def tissue_image(
 
 def bias_field(grid: Grid, rng: np.random.Generator, amplitude: float = 0.1) -> np.ndarray:
     """A smooth multiplicative receive-coil field, 1 ± ``amplitude``: a random quadratic in patient space."""
-    coords = grid.patient_coordinates()
-    centre = coords.reshape(-1, 3).mean(0)
-    x = (coords - centre) / 100.0
+    a = grid.affine
+    centre = a[:3, :3] @ ((np.asarray(grid.shape) - 1) / 2.0) + a[:3, 3]
     lin = rng.normal(0, 1, 3)
     quad = rng.normal(0, 0.5, 3)
-    field = x @ lin + (x**2) @ quad
+    axes = [np.arange(n, dtype=np.float32) for n in grid.shape]
+    field = np.zeros(grid.shape, dtype=np.float32)
+    for c in range(3):
+        # One patient coordinate (in units of 10 cm), built by broadcasting, without a coordinate array.
+        xc = (
+            np.float32((a[c, 3] - centre[c]) / 100.0)
+            + (np.float32(a[c, 0] / 100.0) * axes[0])[:, None, None]
+            + (np.float32(a[c, 1] / 100.0) * axes[1])[None, :, None]
+            + (np.float32(a[c, 2] / 100.0) * axes[2])[None, None, :]
+        )
+        field += np.float32(lin[c]) * xc + np.float32(quad[c]) * xc * xc
     span = float(np.max(np.abs(field))) or 1.0
     return (1.0 + amplitude * field / span).astype(np.float32)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from analyzers.phantoms.anatomy import Grid, PatientPose
 
-__all__ = ["MCA_POLYLINES", "rasterise_polylines"]
+__all__ = ["MCA_POLYLINES", "distance_to_polyline", "rasterise_polylines"]
 
 # Middle cerebral arteries (M1 lateral course, then M2 up the insula), MNI RAS mm.
 _MCA_LEFT = np.array(
@@ -25,7 +25,7 @@ def _densify(polyline: np.ndarray, step_mm: float) -> np.ndarray:
     return np.concatenate(points)
 
 
-def _distance_to_polyline(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
+def distance_to_polyline(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
     """Distance (mm) from ``points`` ``(n, 3)`` to the nearest segment of ``polyline``."""
     best = np.full(points.shape[0], np.inf)
     for a, b in itertools.pairwise(polyline):
@@ -68,7 +68,7 @@ def rasterise_polylines(
             continue
         box = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
         world = box @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-        near = _distance_to_polyline(world, pts) <= radius_mm
+        near = distance_to_polyline(world, pts) <= radius_mm
         core[tuple(box[near].T)] = True
         frac[core] = np.maximum(frac[core], core_fraction)
     core = frac >= core_fraction
