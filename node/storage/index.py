@@ -249,18 +249,18 @@ class Index:
     def stored_instances(self, *, study_uid: str, series_uid: str | None = None,
                          sop_uid: str | None = None) -> list[dict[str, Any]]:
         """The stored instances under a study (and series, instance) with what WADO-RS needs
-        to answer without opening the files: UIDs, SOP class, transfer syntax, path, size and
-        frame count, in series / instance number order."""
+        to answer without opening the files: UIDs, SOP class, transfer syntax, path, size,
+        frame count and content digest, in series / instance number order."""
         conditions, params = ["study_uid = ?"], [study_uid]
         for column, value in (("series_uid", series_uid), ("sop_uid", sop_uid)):
             if value:
                 conditions.append(f"{column} = ?")
                 params.append(value)
         sql = ("SELECT study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax_uid, path, "
-               "size, number_of_frames FROM instances WHERE " + " AND ".join(conditions)
+               "size, number_of_frames, digest FROM instances WHERE " + " AND ".join(conditions)
                + " ORDER BY series_uid, instance_number, sop_uid")
         keys = ("study_uid", "series_uid", "sop_uid", "sop_class_uid", "transfer_syntax_uid",
-                "path", "size", "number_of_frames")
+                "path", "size", "number_of_frames", "digest")
         return [dict(zip(keys, row, strict=True)) for row in self.reader().execute(sql, params)]
 
     def syntaxes_of(self, sop_uids: list[str]) -> set[tuple[str, str]]:

@@ -1,0 +1,489 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames, bulk data and rendered images.
+
+Instances go out as ``multipart/related; type="application/dicom"`` in their stored
+transfer syntax, or in Explicit VR Little Endian when the Accept header asks for
+``transfer-syntax=1.2.840.10008.1.2.1`` (compressed pixel data is decoded when pydicom
+has a decoder for it, pylibjpeg among them; otherwise the answer is 406). Responses
+stream: files are read a few megabytes at a time in a worker thread, so a series of
+thousands of instances never sits in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from node.dicomweb.dicom_json import dataset_to_json, element_path, parse_element_path
+from node.dicomweb.multipart import (
+    MediaType,
+    NotAcceptable,
+    closing_delimiter,
+    new_boundary,
+    parse_accept,
+    part_header,
+)
+from node.dicomweb.service import DICOM_JSON, DicomwebService
+from node.errors import InvalidDataset, NotFound
+from node.storage.query import InvalidQuery
+
+__all__ = ["retrieve_bulkdata", "retrieve_frames", "retrieve_instances", "retrieve_metadata",
+           "retrieve_rendered"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 4 * 1024 * 1024
+_METADATA_BATCH = 64
+_PIXEL_DATA = 0x7FE00010
+_DEFER = 1024
+# Media types of compressed frames (PS3.18 Table 8.7.3-2), by transfer syntax.
+_FRAME_MEDIA = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_MULTIPART = ("multipart/related", "multipart/*", "*/*")
+# Stands for the instance URL in cached metadata; NUL characters make it impossible in a
+# DICOM text value, and JSON writes them as \u0000.
+_URL_MARK = "\x00instance-url\x00"
+_URL_MARK_JSON = json.dumps(_URL_MARK)[1:-1]
+
+
+# -- lookup -----------------------------------------------------------------------------------
+
+
+def _rows(service: DicomwebService, request: Request) -> list[dict[str, Any]]:
+    params = request.path_params
+    rows = service.index.stored_instances(study_uid=params["study"],
+                                          series_uid=params.get("series"),
+                                          sop_uid=params.get("instance"))
+    if not rows:
+        what = ("instance " + params["instance"] if "instance" in params else
+                "series " + params["series"] if "series" in params else "study " + params["study"])
+        raise NotFound(f"no stored {what} under this path")
+    return rows
+
+
+def _instance_url(base: str, row: dict[str, Any]) -> str:
+    return f"{base}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{row['sop_uid']}"
+
+
+# -- instances --------------------------------------------------------------------------------
+
+
+def _requested_syntax(header: str | None) -> str:
+    """The transfer syntax the Accept header asks for; ``*`` means as stored."""
+    for media in parse_accept(header):
+        if media.type in _MULTIPART:
+            kind = media.params.get("type", "application/dicom")
+            if kind in ("application/dicom", "*/*", "application/*"):
+                return media.params.get("transfer-syntax", "*") or "*"
+    raise NotAcceptable(
+        f"cannot answer Accept: {header}; this resource is available as "
+        'multipart/related; type="application/dicom" (optionally with transfer-syntax=*, the '
+        "stored syntax, or 1.2.840.10008.1.2.1)"
+    )
+
+
+def _plan(rows: list[dict[str, Any]], wanted: str) -> list[bool]:
+    """For each instance: True when it must be transcoded to Explicit VR Little Endian."""
+    plan = []
+    for row in rows:
+        stored = row["transfer_syntax_uid"]
+        if wanted in ("*", stored):
+            plan.append(False)
+            continue
+        if wanted != ExplicitVRLittleEndian:
+            raise NotAcceptable(
+                f"instance {row['sop_uid']} is stored as {stored} and the node transcodes only to "
+                f"Explicit VR Little Endian ({ExplicitVRLittleEndian}), not to {wanted}"
+            )
+        if UID(stored).is_compressed and not get_decoder(stored).is_available:
+            raise NotAcceptable(
+                f"instance {row['sop_uid']} is stored as {stored}, for which no decoder is "
+                "installed; ask for transfer-syntax=* to get it as stored"
+            )
+        plan.append(True)
+    return plan
+
+
+def transcode_to_explicit_le(path: Path) -> bytes:
+    """The instance at ``path`` as a Part 10 file in Explicit VR Little Endian."""
+    ds = dcmread(path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict, bool]],
+                first: bool) -> bytes:
+    pieces: list[bytes] = []
+    for row, transcode in batch:
+        path = service.store.absolute(row["path"])
+        try:
+            data = transcode_to_explicit_le(path) if transcode else path.read_bytes()
+        except OSError as exc:
+            log.error("WADO-RS: instance %s is indexed but cannot be read: %s", row["sop_uid"], exc)
+            continue
+        syntax = ExplicitVRLittleEndian if transcode else row["transfer_syntax_uid"]
+        pieces.append(part_header(boundary, f"application/dicom; transfer-syntax={syntax}",
+                                  first=first and not pieces))
+        pieces.append(data)
+    return b"".join(pieces)
+
+
+async def _stream_instances(service: DicomwebService, boundary: str,
+                            work: list[tuple[dict, bool]]) -> AsyncIterator[bytes]:
+    batch: list[tuple[dict, bool]] = []
+    size = 0
+    first = True
+    for item in work:
+        batch.append(item)
+        size += int(item[0]["size"] or 0)
+        if size >= _CHUNK_BYTES:
+            chunk = await service.blocking(_read_parts, service, boundary, batch, first)
+            first = first and not chunk
+            yield chunk
+            batch, size = [], 0
+    if batch:
+        chunk = await service.blocking(_read_parts, service, boundary, batch, first)
+        first = first and not chunk
+        yield chunk
+    yield closing_delimiter(boundary)[0 if not first else 2:]
+
+
+async def retrieve_instances(service: DicomwebService, request: Request) -> Response:
+    """Study, series or instance retrieval as multipart/related application/dicom."""
+    wanted = _requested_syntax(request.headers.get("accept"))
+    rows = await service.blocking(_rows, service, request)
+    plan = _plan(rows, wanted)
+    boundary = new_boundary()
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(_stream_instances(service, boundary, list(zip(rows, plan, strict=True))),
+                             media_type=media)
+
+
+# -- metadata ---------------------------------------------------------------------------------
+
+
+def instance_metadata(path: Path, instance_url: str) -> dict[str, Any]:
+    """The PS3.18 JSON metadata of the instance at ``path``; binary values above 768 bytes
+    (and Pixel Data) become BulkDataURIs under ``instance_url``."""
+    ds = dcmread(path, defer_size=_DEFER)
+    return dataset_to_json(ds, bulk=lambda p: f"{instance_url}/bulkdata/{element_path(p)}")
+
+
+def _metadata_text(service: DicomwebService, row: dict[str, Any], base: str) -> str:
+    """One instance's metadata as JSON text, from the metadata cache when it is there.
+
+    The cache holds the JSON with a placeholder for the instance URL (which depends on how
+    the request reached the server), one file per instance content digest under
+    ``<storage>/cache/metadata``; it is derived data, rebuilt whenever missing.
+    """
+    cache = (service.store.root / "cache" / "metadata" / row["study_uid"]
+             / f"{row['sop_uid']}.{str(row['digest'])[:16]}.json")
+    try:
+        text = cache.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        encoded = instance_metadata(service.store.absolute(row["path"]), _URL_MARK)
+        text = json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_name(f"{cache.name}.{secrets.token_hex(4)}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, cache)
+        except OSError as exc:  # a read-only or full disk still answers, uncached
+            log.warning("metadata cache not written for %s: %s", row["sop_uid"], exc)
+    return text.replace(_URL_MARK_JSON, _instance_url(base, row))
+
+
+def _metadata_batch(service: DicomwebService, base: str, rows: list[dict], first: bool) -> bytes:
+    items = []
+    for row in rows:
+        try:
+            items.append(_metadata_text(service, row, base))
+        except OSError as exc:
+            log.error("metadata: instance %s is indexed but cannot be read: %s", row["sop_uid"], exc)
+    text = ",".join(items)
+    return ((("" if first else ",") + text) if items else "").encode("utf-8")
+
+
+async def _stream_metadata(service: DicomwebService, base: str,
+                           rows: list[dict]) -> AsyncIterator[bytes]:
+    yield b"["
+    first = True
+    for start in range(0, len(rows), _METADATA_BATCH):
+        chunk = await service.blocking(_metadata_batch, service, base,
+                                       rows[start : start + _METADATA_BATCH], first)
+        if chunk:
+            first = False
+            yield chunk
+    yield b"]"
+
+
+async def retrieve_metadata(service: DicomwebService, request: Request) -> Response:
+    """Study, series or instance metadata as an application/dicom+json array."""
+    accepted = parse_accept(request.headers.get("accept"))
+    if not any(m.type in (DICOM_JSON, "application/json", "*/*", "application/*") for m in accepted):
+        raise NotAcceptable(f"metadata is available as {DICOM_JSON}, not {request.headers['accept']}")
+    rows = await service.blocking(_rows, service, request)
+    return StreamingResponse(_stream_metadata(service, service.base_url(request), rows),
+                             media_type=DICOM_JSON)
+
+
+# -- pixel data -------------------------------------------------------------------------------
+
+
+def _native_frame_length(ds: Dataset) -> int:
+    bits = int(ds.BitsAllocated)
+    if bits % 8:
+        raise NotAcceptable("frames of 1-bit pixel data are not served; retrieve the instance")
+    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+
+
+def _frame_count(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _read_native_frames(path: Path, numbers: list[int]) -> list[bytes]:
+    """Frames of uncompressed little endian pixel data, read at their offsets."""
+    ds = dcmread(path, defer_size=_DEFER)
+    syntax = ds.file_meta.TransferSyntaxUID
+    raw = ds.get_item(_PIXEL_DATA)
+    if raw is None:
+        raise NotFound("the instance has no Pixel Data")
+    count = _frame_count(ds)
+    for n in numbers:
+        if n > count:
+            raise NotFound(f"frame {n} does not exist; the instance has {count} frame(s)")
+    if syntax.is_compressed or not syntax.is_little_endian or syntax.is_deflated:
+        return [_decoded_frame(path, n) for n in numbers]
+    length = _native_frame_length(ds)
+    if isinstance(raw, RawDataElement) and raw.value is None:
+        frames = []
+        with open(path, "rb") as handle:
+            for n in numbers:
+                handle.seek(raw.value_tell + (n - 1) * length)
+                frames.append(handle.read(length))
+        return frames
+    value = bytes(ds.PixelData)
+    return [value[(n - 1) * length : n * length] for n in numbers]
+
+
+def _decoded_frame(path: Path, number: int) -> bytes:
+    array = pixel_array(str(path), index=number - 1)
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _encapsulated_frames(path: Path, numbers: list[int]) -> list[bytes]:
+    ds = dcmread(path)
+    count = _frame_count(ds)
+    for n in numbers:
+        if n > count:
+            raise NotFound(f"frame {n} does not exist; the instance has {count} frame(s)")
+    frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    return [frames[n - 1] for n in numbers]
+
+
+def _frame_numbers(text: str) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise InvalidQuery(f"frame numbers are 1, 2, ... separated by commas, got {text!r}")
+        numbers.append(int(item))
+    return numbers
+
+
+def _frame_media(header: str | None, stored: str) -> tuple[str, bool]:
+    """``(media type, encapsulated)`` for frames of an instance stored in ``stored``."""
+    compressed_media = _FRAME_MEDIA.get(stored)
+    for media in parse_accept(header):
+        kind = media.params.get("type", "application/octet-stream")
+        if media.type == "application/octet-stream" or (
+                media.type in _MULTIPART and kind in ("application/octet-stream", "*/*")):
+            return "application/octet-stream", False
+        if compressed_media and media.type in _MULTIPART and kind == compressed_media:
+            wanted = media.params.get("transfer-syntax", stored)
+            if wanted in ("*", stored):
+                return compressed_media, True
+    raise NotAcceptable(
+        "frames of this instance are available as application/octet-stream (uncompressed)"
+        + (f" or {compressed_media}" if compressed_media else "")
+    )
+
+
+def _multipart(parts: list[bytes], content_type: str, location: str | None = None) -> Response:
+    boundary = new_boundary()
+    body = b"".join(part_header(boundary, content_type, first=i == 0, location=location) + p
+                    for i, p in enumerate(parts)) + closing_delimiter(boundary)
+    media = f'multipart/related; type="{content_type.split(";")[0]}"; boundary={boundary}'
+    return Response(body, media_type=media)
+
+
+async def retrieve_frames(service: DicomwebService, request: Request) -> Response:
+    """``/frames/{list}``: frames as multipart/related application/octet-stream (or the
+    stored compressed media type when asked)."""
+    numbers = _frame_numbers(request.path_params["frames"])
+    row = (await service.blocking(_rows, service, request))[0]
+    media, encapsulated = _frame_media(request.headers.get("accept"), row["transfer_syntax_uid"])
+    path = service.store.absolute(row["path"])
+    reader: Callable[[Path, list[int]], list[bytes]] = (
+        _encapsulated_frames if encapsulated else _read_native_frames)
+    frames = await service.blocking(reader, path, numbers)
+    if encapsulated:
+        media = f"{media}; transfer-syntax={row['transfer_syntax_uid']}"
+    return _multipart(frames, media)
+
+
+def _bulk_value(path: Path, element: tuple[int, ...]) -> bytes:
+    if element == (_PIXEL_DATA,):
+        ds = dcmread(path, defer_size=_DEFER)
+        if _PIXEL_DATA not in ds:
+            raise NotFound("the instance has no Pixel Data")
+        return b"".join(_read_native_frames(path, list(range(1, _frame_count(ds) + 1))))
+    ds = dcmread(path)
+    current: Any = ds
+    for position, step in enumerate(element):
+        try:
+            current = current[step] if position % 2 else current[step].value
+        except (KeyError, IndexError, TypeError):
+            raise NotFound(f"no bulk data at {element_path(element)} in this instance") from None
+    if not isinstance(current, bytes | bytearray):
+        raise NotFound(f"the attribute at {element_path(element)} is not binary bulk data")
+    return bytes(current)
+
+
+async def retrieve_bulkdata(service: DicomwebService, request: Request) -> Response:
+    """``/bulkdata/{tag path}``: a binary value named by a BulkDataURI of the metadata."""
+    try:
+        element = parse_element_path(request.path_params["path"])
+    except ValueError as exc:
+        raise InvalidQuery(str(exc)) from None
+    accepted = parse_accept(request.headers.get("accept"))
+    if not any(m.type in (*_MULTIPART, "application/octet-stream")
+               and m.params.get("type", "application/octet-stream")
+               in ("application/octet-stream", "*/*") for m in accepted):
+        raise NotAcceptable("bulk data is available as application/octet-stream")
+    row = (await service.blocking(_rows, service, request))[0]
+    value = await service.blocking(_bulk_value, service.store.absolute(row["path"]), element)
+    return _multipart([value], "application/octet-stream")
+
+
+# -- rendered ---------------------------------------------------------------------------------
+
+
+def _window(params: dict[str, str], ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """8-bit grey levels by the VOI window (PS3.3 C.11.2.1.2): ``window=center,width[,function]``
+    from the request, else the instance's first window, else the full pixel range."""
+    function = "linear"
+    if "window" in params:
+        fields = [f.strip() for f in params["window"].split(",")]
+        try:
+            center, width = float(fields[0]), float(fields[1])
+        except (ValueError, IndexError):
+            raise InvalidQuery(f"window is center,width[,function], got {params['window']!r}") from None
+        if len(fields) > 2:
+            function = fields[2].lower()
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        first = lambda v: float(v[0] if isinstance(v, list | tuple) or type(v).__name__ == "MultiValue" else v)  # noqa: E731
+        center, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    else:
+        low, high = float(pixels.min()), float(pixels.max())
+        center, width, function = (low + high) / 2, max(high - low, 1.0), "linear-exact"
+    if width <= 0 or (function == "linear" and width < 1):
+        raise InvalidQuery(f"window width must be positive (at least 1 for linear), got {width}")
+    values = pixels.astype(np.float64)
+    if function == "linear":
+        scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
+    elif function == "linear-exact":
+        scaled = ((values - center) / width + 0.5) * 255
+    elif function == "sigmoid":
+        scaled = 255 / (1 + np.exp(-4 * (values - center) / width))
+    else:
+        raise InvalidQuery(f"window function must be linear, linear-exact or sigmoid, got {function!r}")
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _render(path: Path, params: dict[str, str], media: str, frame: int | None) -> bytes:
+    ds = dcmread(path)
+    if "PixelData" not in ds:
+        raise NotFound("the instance has no Pixel Data to render")
+    count = _frame_count(ds)
+    if frame is None and count > 1:
+        raise InvalidQuery(f"the instance has {count} frames; ask for /frames/{{n}}/rendered")
+    index = (frame or 1) - 1
+    if index >= count:
+        raise NotFound(f"frame {index + 1} does not exist; the instance has {count} frame(s)")
+    try:
+        pixels = pixel_array(ds, index=index) if count > 1 else ds.pixel_array
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        raise InvalidDataset(f"the pixel data cannot be decoded for rendering: {exc}") from exc
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        grey = _window(params, ds, apply_modality_lut(pixels, ds))
+        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            grey = 255 - grey
+        image = Image.fromarray(grey, mode="L")
+    else:
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+    if "viewport" in params:
+        try:
+            width, height = (int(v) for v in params["viewport"].split(",")[:2])
+        except ValueError:
+            raise InvalidQuery(f"viewport is width,height, got {params['viewport']!r}") from None
+        if width < 1 or height < 1 or width * height > 64_000_000:
+            raise InvalidQuery("viewport width and height must be positive and reasonable")
+        image.thumbnail((width, height))
+    out = io.BytesIO()
+    if media == "image/png":
+        image.save(out, format="PNG")
+    else:
+        quality = params.get("quality", "90")
+        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+            raise InvalidQuery(f"quality is 1 to 100, got {quality!r}")
+        image.save(out, format="JPEG", quality=int(quality))
+    return out.getvalue()
+
+
+def _rendered_media(accepted: list[MediaType]) -> str:
+    for media in accepted:
+        if media.type in ("image/jpeg", "image/png"):
+            return media.type
+        if media.type in ("*/*", "image/*"):
+            return "image/jpeg"
+    raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+
+
+async def retrieve_rendered(service: DicomwebService, request: Request) -> Response:
+    """``/rendered``: a single-frame instance (or one frame) as a windowed PNG or JPEG."""
+    media = _rendered_media(parse_accept(request.headers.get("accept")))
+    frame = None
+    if "frames" in request.path_params:
+        numbers = _frame_numbers(request.path_params["frames"])
+        if len(numbers) != 1:
+            raise InvalidQuery("render one frame at a time")
+        frame = numbers[0]
+    row = (await service.blocking(_rows, service, request))[0]
+    data = await service.blocking(_render, service.store.absolute(row["path"]),
+                                  dict(request.query_params), media, frame)
+    return Response(data, media_type=media)
