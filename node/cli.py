@@ -145,6 +145,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             str(row["instances"]), str(row["calling_ae"] or ""), str(row["SeriesInstanceUID"]),
         )
     console.print(table)
+    from node.jobs.commands import print_pipeline_status
+
+    print_pipeline_status(console, index, settings)
     index.close()
     return 0
 
@@ -278,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "Start a node, send it a generated series, query it back.")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its files (.demo)")
     p.add_argument("--keep-running", action="store_true", help="leave the node running at the end")
+
+    from node.jobs.commands import add_commands
+
+    add_commands(sub, _settings, config_option)
 
     for name, help_text in (("phantom", "Write digital reference objects (see pacsnode phantom --help)."),
                             ("train", "Train an analyzer's model (pacsnode train NAME --help).")):

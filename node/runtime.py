@@ -16,6 +16,7 @@ from node.config import Settings
 from node.dimse.handlers import DimseHandlers
 from node.dimse.server import DimseServer, storage_sop_classes
 from node.ingest import Ingestor
+from node.jobs.run import Pipeline
 from node.storage.index import Index
 from node.storage.store import InstanceStore
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class Node:
     """One pacsnode: its storage and the services that use it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
         self.settings = settings
         storage = settings.storage
         self.store = InstanceStore(
@@ -48,6 +49,10 @@ class Node:
             sop_classes=settings.dicom.storage_sop_classes or None,
         )
         self._marker = Path(storage.path) / ".running"
+        # Completion → routing → jobs → outbox (node.jobs.run); routes are validated here, so a
+        # wrong routes.toml stops the node before it listens.
+        self.pipeline: Pipeline | None = (
+            Pipeline(settings, self.index, self.store, self.ingestor) if pipeline else None)
 
     def recover(self) -> int:
         """After an unclean stop: drop partial files and index stored files the index lacks."""
@@ -60,10 +65,14 @@ class Node:
     def start(self, *, dimse: bool = True) -> None:
         self.recover()
         self._marker.write_text(str(os.getpid()))
+        if self.pipeline is not None:
+            self.pipeline.start()
         if dimse:
             self.dimse.start()
 
     def stop(self) -> None:
         self.dimse.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop()
         self.index.close()
         self._marker.unlink(missing_ok=True)
