@@ -30,6 +30,7 @@ from analyzers.phantoms import (
 )
 from analyzers.phantoms.anatomy import Grid
 from analyzers.phantoms.bolus import exponential_convolution
+from analyzers.phantoms.cli import main as phantom_main
 
 SMALL_DCE = {"matrix": 64, "slices": 8, "time_points": 60, "frame_s": 5.0, "pixel_mm": 3.6, "slice_mm": 8.0}
 SMALL_T1C = {"matrix": 96, "slices": 40, "pixel_mm": 2.0, "slice_mm": 2.0}
@@ -384,3 +385,39 @@ class TestBrainmets:
         assert abs(float(mprage.ImageOrientationPatient[5]) + np.sin(np.deg2rad(12.0))) < 1e-6
         maps = np.load(root / "case-0001" / "truth" / "maps.npz")
         assert maps["space_lesion_labels"].max() == 0
+
+
+class TestCli:
+    def _spine_options(self) -> list[str]:
+        return [arg for key, value in SMALL_SPINE.items() for arg in ("--set", f"{key}={value}")]
+
+    def test_writes_cohort_and_same_seed_gives_same_bytes(self, tmp_path: Path) -> None:
+        for folder in ("a", "b"):
+            status = phantom_main(
+                [
+                    "phantom",
+                    "spine",
+                    "--out",
+                    str(tmp_path / folder),
+                    "--seed",
+                    "8",
+                    "--cases",
+                    "2",
+                    "--no-progress",
+                    *self._spine_options(),
+                ]
+            )
+            assert status == 0
+        rows = list(csv.DictReader((tmp_path / "a" / "spine" / "labels.csv").open()))
+        assert {r["case"] for r in rows} == {"case-0001", "case-0002"}
+        files_a = sorted((tmp_path / "a" / "spine").rglob("*.dcm"))
+        files_b = sorted((tmp_path / "b" / "spine").rglob("*.dcm"))
+        assert len(files_a) == len(files_b) == 2 * 3 * SMALL_SPINE["slices"]
+        assert all(fa.read_bytes() == fb.read_bytes() for fa, fb in zip(files_a, files_b, strict=True))
+
+    def test_preview_png_and_bad_option(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        png = tmp_path / "spine.png"
+        assert phantom_main(["preview", "spine", "--png", str(png), *self._spine_options()]) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert phantom_main(["dsc", "--out", str(tmp_path), "--set", "bogus=1"]) == 2
+        assert "no option 'bogus'" in capsys.readouterr().err

@@ -47,7 +47,8 @@ def render_case(case: PhantomCase, png: Path, max_series: int = 8) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = case.series[:max_series]
+    # Dynamics first in importance; with several studies, the structural series of the latest only.
+    shown = [s for s in case.series if s.is_dynamic or not s.folder.startswith("pre_")][:max_series]
     dynamics = [s for s in shown if s.is_dynamic]
     n_panels = len(shown) + len(dynamics)
     cols = min(4, n_panels)
@@ -60,10 +61,11 @@ def render_case(case: PhantomCase, png: Path, max_series: int = 8) -> Path:
     for series in shown:
         mask = _lesion_mask(case, series)
         _, k = _panel_slice(series, mask)
-        frame = series.pixels.shape[0] - 1 if series.is_dynamic else 0
+        frame = 0
         if series.is_dynamic and mask is not None and mask.any():
+            # T1 agents (DCE) are shown late, T2* agents (DSC) at the signal minimum.
             curve = series.pixels[:, mask > 0].mean(axis=1)
-            frame = int(np.argmax(np.abs(curve - curve[0])))
+            frame = series.pixels.shape[0] - 1 if curve[-1] > curve[0] else int(np.argmin(curve))
         image = series.pixels[frame, k]
         ax = flat[panel]
         vmax = float(np.percentile(image, 99.5)) or 1.0
