@@ -202,3 +202,50 @@ def test_runner_retries_failures_rejects_unsuitable_and_stores_outputs(tmp_path:
     finally:
         runner.stop()
         index.close()
+
+
+def test_inputs_related_roles_priors_and_reprocess(tmp_path: Path) -> None:
+    from analyzers.contract import UnsuitableInput
+    from node.jobs.run import reprocess
+    from node.routing.completion import create_tables
+
+    index = Index(tmp_path / "var" / "index.sqlite")
+    store = InstanceStore(tmp_path / "var", fsync=False, min_free_bytes=0)
+    ingestor = Ingestor(store, index, allowed_sop_classes={MRImageStorage})
+    study = "1.2.826.0.1.3680043.10.1379.77"
+    for name in ("ep2d_perf", "t1_vibe_fa2", "t1_vibe_fa15"):
+        for path in write_mr_series(tmp_path / name, SeriesSpec(series_description=name, slices=2, rows=8,
+                                                                columns=8, study_uid=study)):
+            ingestor.ingest_part10(path.read_bytes())
+    by_description = {r[0]: r[1] for r in index.reader().execute("SELECT series_description, series_uid FROM series")}
+    table = RouteTable((Route("vfa", None, {"SeriesDescription": (re.compile("fa[0-9]"),)}),
+                        Route("perf", "qc", {"SeriesDescription": (re.compile("perf"),)})))
+    table.needs["perf"] = {"t1": "vfa", "roi": "seg?"}
+    table.wants_priors["perf"] = True
+    ledger = JobLedger(index)
+    runner = JobRunner(ledger, index, store, ingestor, Outbox(index, store, []), table, lambda: None,
+                       tmp_path / "scratch")
+    earlier = ledger.enqueue(series_uid="9.9", study_uid="9", patient_id="DEMO-0001", route="perf", analyzer="qc",
+                             send_to=[])
+    ledger.claim(1)
+    ledger.finish(earlier, outputs=[], findings={"rcbv": 1.8}, analyzer_version="1")
+    job_id = ledger.enqueue(series_uid=by_description["ep2d_perf"], study_uid=study, patient_id="DEMO-0001",
+                            route="perf", analyzer="qc", send_to=[])
+    job_input = runner.build_input(ledger.get(job_id))
+    assert sorted(s.attributes["SeriesDescription"] for s in job_input.related["t1"]) == ["t1_vibe_fa15",
+                                                                                          "t1_vibe_fa2"]
+    assert job_input.related["roi"] == []
+    assert len(job_input.series.files) == 2 and all(p.exists() for p in job_input.series.files)
+    assert [p.findings for p in job_input.priors] == [{"rcbv": 1.8}]
+    table.needs["perf"] = {"mask": "seg"}
+    with pytest.raises(UnsuitableInput, match="reprocess"):
+        runner.build_input(ledger.get(job_id))
+
+    create_tables(index)
+    first = reprocess(index, table, ledger, by_description["ep2d_perf"])
+    second = reprocess(index, table, ledger, by_description["ep2d_perf"], analyzer="qc")
+    assert len(first) == len(second) == 1 and len({job_id, *first, *second}) == 3
+    assert [ledger.get(i).generation for i in (*first, *second)] == [1, 2]
+    with pytest.raises(KeyError):
+        reprocess(index, table, ledger, by_description["ep2d_perf"], analyzer="dsc")
+    index.close()

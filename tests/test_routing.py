@@ -187,3 +187,22 @@ def test_shipped_routes_validate_with_installed_analyzers(table) -> None:
     assert "qc" in fresh.settings  # the built-in analyzer is always there
     for name in ("dsc", "dce", "meningioma", "brainmets", "spine"):
         assert name in fresh.settings or name in fresh.unavailable
+
+
+def test_cli_routes_test_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli import main
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'[routing]\nroutes = "{ROUTES}"\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                      'host = "127.0.0.1"\nport = 104\n', encoding="utf-8")
+    assert main(["routes", "test", "--config", str(config), "--description", "ep2d_perf_p2 64 meas"]) == 0
+    out = capsys.readouterr().out
+    assert "→ routes: dsc, qc" in out and "matches 'ep2d_perf'" in out
+    assert main(["routes", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "qc" in out and "ok (qc" in out
+    broken = tmp_path / "routes.toml"
+    broken.write_text('[[route]]\nname = "x"\nanalyzer = "qc"\nmatch = { SeriesDescription = "(" }\n')
+    config.write_text(f'[routing]\nroutes = "{broken}"\n', encoding="utf-8")
+    assert main(["routes", "check", "--config", str(config)]) == 2
+    assert "not a valid regular expression" in capsys.readouterr().err
