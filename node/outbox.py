@@ -267,24 +267,14 @@ class Outbox:
 
     @staticmethod
     def _stow(destination: DestinationSettings, paths: list[Path]) -> dict[Path, str]:
-        boundary = f"pacsnode-{time.time_ns()}"
-        body = bytearray()
-        for path in paths:
-            body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            body += path.read_bytes() + b"\r\n"
-        body += f"--{boundary}--\r\n".encode()
-        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                   "Accept": "application/dicom+json"}
-        if destination.token:
-            headers["Authorization"] = f"Bearer {destination.token}"
-        response = httpx.post(f"{str(destination.url).rstrip('/')}/studies", content=bytes(body), headers=headers,
-                              timeout=120)
-        if response.status_code in (200, 202):
-            failed_uids = set()
-            if response.status_code == 202 and response.content:
-                for item in response.json().get("00081198", {}).get("Value", []):
-                    failed_uids.add(item.get("00081155", {}).get("Value", [""])[0])
-            return {p: "refused by the destination (STOW-RS FailedSOPSequence)" for p in paths
-                    if failed_uids and p.stem in failed_uids}
-        raise DeliveryFailed(f"STOW-RS to {destination.url} answered HTTP {response.status_code}: "
-                             f"{response.text[:200]}")
+        from node.dicomweb.client import StowClient, StowError
+
+        try:
+            with StowClient(str(destination.url), token=destination.token, timeout=120) as client:
+                report = client.store_files(paths, batch_size=len(paths))
+        except StowError as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        refused = {uid: status for uid, status in report.failed}
+        # The store names each file after its SOP Instance UID (node.storage.store).
+        return {p: f"refused by the destination (status 0x{refused[p.stem]:04X})" for p in paths
+                if p.stem in refused}
