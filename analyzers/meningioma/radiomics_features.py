@@ -41,9 +41,9 @@ _PREPROCESSING_KEYS = ("resampledPixelSpacing", "interpolator")
 
 
 def _quiet_pyradiomics() -> None:
-    # pyradiomics logs every feature class at INFO to stderr; the node's job log
-    # only needs its warnings.
-    logging.getLogger("radiomics").setLevel(logging.WARNING)
+    # pyradiomics logs every feature class at INFO (and notes such as "Sum Average =
+    # 2 * Joint Average" as warnings) to stderr; only its errors matter to the job log.
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
