@@ -146,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-instances", type=int, default=200, help="instances per throughput series (200)")
     parser.add_argument("--workers", type=int, default=2, help="job workers (2)")
     parser.add_argument("--skip-quiet", action="store_true", help="only count-based completion")
+    parser.add_argument("--workdir", type=Path, help="keep files and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="pacsnode-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         with orthanc_process(work / "orthanc") as orthanc:
             folder = work / "node"
             folder.mkdir()

@@ -31,7 +31,7 @@ from node.jobs.ledger import ensure_schema
 from node.storage.index import Index
 from node.storage.store import InstanceStore
 
-__all__ = ["Delivery", "DeliveryFailed", "Outbox"]
+__all__ = ["Delivery", "DeliveryFailed", "Outbox", "create_tables", "list_deliveries"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,25 @@ class Delivery:
 _COLUMNS = "id, sop_uid, series_uid, job_id, destination, state, attempts, not_before, created_at, sent_at, error"
 
 
+def create_tables(index: Index) -> None:
+    """Create the ``deliveries`` table in the index when it is missing."""
+    ensure_schema(index, _SCHEMA)
+
+
+def list_deliveries(index: Index, *, state: str | None = None, job_id: str | None = None) -> list[Delivery]:
+    """Deliveries in queue order, optionally of one state or job."""
+    conditions, params = [], []
+    if state:
+        conditions.append("state = ?")
+        params.append(state)
+    if job_id:
+        conditions.append("job_id = ?")
+        params.append(job_id)
+    where = " WHERE " + " AND ".join(conditions) if conditions else ""
+    cur = index.reader().execute(f"SELECT {_COLUMNS} FROM deliveries{where} ORDER BY id", params)
+    return [Delivery(*row) for row in cur]
+
+
 class Outbox:
     """Delivers stored instances to configured destinations.
 
@@ -103,7 +122,7 @@ class Outbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_sent: list[Callable[[str, list[str]], None]] = []
-        ensure_schema(index, _SCHEMA)
+        create_tables(index)
 
     # -- queueing ----------------------------------------------------------------------------
 
@@ -140,16 +159,7 @@ class Outbox:
     # -- reads -------------------------------------------------------------------------------
 
     def deliveries(self, *, state: str | None = None, job_id: str | None = None) -> list[Delivery]:
-        conditions, params = [], []
-        if state:
-            conditions.append("state = ?")
-            params.append(state)
-        if job_id:
-            conditions.append("job_id = ?")
-            params.append(job_id)
-        where = " WHERE " + " AND ".join(conditions) if conditions else ""
-        cur = self.index.reader().execute(f"SELECT {_COLUMNS} FROM deliveries{where} ORDER BY id", params)
-        return [Delivery(*row) for row in cur]
+        return list_deliveries(self.index, state=state, job_id=job_id)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{destination: {state: count}}``."""

@@ -127,6 +127,18 @@ def test_series_to_sr_in_orthanc_exactly_once_across_a_pacs_outage(tmp_path: Pat
         assert sorted(s["SOPInstanceUID"] for s in srs) == sorted(j["outputs"][0] for j in jobs)
         assert {s["StudyInstanceUID"] for s in srs} == {j["study_uid"] for j in jobs}
         assert _query(config, "SELECT COUNT(*) FROM deliveries") == [(2,)]
+        from node.jobs.commands import pipeline_report
+        from node.storage.index import Index
+
+        index = Index(config.parent / "var" / "index.sqlite")
+        try:
+            report = pipeline_report(index)
+        finally:
+            index.close()
+        assert [row["instances"] for row in report] == [12, 12]
+        assert [row["completion"] for row in report] == ["complete (count)"] * 2
+        assert [[(j["route"], j["state"], j["delivered"]) for j in row["jobs"]] for row in report] == [
+            [("qc", "done", {"pacs": (1, 1)})]] * 2
         status = subprocess.run([str(VENV_BIN / "pacsnode"), "status", "--config", str(config)],
                                 capture_output=True, text=True, check=True, cwd=config.parent).stdout
         assert "done 2" in status and "sent 2" in status

@@ -18,7 +18,7 @@ from typing import Any
 
 from node.config import Settings
 
-__all__ = ["add_commands", "print_pipeline_status"]
+__all__ = ["add_commands", "pipeline_report", "print_pipeline_status"]
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -195,6 +195,42 @@ def print_pipeline_status(console: Any, index: Any, settings: Settings) -> None:
                       f"{delivery.attempts} attempt(s): {delivery.error}")
     if dead:
         console.print(f"{len(dead)} dead letter(s); `pacsnode outbox retry` sends them again")
+
+
+def pipeline_report(index: Any) -> list[dict[str, Any]]:
+    """One row per received series (results excluded): what arrived, its completion, and per
+    route the job's state, outputs and their deliveries — the table ``make demo`` prints.
+
+    Each row: ``series_uid``, ``description``, ``instances``, ``completion`` (state and
+    reason), ``jobs``: a list of ``{route, state, outputs, delivered}`` where ``delivered``
+    maps a destination to ``(sent, total)`` output counts.
+    """
+    from node.jobs.ledger import OUTPUT_UID_ROOT, JobLedger
+    from node.outbox import create_tables as create_delivery_tables
+    from node.outbox import list_deliveries
+    from node.routing.completion import create_tables
+
+    create_tables(index)
+    create_delivery_tables(index)
+    ledger = JobLedger(index)
+    conn = index.reader()
+    rows = []
+    for series_uid, description, count, state, reason in conn.execute(
+            "SELECT s.series_uid, s.series_description, "
+            "(SELECT COUNT(*) FROM instances i WHERE i.series_uid = s.series_uid), c.state, c.reason "
+            "FROM series s LEFT JOIN series_state c ON c.series_uid = s.series_uid "
+            "WHERE s.series_uid NOT LIKE ? ORDER BY s.first_received", (OUTPUT_UID_ROOT + "%",)):
+        jobs = []
+        for job in reversed(ledger.jobs(series_uid=series_uid)):
+            delivered: dict[str, tuple[int, int]] = {}
+            for delivery in list_deliveries(index, job_id=job.id):
+                sent, total = delivered.get(delivery.destination, (0, 0))
+                delivered[delivery.destination] = (sent + (delivery.state == "sent"), total + 1)
+            jobs.append({"route": job.route, "state": job.state, "outputs": job.outputs or [],
+                         "delivered": delivered, "error": job.error})
+        rows.append({"series_uid": series_uid, "description": description, "instances": count,
+                     "completion": f"{state or 'untracked'}" + (f" ({reason})" if reason else ""), "jobs": jobs})
+    return rows
 
 
 def add_commands(sub: Any, settings_of: Callable[[argparse.Namespace], Settings],

@@ -109,8 +109,13 @@ class LocalExecutor:
             return [self._pool.submit(_warm, self.warm_analyzers) for _ in range(self.workers)]
 
     def close(self) -> None:
+        """Stop at once: a job still running is cut off and re-queued at the next start."""
         with self._lock:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
 
 
 class DaskExecutor:

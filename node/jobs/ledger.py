@@ -253,7 +253,8 @@ class JobLedger:
     def requeue_running(self) -> int:
         """Queue again the jobs a crash left ``running``; returns how many."""
         with self.index.transaction() as conn:
-            cur = conn.execute("UPDATE jobs SET state = 'queued', not_before = 0, "
+            # The cut-off attempt did not fail on its own: it does not count against max_attempts.
+            cur = conn.execute("UPDATE jobs SET state = 'queued', not_before = 0, attempts = MAX(attempts - 1, 0), "
                                "error = 'interrupted by a node restart' WHERE state = 'running'")
             return int(cur.rowcount)
 

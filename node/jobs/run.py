@@ -149,7 +149,13 @@ class JobRunner:
             return
         with self._lock:
             self._in_flight.add(job.id)
-        future = executor.submit(job.analyzer, job_input)
+        try:
+            future = executor.submit(job.analyzer, job_input)
+        except Exception as exc:  # noqa: BLE001 - e.g. the Dask scheduler is gone: a failed attempt
+            with self._lock:
+                self._in_flight.discard(job.id)
+            self.ledger.fail(job.id, f"the executor did not take the job: {exc}")
+            return
         future.add_done_callback(lambda f: self._finisher.submit(self._finish, job, job_input, f))
 
     def build_input(self, job: Job) -> AnalysisInput:
@@ -206,6 +212,9 @@ class JobRunner:
         try:
             outcome = future.result()
         except Exception as exc:  # noqa: BLE001 - any analyzer failure is a failed attempt
+            if self._stop.is_set():  # cut off by the node's stop: stays "running", re-queued at start
+                log.info("job %s was cut off by the stop; it runs again after the next start", job.id)
+                return
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             state = self.ledger.fail(job.id, detail)
             log.warning("job %s (%s) attempt %d failed (%s): %s", job.id, job.route, job.attempts, state, detail)
