@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -25,7 +26,9 @@ __all__ = [
     "Anatomy",
     "Grid",
     "PatientPose",
+    "Template",
     "TemplateNotFound",
+    "as_triple",
     "axial_grid",
     "load_template",
     "random_pose",
@@ -99,7 +102,7 @@ class Grid:
         """ImagePositionPatient of slice ``k``."""
         return np.asarray(self.origin) + k * self.spacing[0] * self.normal
 
-    def patient_coordinates(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    def patient_coordinates(self, box: tuple[slice, ...] | None = None) -> np.ndarray:
         """LPS coordinates of every voxel centre (of ``box`` when given), shape ``(..., 3)``."""
         a = self.affine
         ranges = [np.arange(n)[b] for n, b in zip(self.shape, box or (slice(None),) * 3, strict=True)]
@@ -116,6 +119,14 @@ class Grid:
         return inv[:3, :3] @ np.asarray(point_lps, dtype=np.float64) + inv[:3, 3]
 
 
+def as_triple(values: np.ndarray | tuple[float, ...]) -> tuple[float, float, float]:
+    """Three floats (a point or direction) from any length-3 sequence."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size != 3:
+        raise ValueError(f"expected three values, got {v.size}")
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
 def axial_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], centre_lps: np.ndarray) -> Grid:
     """An axial grid (rows anterior→posterior, columns right→left) centred on a point."""
     centre = np.asarray(centre_lps, dtype=np.float64)
@@ -123,7 +134,7 @@ def axial_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float],
     origin = (
         centre - half[2] * np.array([1.0, 0, 0]) - half[1] * np.array([0, 1.0, 0]) - half[0] * np.array([0, 0, 1.0])
     )
-    return Grid(shape=shape, spacing=spacing, origin=tuple(float(v) for v in origin))
+    return Grid(shape=shape, spacing=spacing, origin=as_triple(origin))
 
 
 @dataclass(frozen=True)
@@ -155,12 +166,12 @@ def load_template() -> Template:
     import nibabel as nib
 
     folder = _template_dir()
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     affine = None
     for key, name in _TEMPLATE_FILES.items():
-        img = nib.load(str(folder / name))
+        img: Any = nib.load(str(folder / name))
         arrays[key] = np.asarray(img.dataobj, dtype=np.float32) / 255.0
-        affine = img.affine
+        affine = np.asarray(img.affine)
     brain = arrays["t1"] > 0.02
     # The brain mask includes sulcal and ventricular CSF: what is neither GM nor WM.
     csf = np.clip(brain.astype(np.float32) - arrays["gm"] - arrays["wm"], 0.0, 1.0)
@@ -223,7 +234,6 @@ class Anatomy:
     wm: np.ndarray
     csf: np.ndarray
     outside_mm: np.ndarray
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def brain(self) -> np.ndarray:

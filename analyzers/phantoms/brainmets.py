@@ -23,6 +23,7 @@ from analyzers.phantoms.anatomy import (
     Anatomy,
     Grid,
     PatientPose,
+    as_triple,
     axial_grid,
     load_template,
     random_pose,
@@ -60,7 +61,7 @@ _FIXED_VESSELS = (
     np.array([[-8.0, -20.0, -12.0], [-22.0, -40.0, -4.0], [-20.0, -70.0, 6.0]]),
     np.array([[8.0, -20.0, -12.0], [22.0, -40.0, -4.0], [20.0, -70.0, 6.0]]),
 )
-_STYLE = {
+_STYLE: dict[str, dict[str, Any]] = {
     "siemens": {
         "SeriesDescription": "t1_space_tra_iso_KM_DB",
         "SequenceName": "*spc3d1_164ns",
@@ -173,7 +174,7 @@ def _render(
     lesion_level = np.zeros(grid.shape, dtype=np.float32)
     instances = np.zeros(grid.shape, dtype=np.uint8)
     edema = np.zeros(grid.shape, dtype=bool)
-    texture = smooth_texture(grid.shape, rng, 1.0 / np.asarray(grid.spacing))
+    texture = smooth_texture(grid.shape, rng, tuple(1.0 / np.asarray(grid.spacing)))
     for lesion in lesions:
         centre = pose.mni_to_patient(lesion["centre_mni"])
         rot = _RAS_TO_LPS @ pose.rotation @ _RAS_TO_LPS @ lesion["rotation"]
@@ -251,7 +252,8 @@ def simulate_brainmets(
     if metastases is None:
         metastases = 0 if rng.random() < 0.1 else int(min(15, 1 + rng.geometric(0.3) - 1))
     pose = random_pose(rng)
-    shape = tuple(max(8, round(f / spacing_mm)) for f in _FOV_MM)
+    nz, ny, nx = (max(8, round(f / spacing_mm)) for f in _FOV_MM)
+    shape = (nz, ny, nx)
     space_grid = axial_grid(shape, (spacing_mm,) * 3, pose.brain_centre)
     anatomy = sample_anatomy(space_grid, pose)
     coords = space_grid.patient_coordinates()
@@ -298,9 +300,7 @@ def simulate_brainmets(
     centre = base.affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + base.affine[:3, 3]
     mprage_grid = Grid(shape=shape, spacing=(spacing_mm,) * 3, origin=(0.0, 0.0, 0.0), column_direction=col_dir)
     offset = centre - (mprage_grid.affine[:3, :3] @ ((np.asarray(shape) - 1) / 2))
-    mprage_grid = Grid(
-        shape=shape, spacing=(spacing_mm,) * 3, origin=tuple(float(v) for v in offset), column_direction=col_dir
-    )
+    mprage_grid = Grid(shape=shape, spacing=(spacing_mm,) * 3, origin=as_triple(offset), column_direction=col_dir)
 
     vendor = vendor_key(scanner)
     series: list[SeriesData] = []

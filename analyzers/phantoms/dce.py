@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,11 +41,9 @@ __all__ = ["DCE_CONSTANTS", "DCE_LABELS", "HYPERPERFUSION_RATIO", "generate_dce"
 
 DCE_LABELS = ("recurrence", "radiation_necrosis")
 HYPERPERFUSION_RATIO = 1.5
-DCE_CONSTANTS = {
-    "hematocrit": 0.45,
-    "r1_per_mM_per_s": {"1.5": 5.2, "3.0": 5.0},  # gadobutrol, plasma, 37 °C (Rohrer 2005)
-    "agent": "gadobutrol",
-}
+_HEMATOCRIT = 0.45
+_R1_PER_MM_S = MappingProxyType({"1.5": 5.2, "3.0": 5.0})  # gadobutrol, plasma, 37 °C (Rohrer 2005)
+DCE_CONSTANTS = MappingProxyType({"hematocrit": _HEMATOCRIT, "r1_per_mM_per_s": _R1_PER_MM_S, "agent": "gadobutrol"})
 # Normal tissue kinetics (intact blood-brain barrier: tiny Ktrans).
 _TISSUE_PK = {"gm": (0.008, 0.15, 0.030), "wm": (0.005, 0.10, 0.015)}  # Ktrans /min, ve, vp
 _T10 = {  # seconds, by field strength
@@ -82,6 +81,11 @@ def _ratios(rng: np.random.Generator, ktrans_median: float, vp_median: float, si
     )
 
 
+def _capped(ratios: tuple[float, float], limit: float = 1.45) -> tuple[float, float]:
+    """Ratios kept below the hyperperfusion threshold (a tumour that is not hyperperfused)."""
+    return (min(ratios[0], limit), min(ratios[1], limit))
+
+
 def _draw_course(rng: np.random.Generator, label: str) -> dict[str, Any]:
     """Pre-treatment and follow-up lesion ratios (rKtrans, rVP) for one patient."""
     pre_hyper = bool(rng.random() < 0.75)
@@ -90,12 +94,12 @@ def _draw_course(rng: np.random.Generator, label: str) -> dict[str, Any]:
         if max(pre) < HYPERPERFUSION_RATIO:
             pre = (HYPERPERFUSION_RATIO * 1.2, pre[1])
     else:
-        pre = tuple(min(v, 1.45) for v in _ratios(rng, 0.9, 0.9, 0.25))
+        pre = _capped(_ratios(rng, 0.9, 0.9, 0.25))
     if label == "recurrence":
         if pre_hyper:
             post = _ratios(rng, 7.4, 3.1, 0.55)
         else:  # an innately non-hyperperfused tumour recurs without hyperperfusion
-            post = tuple(min(v, 1.45) for v in _ratios(rng, 0.95, 0.95, 0.25))
+            post = _capped(_ratios(rng, 0.95, 0.95, 0.25))
     else:
         post = _ratios(rng, 1.6, 0.9, 0.5)
     return {"pre": pre, "post": post, "pre_hyperperfusion": pre_hyper}
@@ -123,8 +127,8 @@ def _study_series(
     rng = ctx.rng
     grid: Grid = anatomy.grid
     field = f"{scanner.field_strength_t:.1f}"
-    r1 = DCE_CONSTANTS["r1_per_mM_per_s"][field]
-    hct = DCE_CONSTANTS["hematocrit"]
+    r1 = float(_R1_PER_MM_S[field])
+    hct = _HEMATOCRIT
     t10 = _T10[field]
     keep = 1.0 - lesion_frac
     gm, wm, csf = anatomy.gm * keep, anatomy.wm * keep, anatomy.csf * keep

@@ -307,7 +307,8 @@ def write_case(case: PhantomCase, case_folder: Path) -> Path:
         write_series(case_folder / series.folder, series, case.patient, case.scanner)
     truth_dir = case_folder / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(truth_dir / "maps.npz", **case.truth_maps)
+    maps: dict[str, Any] = dict(case.truth_maps)
+    np.savez_compressed(truth_dir / "maps.npz", **maps)
     info = {
         "phantom": case.phantom,
         "case": case.case_index,

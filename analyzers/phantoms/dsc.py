@@ -22,6 +22,7 @@ lesion DSC study) or ``dural_metastasis``, one to three per patient.
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,18 +39,20 @@ __all__ = ["DSC_CONSTANTS", "DSC_LABELS", "generate_dsc", "simulate_dsc"]
 
 DSC_LABELS = ("meningioma", "dural_metastasis")
 #: Constants of the signal model; an analyzer's accuracy test uses the same ones.
-DSC_CONSTANTS = {
-    "k_per_mM_per_s": 10.0,  # ΔR2* = k·C, same k in artery and tissue
-    "hematocrit_large_vessel": 0.45,
-    "hematocrit_small_vessel": 0.25,
-    "k_h": 0.55 / 0.75,
-    "density_g_per_ml": 1.04,
-}
+DSC_CONSTANTS = MappingProxyType(
+    {
+        "k_per_mM_per_s": 10.0,  # ΔR2* = k·C, same k in artery and tissue
+        "hematocrit_large_vessel": 0.45,
+        "hematocrit_small_vessel": 0.25,
+        "k_h": 0.55 / 0.75,
+        "density_g_per_ml": 1.04,
+    }
+)
 _TISSUE = {"gm": {"cbv": 4.0, "cbf": 60.0}, "wm": {"cbv": 2.0, "cbf": 25.0}}
 # Lesion perfusion relative to white matter: log-normal (median, sigma of log).
-_LESION_PERFUSION = {
-    "meningioma": {"rcbv": (6.0, 0.35), "rcbf": (5.5, 0.40), "k2": (-0.030, 0.006), "radius": (8.0, 18.0)},
-    "dural_metastasis": {"rcbv": (3.2, 0.40), "rcbf": (2.8, 0.45), "k2": (-0.012, 0.020), "radius": (5.0, 13.0)},
+_LESION_PERFUSION: dict[str, dict[str, tuple[float, float]]] = {
+    "meningioma": {"rcbv": (6.0, 0.35), "rcbf": (5.5, 0.40), "k2": (-0.020, 0.015), "radius": (8.0, 18.0)},
+    "dural_metastasis": {"rcbv": (3.2, 0.40), "rcbf": (2.8, 0.45), "k2": (-0.010, 0.020), "radius": (5.0, 13.0)},
 }
 _S0 = {"gm": 1.0, "wm": 0.85, "csf": 1.35, "lesion": 1.05, "artery": 0.9, "skull": 0.04, "scalp": 0.25}
 _SIGNAL_SCALE = 1000.0

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.phantoms.anatomy import Grid
+from analyzers.phantoms.anatomy import Grid, as_triple
 from analyzers.phantoms.bolus import rician
 from analyzers.phantoms.cohort import case_context, generate_cohort
 from analyzers.phantoms.dicomio import random_patient, random_scanner, vendor_key
@@ -132,9 +132,9 @@ def sagittal_grid(shape: tuple[int, int, int], spacing: tuple[float, float, floa
     return Grid(
         shape=shape,
         spacing=spacing,
-        origin=tuple(float(v) for v in origin),
-        row_direction=tuple(row_dir),
-        column_direction=tuple(col_dir),
+        origin=as_triple(origin),
+        row_direction=as_triple(row_dir),
+        column_direction=as_triple(col_dir),
     )
 
 
@@ -200,11 +200,8 @@ def simulate_spine(
     discs = np.asarray(_DISC_MM) * size
     top = 0.5 * (heights.sum() + discs.sum()) + rng.uniform(-10, 10)
     lordosis = rng.uniform(8.0, 18.0)
-    centres_z, cursor = [], top
-    for i, h in enumerate(heights):
-        centres_z.append(cursor - h / 2)
-        cursor -= h + (discs[i] if i < len(discs) else 0.0)
-    centres_z = np.asarray(centres_z)
+    body_tops = top - np.concatenate([[0.0], np.cumsum(heights[:-1] + discs)])
+    centres_z = body_tops - heights / 2
     span = centres_z[0] - centres_z[-1]
 
     def ap_curve(zz: np.ndarray) -> np.ndarray:
@@ -358,7 +355,7 @@ def simulate_spine(
         "tissue_labels": tissue,
         "affine_lps": grid.affine,
     }
-    rows = [
+    label_rows = [
         {
             "StudyInstanceUID": study.study_uid,
             "PatientID": patient.patient_id,
@@ -383,7 +380,7 @@ def simulate_spine(
         series=series,
         truth_maps=truth_maps,
         truth=truth,
-        label_rows=rows,
+        label_rows=label_rows,
     )
 
 

@@ -30,7 +30,7 @@ __all__ = ["T1C_LABELS", "generate_t1c", "simulate_t1c"]
 
 T1C_LABELS = ("grade1", "grade2_3")
 # Probability of each feature given the grade, and size range (mm radius).
-_GRADE = {
+_GRADE: dict[str, dict[str, Any]] = {
     "grade1": {
         "irregular": 0.2,
         "indistinct": 0.2,
@@ -93,7 +93,7 @@ def simulate_t1c(
     scanner = random_scanner(rng, vendor=vendor)
     study = ctx.study("t1c", ctx.random_date(), "MRI BRAIN W/WO CONTRAST")
     patient = random_patient(rng, ctx.patient_id, study.date, female_fraction=odds["female"], age_range=(35, 85))
-    features = {
+    features: dict[str, Any] = {
         "shape": "irregular" if rng.random() < odds["irregular"] else "regular",
         "margin": "indistinct" if rng.random() < odds["indistinct"] else "distinct",
         "edema": bool(rng.random() < odds["edema"]),
@@ -129,7 +129,7 @@ def simulate_t1c(
     tumour = frac >= 0.5
 
     # Enhancement with texture, necrosis, dural tail and edema.
-    texture = smooth_texture(grid.shape, rng, 1.5 / np.asarray(grid.spacing))
+    texture = smooth_texture(grid.shape, rng, tuple(1.5 / np.asarray(grid.spacing)))
     tumour_level = 1.38 * (1.0 + features["heterogeneity"] * texture)
     necrosis = np.zeros(grid.shape, dtype=bool)
     if features["necrosis"]:
