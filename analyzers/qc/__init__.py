@@ -48,13 +48,13 @@ class QcAnalyzer:
 
     def analyze(self, job: AnalysisInput) -> AnalysisResult:
         settings = job.settings if isinstance(job.settings, QcSettings) else QcSettings()
-        headers = []
+        datasets = []
         for path in sorted(job.series.files):
-            try:
-                headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+            try:  # read each file once: the headers for the checks, the pixels for load_series
+                datasets.append(pydicom.dcmread(path, stop_before_pixels=not settings.check_volume))
             except (pydicom.errors.InvalidDicomError, OSError) as exc:
                 raise UnsuitableInput(f"{path.name} is not a readable DICOM file: {exc}") from exc
-        headers = [h for h in headers if "ImagePositionPatient" in h or "PerFrameFunctionalGroupsSequence" in h]
+        headers = [h for h in datasets if "ImagePositionPatient" in h or "PerFrameFunctionalGroupsSequence" in h]
         if not headers:
             raise UnsuitableInput("no instance of the series has image geometry (ImagePositionPatient); qc "
                                   "checks cross-sectional image series only")
@@ -65,7 +65,7 @@ class QcAnalyzer:
         findings = geometry.as_dict()
         if settings.check_volume:
             try:
-                volume = load_series(job.series.files)
+                volume = load_series(datasets)
                 findings["volume_loadable"] = True
                 findings["volume_shape"] = list(volume.data.shape)
             except SeriesGeometryError as exc:
