@@ -332,5 +332,6 @@ class CompletionTracker:
         out = []
         for row in cur:
             pending = tuple(json.loads(row[13])) if row[13] else None
-            out.append(SeriesState(*row[:13], pending_routes=pending))
+            fields = dict(zip(SeriesState.__dataclass_fields__, row[:13], strict=False))
+            out.append(SeriesState(**fields, pending_routes=pending))
         return out
