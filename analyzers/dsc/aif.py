@@ -27,11 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from analyzers.dsc.errors import DscInputError
 
 __all__ = ["AifSelection", "curve_features", "select_aif"]
 
+# Smallest cluster that may be chosen as arterial.
+_MIN_CLUSTER_VOXELS = 2
 # Deterministic clustering: the same input always picks the same voxels.
 _KMEANS_SEED = 0
 # At most this many candidate curves are clustered (the largest areas): it bounds
@@ -110,10 +113,17 @@ def _best_cluster(
     k = min(n_clusters, distinct)
     if k < 2:
         return np.arange(normalised.shape[0])
-    labels = KMeans(n_clusters=k, n_init=4, random_state=_KMEANS_SEED).fit_predict(normalised)
+    # Small problems: one thread avoids OpenMP oversubscription on a busy machine.
+    with threadpool_limits(limits=1):
+        labels = KMeans(n_clusters=k, n_init=4, random_state=_KMEANS_SEED).fit_predict(normalised)
     members = [m for m in (np.nonzero(labels == label)[0] for label in range(k)) if m.size]
     means = np.stack([raw[m].mean(axis=0) for m in members])
-    return members[int(np.argmax(_arterial_score(means, times)))]
+    score = _arterial_score(means, times)
+    # A cluster of one voxel is an outlier (noise spike, motion), not an artery.
+    sizes = np.array([m.size for m in members])
+    if np.any(sizes >= _MIN_CLUSTER_VOXELS):
+        score = np.where(sizes >= _MIN_CLUSTER_VOXELS, score, -np.inf)
+    return members[int(np.argmax(score))]
 
 
 def _arterial_score(curves: np.ndarray, times: np.ndarray) -> np.ndarray:

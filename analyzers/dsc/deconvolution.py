@@ -303,6 +303,7 @@ def perfusion_from_concentration(
     threshold: float = 0.2,
     k_h: float = HEMATOCRIT_FACTOR,
     density: float = BRAIN_DENSITY_G_PER_ML,
+    deconvolver: SvdDeconvolver | None = None,
 ) -> Perfusion:
     """CBV, CBF and MTT of every voxel from concentration curves and an AIF.
 
@@ -318,6 +319,9 @@ def perfusion_from_concentration(
         See :class:`SvdDeconvolver`.
     k_h, density:
         Hematocrit factor and brain density; 1 and 1 give ml/100 ml.
+    deconvolver:
+        A deconvolver already built for this AIF and sampling (its SVD is
+        reused; ``method``, ``oi_target`` and ``threshold`` are then its own).
 
     Raises
     ------
@@ -332,7 +336,12 @@ def perfusion_from_concentration(
     dt = float(np.median(steps))
     if dt <= 0 or np.max(np.abs(steps - dt)) > 0.05 * dt:
         raise DscInputError("DSC frames must be uniformly spaced in time (within 5 %)")
-    deconvolver = SvdDeconvolver(aif, dt, method=method, oi_target=oi_target, threshold=threshold)
+    if deconvolver is None:
+        deconvolver = SvdDeconvolver(
+            aif, dt, method=method, oi_target=oi_target, threshold=threshold
+        )
+    elif deconvolver.aif.size != t.size or abs(deconvolver.dt - dt) > 1e-9 * dt:
+        raise DscInputError("the given deconvolver was built for another AIF or sampling")
     scale = k_h / density
     cbv = cbv_area_ratio(conc, aif, t, k_h=k_h, density=density)
     cbf = 100.0 * 60.0 * scale * deconvolver.flow(conc)

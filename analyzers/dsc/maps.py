@@ -2,7 +2,10 @@
 
 The steps follow the methods of the ``dsc`` analyzer (DESIGN.md, issue text):
 
-1. brain mask from the baseline signal (Otsu threshold, largest component, holes filled);
+1. brain mask from the baseline signal (Otsu threshold, largest component, holes
+   filled), then restricted to voxels that show the bolus (ΔR2* area at least
+   10 % of the median) with a baseline of at least 20 % of the median, which
+   removes scalp, skull and noise at the edge of the head;
 2. bolus arrival and baseline on the whole-brain mean curve, S0 per voxel,
    ΔR2* = −ln(S/S0)/TE (:mod:`analyzers.dsc.signal`);
 3. automatic AIF, Mouridsen-style clustering (:mod:`analyzers.dsc.aif`), or the
@@ -30,6 +33,7 @@ from analyzers.dsc.deconvolution import (
     BRAIN_DENSITY_G_PER_ML,
     HEMATOCRIT_FACTOR,
     DeconvolutionMethod,
+    SvdDeconvolver,
     perfusion_from_concentration,
 )
 from analyzers.dsc.errors import DscInputError
@@ -127,6 +131,10 @@ class DscMaps:
         Frame times (s).
     psr_t1_s:
         Time at which S1 was read (earlier than arrival + delay if the series is shorter).
+    te_s:
+        Echo time (s).
+    deconvolver:
+        The SVD of the AIF matrix, reused for region curves.
     """
 
     brain_mask: np.ndarray
@@ -145,6 +153,8 @@ class DscMaps:
     timing: BolusTiming
     times: np.ndarray
     psr_t1_s: float
+    te_s: float
+    deconvolver: SvdDeconvolver
     options: MapOptions = field(default_factory=MapOptions)
 
 
@@ -174,6 +184,28 @@ def brain_mask_from_signal(baseline: np.ndarray) -> np.ndarray:
     largest = labels == (1 + int(np.argmax(sizes)))
     filled = np.stack([ndimage.binary_fill_holes(plane) for plane in largest])
     return np.asarray(filled, dtype=bool)
+
+
+def _perfused_brain(
+    mask: np.ndarray, delta_r2: np.ndarray, times: np.ndarray, s0: np.ndarray
+) -> np.ndarray:
+    """Largest connected region of voxels with a bolus, holes filled slice by slice.
+
+    A voxel shows the bolus when its ΔR2* area is at least 10 % of the median
+    area of the intensity mask (scalp, skull and air show none) and its baseline
+    signal is at least 20 % of the median (below that, at the edge of the head,
+    noise dominates −ln(S/S0) and mimics a huge bolus).
+    """
+    area = np.trapezoid(delta_r2, times, axis=1)
+    perfused = np.zeros_like(mask)
+    perfused[mask] = (area > 0.1 * float(np.median(area))) & (s0 >= 0.2 * float(np.median(s0)))
+    labels, count = ndimage.label(perfused)
+    if count == 0:
+        raise DscInputError("no voxel shows the contrast bolus")
+    sizes = ndimage.sum_labels(perfused, labels, index=np.arange(1, count + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in largest])
+    return np.asarray(filled & mask, dtype=bool)
 
 
 def _check_times(times: np.ndarray, frames: int) -> np.ndarray:
@@ -238,6 +270,16 @@ def compute_maps(
     s0 = baseline_signal(curves, timing)
     dr2 = delta_r2star(curves, s0, te_s)
     dr2[:, : timing.baseline_start] = 0.0
+    if brain_mask is None:
+        # The intensity mask also holds scalp and other tissue outside the brain;
+        # only perfused brain shows the bolus, so keep the voxels that do.
+        perfused = _perfused_brain(mask, dr2, t, s0)
+        keep = perfused[mask]
+        mask, curves, dr2 = perfused, curves[keep], dr2[keep]
+        timing = bolus_timing(curves.mean(axis=0), t, opts.skip_frames, opts.arrival_fraction)
+        s0 = baseline_signal(curves, timing)
+        dr2 = delta_r2star(curves, s0, te_s)
+        dr2[:, : timing.baseline_start] = 0.0
 
     aif_in_mask = np.zeros(mask.sum(), dtype=bool)
     if aif_mask is None:
@@ -264,10 +306,14 @@ def compute_maps(
     # Arteries fill before the brain average drops: end every voxel's baseline one
     # frame before the arterial arrival so that no S0 (above all the AIF's own)
     # includes contrast, then recompute ΔR2* with it.
-    arterial = bolus_timing(
-        curves[aif_in_mask].mean(axis=0), t, opts.skip_frames, opts.arrival_fraction
-    )
-    baseline_end = max(timing.baseline_start + 1, arterial.baseline_end - 1)
+    try:
+        arterial_end = bolus_timing(
+            curves[aif_in_mask].mean(axis=0), t, opts.skip_frames, opts.arrival_fraction
+        ).baseline_end
+    except DscInputError:
+        # A given arterial ROI without a clear drop keeps the whole-brain baseline.
+        arterial_end = timing.baseline_end + 1
+    baseline_end = max(timing.baseline_start + 1, arterial_end - 1)
     if baseline_end < timing.baseline_end:
         timing = replace(
             timing,
@@ -288,15 +334,12 @@ def compute_maps(
         k1 = np.ones(dr2.shape[0])
         k2 = np.zeros(dr2.shape[0])
         corrected = dr2
-    perfusion = perfusion_from_concentration(
-        corrected,
-        aif_curve,
-        t,
-        method=opts.method,
-        oi_target=opts.oi_target,
+    deconvolver = SvdDeconvolver(
+        aif_curve, float(np.median(np.diff(t))), method=opts.method, oi_target=opts.oi_target,
         threshold=opts.svd_threshold,
-        k_h=opts.k_h,
-        density=opts.density,
+    )
+    perfusion = perfusion_from_concentration(
+        corrected, aif_curve, t, k_h=opts.k_h, density=opts.density, deconvolver=deconvolver
     )
     dynamic = dynamic_parameters(curves, t, s0, timing, psr_delay_s=opts.psr_delay_s)
 
@@ -324,5 +367,7 @@ def compute_maps(
         timing=timing,
         times=t,
         psr_t1_s=dynamic.t1_s,
+        te_s=float(te_s),
+        deconvolver=deconvolver,
         options=opts,
     )
