@@ -120,7 +120,8 @@ _SCALE = 1200.0
 
 
 def _superellipse(u: np.ndarray, v: np.ndarray, w: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    return (np.abs(u / a) ** 4 + np.abs(v / b) ** 4 + (w / c) ** 2) <= 1.0
+    uu, vv = (u / a) ** 2, (v / b) ** 2
+    return (uu * uu + vv * vv + (w / c) ** 2) <= 1.0
 
 
 def sagittal_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], centre: np.ndarray) -> Grid:
@@ -233,28 +234,37 @@ def simulate_spine(
     tissue[cord] = _TISSUES.index("cord")
     vertebra = np.zeros(grid.shape, dtype=np.uint8)
     bodies = []
+    row_z = z[0, :, 0]  # rows run head to feet: work on the rows near each body only
+
+    def rows_near(centre_z: float, half: float) -> tuple[slice, slice, slice]:
+        near = np.nonzero(np.abs(row_z - centre_z) < half)[0]
+        stop = int(near[-1]) + 1 if near.size else 0
+        return (slice(None), slice(int(near[0]) if near.size else 0, stop), slice(None))
+
+    def local(box: tuple[slice, slice, slice], cy: float, cz: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
+        du, dv = y[box] - cy, z[box] - cz
+        return du * np.cos(theta) - dv * np.sin(theta), du * np.sin(theta) + dv * np.cos(theta)
+
     for i, (cz, h) in enumerate(zip(centres_z, heights, strict=True)):
-        theta = np.arctan(ap_slope(cz))
+        theta = float(np.arctan(ap_slope(cz)))
         cy = float(ap_curve(np.array(cz)))
-        du, dv = y - cy, z - cz
-        u = du * np.cos(theta) - dv * np.sin(theta)
-        v = du * np.sin(theta) + dv * np.cos(theta)
-        outer = _superellipse(u, v, x, depth / 2, h / 2, 24.0 * size)
-        inner = _superellipse(u, v, x, depth / 2 - 1.6, h / 2 - 1.6, 24.0 * size - 1.6)
-        tissue[outer] = _TISSUES.index("cortex")
-        tissue[inner] = _TISSUES.index("marrow")
-        vertebra[outer] = i + 1
+        box = rows_near(cz, h + 20.0)
+        u, v = local(box, cy, cz, theta)
+        outer = _superellipse(u, v, x[box], depth / 2, h / 2, 24.0 * size)
+        inner = _superellipse(u, v, x[box], depth / 2 - 1.6, h / 2 - 1.6, 24.0 * size - 1.6)
+        tissue[box][outer] = _TISSUES.index("cortex")
+        tissue[box][inner] = _TISSUES.index("marrow")
+        vertebra[box][outer] = i + 1
         bodies.append({"level": SPINE_LEVELS[i], "centre": np.array([0.0, cy, cz]), "theta": theta, "height": h})
         if i < len(discs):
             dz = cz - h / 2 - discs[i] / 2
             dy = float(ap_curve(np.array(dz)))
-            du, dv = y - dy, z - dz
-            u = du * np.cos(theta) - dv * np.sin(theta)
-            v = du * np.sin(theta) + dv * np.cos(theta)
-            disc = _superellipse(u, v, x, depth / 2, discs[i] / 2, 24.0 * size)
-            nucleus = _superellipse(u, v, x, depth / 4, discs[i] / 3, 12.0 * size)
-            tissue[disc] = _TISSUES.index("annulus")
-            tissue[nucleus] = _TISSUES.index("nucleus")
+            box = rows_near(dz, discs[i] + 20.0)
+            u, v = local(box, dy, dz, theta)
+            disc = _superellipse(u, v, x[box], depth / 2, discs[i] / 2, 24.0 * size)
+            nucleus = _superellipse(u, v, x[box], depth / 4, discs[i] / 3, 12.0 * size)
+            tissue[box][disc] = _TISSUES.index("annulus")
+            tissue[box][nucleus] = _TISSUES.index("nucleus")
 
     # Lesions in distinct bodies (S1 excluded).
     chosen = rng.choice(len(SPINE_LEVELS) - 1, size=lesions, replace=False)
@@ -315,7 +325,7 @@ def simulate_spine(
             "SequenceName": sequence_name,
             "ScanningSequence": ["SE", "IR"] if ti else "SE",
             "SequenceVariant": ["SK", "SP"],
-            "ScanOptions": "IR" if ti else "",
+            "ScanOptions": "",
             "MRAcquisitionType": "2D",
             "RepetitionTime": tr,
             "EchoTime": te,
