@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 import time
 import zlib
 from collections.abc import Callable, Collection
@@ -21,12 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -45,6 +45,7 @@ __all__ = [
     "SERIES_ROUTING_KEYWORDS",
     "IngestOutcome",
     "Ingestor",
+    "encode_file_meta",
     "split_part10",
 ]
 
@@ -105,6 +106,63 @@ def _to_python(ds: Dataset, keyword: str, vr_hint: str | None = None) -> Any:
     if isinstance(value, bytes):
         return None
     return str(value)
+
+
+# Converted values of raw elements, by (tag, VR, raw bytes, charset, byte order): patient,
+# study and series attributes repeat in every instance of a series, so most of an instance's
+# index values are found here instead of being decoded by pydicom again. Bounded by clearing.
+_CONVERSION_CACHE_LIMIT = 8192
+_CACHEABLE_LENGTH = 256
+_MISSING = object()
+
+
+def _element_key(ds: Dataset, tag: int, charset: bytes | None) -> tuple[Any, ...] | None:
+    """A hashable identity of a still-raw short element, or None when it cannot be cached."""
+    element = ds._dict.get(tag)  # type: ignore[call-overload]
+    if not isinstance(element, RawDataElement):
+        return None
+    value = element.value
+    if value is None or len(value) > _CACHEABLE_LENGTH:
+        return None
+    return (tag, element.VR, value, charset, element.is_little_endian, element.is_implicit_VR)
+
+
+def _uid_bytes(uid: str) -> bytes:
+    data = uid.encode("ascii")
+    return data + b"\x00" if len(data) % 2 else data
+
+
+def _text_bytes(text: str) -> bytes:
+    data = text.encode("ascii", errors="replace")
+    return data + b" " if len(data) % 2 else data
+
+
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group (PS3.10 7.1)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if vr in (b"OB", b"UN", b"SQ", b"UT", b"OW"):
+        return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                     source_ae: str = "") -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group, encoded directly.
+
+    Gives the same bytes as pydicom's ``write_file_meta_info`` for the elements the node
+    writes, about ten times faster (it is on the path of every instance).
+    """
+    body = b"".join((
+        _meta_element(0x00020001, b"OB", b"\x00\x01"),
+        _meta_element(0x00020002, b"UI", _uid_bytes(sop_class_uid)),
+        _meta_element(0x00020003, b"UI", _uid_bytes(sop_instance_uid)),
+        _meta_element(0x00020010, b"UI", _uid_bytes(transfer_syntax_uid)),
+        _meta_element(0x00020012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
+        _meta_element(0x00020013, b"SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
+        _meta_element(0x00020016, b"AE", _text_bytes(source_ae)) if source_ae else b"",
+    ))
+    length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + length + body
 
 
 def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
@@ -211,6 +269,10 @@ class Ingestor:
         self.allowed_sop_classes = frozenset(allowed_sop_classes)
         self.duplicate_policy = duplicate_policy
         self.listeners: list[Listener] = list(listeners or [])
+        self._conversions: dict[tuple[Any, ...], Any] = {}
+        self._index_specs = tuple((a.keyword, a.tag, a.vr) for a in ATTRIBUTES)
+        self._routing_specs = tuple((k, int(tag_for_keyword(k) or 0), None)
+                                    for k in SERIES_ROUTING_KEYWORDS)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -273,18 +335,8 @@ class Ingestor:
                 ) from None
 
     def _file_meta(self, ds: Dataset, ts: UID, calling_ae: str) -> bytes:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(str(ds.SOPClassUID))
-        meta.MediaStorageSOPInstanceUID = UID(str(ds.SOPInstanceUID))
-        meta.TransferSyntaxUID = ts
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        if calling_ae:
-            meta.SourceApplicationEntityTitle = calling_ae.strip()[:16]
-        buffer = DicomBytesIO()
-        buffer.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buffer, meta, enforce_standard=True)
-        return buffer.getvalue()
+        return encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ts),
+                                calling_ae.strip()[:16])
 
     def _store(self, ds: Dataset, meta: bytes, data: bytes, ts: UID, calling_ae: str) -> IngestOutcome:
         sop_uid = str(ds.SOPInstanceUID)
@@ -335,8 +387,8 @@ class Ingestor:
 
     def _record(self, ds: Dataset, path: Path, size: int, digest: str, ts: UID,
                 calling_ae: str) -> InstanceRecord:
-        values = {a.keyword: _to_python(ds, a.keyword, a.vr) for a in ATTRIBUTES}
-        series_attributes = {k: _to_python(ds, k) for k in SERIES_ROUTING_KEYWORDS}
+        values = self._values(ds, self._index_specs)
+        series_attributes = self._values(ds, self._routing_specs)
         return InstanceRecord(
             values=values,
             path=self.store.relative(path),
@@ -347,6 +399,32 @@ class Ingestor:
             received_at=time.time(),
             series_attributes={k: v for k, v in series_attributes.items() if v is not None},
         )
+
+    def _values(self, ds: Dataset, specs: tuple[tuple[str, int, str | None], ...]
+                ) -> dict[str, Any]:
+        """``_to_python`` of each attribute, memoised on the element's raw bytes."""
+        cache = self._conversions
+        if len(cache) > _CONVERSION_CACHE_LIMIT:
+            cache.clear()
+        charset_element = ds._dict.get(0x00080005)  # type: ignore[call-overload]
+        charset = getattr(charset_element, "value", None)
+        if charset is not None and not isinstance(charset, bytes):
+            charset = str(charset).encode()
+        values: dict[str, Any] = {}
+        for keyword, tag, vr_hint in specs:
+            if tag not in ds._dict:
+                values[keyword] = None
+                continue
+            key = _element_key(ds, tag, charset)
+            if key is None:
+                values[keyword] = _to_python(ds, keyword, vr_hint)
+                continue
+            key = (*key, vr_hint)
+            value = cache.get(key, _MISSING)
+            if value is _MISSING:
+                value = cache[key] = _to_python(ds, keyword, vr_hint)
+            values[keyword] = value
+        return values
 
     @staticmethod
     def _outcome(status: Status, ds: Dataset, path: Path, size: int, ts: UID,
@@ -368,10 +446,16 @@ class Ingestor:
     def reconcile(self) -> int:
         """Index stored files the index does not know (after a power loss); returns the count.
 
-        Also removes partial files left by a crash mid-write: they were never acknowledged.
+        First settles the temporary files a crash left: complete ones (their rename may
+        have been lost after they were acknowledged) are promoted to their final name and
+        indexed, incomplete ones (never acknowledged) are deleted
+        (:meth:`~node.storage.store.InstanceStore.recover_partial_files`).
         """
-        self.store.remove_partial_files()
-        known = self.index.indexed_paths()
+        recovery = self.store.recover_partial_files(
+            replace_existing=self.duplicate_policy == "overwrite")
+        promoted = {self.store.relative(p) for p in recovery.promoted
+                    if p.is_relative_to(self.store.instances_dir)}
+        known = self.index.indexed_paths() - promoted
         added = 0
         for path in self.store.iter_instance_files():
             relative = self.store.relative(path)

@@ -4,11 +4,33 @@ Layout under ``[storage] path``::
 
     store/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     duplicates/<SOPInstanceUID>.<digest>.dcm   differing copies kept by the keep_first policy
-    tmp files: .<name>.<random>.part beside their target, removed at start-up
+    tmp files: .<name>.<crc32>-<random>.part beside their target, settled at start-up
 
-A file becomes visible under its final name only after its bytes and its
-directory entry are on disk (write to a temporary name, fsync, rename, fsync the
-directory), so a crash at any moment leaves either the whole file or none.
+A file becomes visible under its final name only after all its bytes are on
+disk, so a crash at any moment leaves either the whole file or none under that
+name. The write is: temporary name → write → ``fsync`` the file → rename. That
+is one flush per instance; the directory is *not* fsynced after each rename
+(directories are fsynced once, when they are created). See ``docs/storage.md``.
+
+Why one flush is enough to acknowledge:
+
+- ``fsync`` of the temporary file makes its bytes and its inode durable. On the
+  journaling file systems the node supports (ext4, XFS, btrfs) it also makes
+  the temporary file's directory entry durable: the journal commit that fsync
+  forces contains the file's creation.
+- The rename that follows is a metadata operation in the same journal. It becomes
+  durable with the next journal commit (the next instance's fsync, or the file
+  system's periodic commit). A power loss can therefore undo at most the last
+  renames, leaving a complete temporary file and no final file.
+- :meth:`InstanceStore.recover_partial_files` (run at every start) *promotes*
+  such a temporary file to its final name when it is complete, and deletes it
+  otherwise. "Complete" is proven by the CRC-32 of the whole file, which the
+  writer puts in the temporary name before the first byte is written: a torn or
+  never-flushed file does not match it. A complete temporary file that was not
+  yet acknowledged (crash between fsync and the success status) is promoted as
+  well: the sender retries it, which is an identical duplicate.
+- A process crash (SIGKILL) without power loss loses nothing the kernel already
+  accepted; the same recovery applies.
 """
 
 from __future__ import annotations
@@ -17,15 +39,20 @@ import os
 import re
 import secrets
 import shutil
+import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.errors import OutOfResources
 
-__all__ = ["InstanceStore", "safe_component"]
+__all__ = ["InstanceStore", "PartialRecovery", "safe_component"]
 
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 _PART_SUFFIX = ".part"
+# .<final name>.<crc32 of the whole file, 8 hex>-<random>.part; older temporary files carry only
+# the random part and cannot be proven complete.
+_PART_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?P<crc>[0-9a-f]{8})-)?[0-9a-f]+\.part$")
 
 
 def safe_component(uid: str) -> str:
@@ -35,12 +62,42 @@ def safe_component(uid: str) -> str:
     return uid
 
 
+@dataclass
+class PartialRecovery:
+    """What :meth:`InstanceStore.recover_partial_files` did with the temporary files it found."""
+
+    promoted: list[Path] = field(default_factory=list)
+    """Complete files now under their final name (or filed as a recovered copy)."""
+    removed: int = 0
+    """Incomplete files deleted (never acknowledged)."""
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _crc_matches(path: Path, expected: str) -> bool:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}" == expected
+
+
+def _same_content(first: Path, second: Path) -> bool:
+    return first.stat().st_size == second.stat().st_size and first.read_bytes() == second.read_bytes()
 
 
 class InstanceStore:
@@ -112,25 +169,37 @@ class InstanceStore:
     def write(self, target: Path, chunks: Iterable[bytes]) -> int:
         """Write ``chunks`` to ``target`` atomically and durably; returns the byte count.
 
+        When this returns, the bytes are flushed to disk and the file is under its final
+        name; after a power loss that undid the rename, start-up recovery restores that
+        name from the complete temporary file (module docstring).
+
         Raises
         ------
         OutOfResources
             The disk is full or below the configured minimum.
         """
         self._ensure_dir(target.parent)
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{_PART_SUFFIX}")
+        parts = list(chunks)
+        crc = 0
+        for chunk in parts:
+            crc = zlib.crc32(chunk, crc)
+        temp = target.with_name(
+            f".{target.name}.{crc:08x}-{secrets.token_hex(4)}{_PART_SUFFIX}")
         size = 0
         try:
-            with open(temp, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                for chunk in parts:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                     size += len(chunk)
-                handle.flush()
                 if self.fsync:
-                    os.fsync(handle.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, target)
-            if self.fsync:
-                _fsync_dir(target.parent)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
@@ -141,13 +210,42 @@ class InstanceStore:
             raise
         return size
 
+    def recover_partial_files(self, *, replace_existing: bool = False) -> PartialRecovery:
+        """Settle the temporary files a crash or power loss left behind.
+
+        A temporary file whose content matches the CRC-32 in its name is complete: it is
+        renamed to its final name (its rename may have been acknowledged and then lost with
+        a power loss). When a different file already has that name, the complete one
+        replaces it if ``replace_existing`` (the ``overwrite`` duplicate policy) and is
+        otherwise filed under ``duplicates/`` as ``<name>.recovered-<crc>.dcm``, so
+        nothing received is lost. Identical copies and incomplete files are deleted.
+        """
+        result = PartialRecovery()
+        for temp in sorted(self.root.rglob(f".*{_PART_SUFFIX}")):
+            match = _PART_NAME.match(temp.name)
+            expected = match.group("crc") if match else None
+            if match is None or expected is None or not _crc_matches(temp, expected):
+                temp.unlink(missing_ok=True)
+                result.removed += 1
+                continue
+            target = temp.with_name(match.group("name"))
+            if target.exists() and not replace_existing:
+                if _same_content(temp, target):
+                    temp.unlink()
+                    continue
+                target = self.duplicates_dir / f"{Path(target.name).stem}.recovered-{expected}.dcm"
+            if self.fsync:
+                _fsync_file(temp)
+            os.replace(temp, target)
+            if self.fsync:
+                _fsync_dir(target.parent)
+            result.promoted.append(target)
+        return result
+
     def remove_partial_files(self) -> int:
-        """Delete temporary files left by a crash mid-write (never acknowledged); returns count."""
-        removed = 0
-        for path in self.root.rglob(f".*{_PART_SUFFIX}"):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        """Settle temporary files (see :meth:`recover_partial_files`); returns how many
+        incomplete ones were deleted."""
+        return self.recover_partial_files().removed
 
     def iter_instance_files(self) -> Iterator[Path]:
         """Every stored instance file (not duplicates, not partial files)."""
