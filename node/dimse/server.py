@@ -3,13 +3,29 @@
 Supports Verification, every Storage SOP class pynetdicom knows (with the common
 transfer syntaxes, compressed data accepted and stored as received), and the
 Patient Root and Study Root Query/Retrieve models (FIND, MOVE, GET).
+
+Every accepted association is made event-driven (:func:`make_event_driven`):
+pynetdicom 3 polls, its DUL thread sleeps 1 ms whenever the socket and its
+queues were empty and the association thread checks for a decoded message every
+1 ms. On a loaded machine such a sleep lasts several ms and it sits on the path
+of every C-STORE request and response. The node replaces the two waits with
+blocking ones (``select`` on the socket plus an eventfd, a blocking queue read)
+per association, leaving pynetdicom's state machine and its own associations
+(SCU, C-MOVE sub-associations) untouched.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import select
 import ssl
-from collections.abc import Iterable
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pynetdicom import (
     AE,
@@ -17,13 +33,16 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     QueryRetrievePresentationContexts,
     VerificationPresentationContexts,
+    evt,
 )
+from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
 from node.dimse.handlers import DimseHandlers
 
-__all__ = ["DimseServer", "storage_sop_classes", "tls_context"]
+__all__ = ["DimseServer", "make_event_driven", "storage_sop_classes", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +60,115 @@ def tls_context(tls: TlsSettings, *, server: bool) -> ssl.SSLContext:
     if server and tls.require_client_cert:
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+# Longest a blocked reactor waits before it re-checks timers, release and abort (seconds).
+_IDLE_WAIT_DUL = 0.05
+_IDLE_WAIT_ASSOCIATION = 0.01
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that wakes the DUL thread blocked in ``select`` when an item arrives."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+def make_event_driven(assoc: Association) -> None:
+    """Replace pynetdicom's 1 ms polling by blocking waits for one accepted association.
+
+    Call before the association starts (``EVT_CONN_OPEN``). The DUL thread then blocks
+    in ``select`` on the socket and an eventfd that is signalled whenever a primitive is
+    queued for sending (a C-STORE response) or the DUL is told to stop; the association
+    thread blocks on its DIMSE message queue. Both wake at least every few tens of ms
+    to run pynetdicom's own checks (ARTIM and idle timers, release, abort). Written
+    against pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
+    ``Association._run_reactor``; does nothing where ``os.eventfd`` is missing.
+    """
+    if not hasattr(os, "eventfd"):
+        return
+    dul = assoc.dul
+    wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    # Closed when the DUL object is collected: nothing can signal the fd after that.
+    weakref.finalize(dul, os.close, wake_fd)
+
+    def wake() -> None:
+        try:
+            os.eventfd_write(wake_fd, 1)
+        except OSError:
+            pass
+
+    outgoing = _WakingQueue(wake)
+    while True:
+        try:
+            outgoing.put(dul.to_provider_queue.get_nowait())
+        except queue.Empty:
+            break
+    dul.to_provider_queue = outgoing
+    dul._run_loop_delay = 0  # the wait happens in select below, not in a sleep
+    check_transport = dul._is_transport_event
+
+    def is_transport_event() -> bool:
+        if check_transport():
+            return True
+        if dul._kill_thread or not dul.event_queue.empty() or not outgoing.empty():
+            return False
+        sock = dul.socket
+        raw = getattr(sock, "socket", None)
+        if raw is None or not getattr(sock, "_is_connected", False):
+            time.sleep(0.001)
+            return False
+        try:
+            select.select([raw, wake_fd], [], [], _IDLE_WAIT_DUL)
+        except (OSError, ValueError):
+            return False
+        try:
+            os.eventfd_read(wake_fd)
+        except BlockingIOError:
+            pass
+        return False
+
+    kill_dul = dul.kill_dul
+
+    def kill_and_wake() -> None:
+        kill_dul()
+        wake()
+
+    def stop_dul() -> bool:
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        dul._kill_thread = True
+        wake()
+        if threading.current_thread() is not dul and dul.is_alive():
+            dul.join(5)
+        return True
+
+    dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
+    dul.kill_dul = kill_and_wake  # type: ignore[method-assign]
+    dul.stop_dul = stop_dul  # type: ignore[method-assign]
+
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def get_msg_waiting(block: bool = False) -> Any:
+        if block:
+            return get_msg(block=True)
+        # The reactor's poll: wait briefly for a message instead of returning at once.
+        try:
+            return dimse.msg_queue.get(timeout=_IDLE_WAIT_ASSOCIATION)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg_waiting  # type: ignore[method-assign]
+
+
+def _on_connection_open(event: Event) -> None:
+    make_event_driven(event.assoc)
 
 
 def _transfer_syntaxes() -> list[str]:
@@ -94,7 +222,7 @@ class DimseServer:
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
-            evt_handlers=self.handlers.bindings(),
+            evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, _on_connection_open)],
             ssl_context=ssl_context,
         )
         log.info("DIMSE listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
