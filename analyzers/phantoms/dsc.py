@@ -244,10 +244,21 @@ def simulate_dsc(
     sigma = 0.0 if snr is None else brain_s0 / snr
     gm_e, wm_e = (k * gm * edema_factor).astype(np.float32), (k * wm * edema_factor).astype(np.float32)
     s0_t = ((1.0 - artery) * s0_tissue).astype(np.float32)
+    cores = [lesion_id == les["id"] for les in lesion_truth]
+    lesion_curves = np.zeros((len(cores), time_points))
     for t in range(time_points):
         dr2s = gm_e * np.float32(c_gm[t]) + wm_e * np.float32(c_wm[t]) + dr2s_lesion[t]
         s = s0_t * np.exp(np.float32(-te) * dr2s) + artery * np.float32(s0_art * np.exp(-te * k * ca[t]))
+        lesion_curves[:, t] = [float(s[core].mean()) for core in cores]
         pixels[t] = rician(s, sigma, rng) if sigma > 0 else s
+    # Percentage signal recovery of the noise-free mean lesion curve (S1 at 90 s after arrival,
+    # or the last frame when the series is shorter).
+    s1_time = min(arrival + 90.0, float(times[-1]))
+    s1_frame = int(np.argmin(np.abs(times - s1_time)))
+    for les, curve in zip(lesion_truth, lesion_curves, strict=True):
+        base, low = float(curve[times < arrival].mean()), float(curve.min())
+        les["psr_percent_noise_free"] = round(float(100.0 * (curve[s1_frame] - low) / (base - low)), 2)
+        les["psr_s1_time_s"] = round(float(times[s1_frame]), 2)
 
     s0_map = (1.0 - artery) * s0_tissue + artery * s0_art
     vendor = vendor_key(scanner)

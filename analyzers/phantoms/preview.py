@@ -53,7 +53,7 @@ def render_case(case: PhantomCase, png: Path, max_series: int = 8) -> Path:
     n_panels = len(shown) + len(dynamics)
     cols = min(4, n_panels)
     rows = int(np.ceil(n_panels / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 7.0), 3.2 * rows + 0.3), squeeze=False)
     flat = list(axes.ravel())
     for ax in flat:
         ax.axis("off")
