@@ -143,3 +143,53 @@ def test_recurrence_model_rejects_foreign_folders(tmp_path: Path) -> None:
         RecurrenceModel.load(tmp_path)
     with pytest.raises(DceInputError):
         RecurrenceModel.fit([1.0, 2.0], [1.0, 2.0], [1.0, 1.0], [1, 1], name="x", version="0")
+
+
+def test_trainer_nested_cv_writes_a_loadable_model(tmp_path: Path) -> None:
+    from analyzers.dce.train import load_cohort_csv, main
+
+    cohort = synthetic_ratio_cohort(60, seed=3)
+    csv_path = tmp_path / "lesions.csv"
+    lines = ["patient,r_ktrans,r_vp,pre_treatment_hyperperfused,label"]
+    for i in range(60):
+        flag = "" if i % 10 == 0 else str(int(cohort.pre_flag[i]))
+        label = "recurrence" if cohort.recurrence[i] else "radiation_necrosis"
+        lines.append(f"p{i // 2},{cohort.r_ktrans[i]},{cohort.r_vp[i]},{flag},{label}")
+    csv_path.write_text("\n".join(lines) + "\n")
+    x, y, groups = load_cohort_csv(csv_path)
+    assert x.shape == (60, 3) and np.isnan(x[0, 2]) and len(set(groups)) == 30
+    assert np.array_equal(y, cohort.recurrence)
+    out = tmp_path / "model"
+    assert main(["--cohort", str(csv_path), "--out", str(out), "--folds", "3", "--trials", "2",
+                 "--n-boot", "50"]) == 0
+    model = RecurrenceModel.load(out)
+    assert model.training["cv"].startswith("3-fold")
+    assert model.training["oof_auc"]["estimate"] > 0.7
+    assert 0.0 < model.prior_flag_fill < 1.0
+
+
+def test_automatic_lesion_and_contralateral_reference_on_arrays() -> None:
+    from analyzers.dce.regions import contralateral_reference, segment_enhancing_lesions
+
+    shape = (6, 40, 40)
+    t = np.arange(30)
+    conc = np.zeros((30, *shape))
+    rng = np.random.default_rng(0)
+    head = np.zeros(shape, bool)
+    head[:, 5:35, 5:35] = True
+    conc[:, head] = 0.02 + 0.002 * rng.standard_normal((30, int(head.sum())))
+    lesion = np.zeros(shape, bool)
+    lesion[2:4, 15:20, 8:13] = True  # patient-left of the midline (x < 20)
+    conc[:, lesion] = (0.3 * (1 - np.exp(-t / 5.0)))[:, None]
+    vessel = np.zeros(shape, bool)
+    vessel[:, 30, 30] = True  # early high peak that washes out: not a lesion
+    conc[:, vessel] = (3.0 * np.exp(-((t - 5.0) ** 2) / 4.0) + 0.1)[:, None]
+    found = segment_enhancing_lesions(conc, head, voxel_ml=0.01)
+    assert len(found) == 1 and np.array_equal(found[0], lesion)
+    vp = np.where(head, 0.02, np.nan)
+    affine = np.eye(4)  # 1 mm voxels, x = column
+    reference = contralateral_reference(lesion, head, lesion | vessel, vp, affine, t10=None,
+                                        wm_t10_s=1.084)
+    cols = np.nonzero(reference)[2]
+    assert reference.sum() >= 20 and not (reference & lesion).any()
+    assert cols.mean() > 20.0  # mirrored across the midline of the head mask

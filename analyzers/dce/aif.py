@@ -206,7 +206,7 @@ def detect_image_aif(t: ArrayLike, conc: ArrayLike, *, bolus_arrival_s: float,
     arterial_ttp = float(np.median(ttp[chosen]))
 
     # Venous output: high, later-peaking, large-area voxels (a sinus), when present.
-    auc = np.trapezoid(sub, t_arr, axis=1)
+    auc = np.asarray(np.trapezoid(sub, t_arr, axis=1), dtype=np.float64)
     aif_auc = float(np.trapezoid(blood, t_arr))
     venous = np.flatnonzero((ttp >= arterial_ttp + cfg.venous_min_delay_s)
                             & (ttp <= arterial_ttp + 3 * cfg.max_arrival_s)

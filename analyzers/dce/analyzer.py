@@ -163,7 +163,8 @@ class DceAnalyzer:
                                   "dynamic T1-weighted series (with frame timing)")
         acq = _acquisition(dynamic, settings)
         vfa_series = list(job.related.get("vfa", ()))
-        t10_map, vfa_angles = (None, [])
+        t10_map: np.ndarray | None = None
+        vfa_angles: list[float] = []
         if vfa_series:
             t10_map, vfa_angles = _t10_from_vfa(dynamic, vfa_series)
         pipe = PipelineSettings(model=settings.model, aif=settings.aif,

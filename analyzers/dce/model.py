@@ -11,7 +11,8 @@ stored with the model (mean imputation), and the report says so.
 A model lives in a folder: ``model.json`` (coefficients, feature definition, training
 summary) and ``MODEL_CARD.md``. :func:`synthetic_ratio_cohort` draws cohorts around the
 study's reported medians (recurrence rKtrans 7.4, rVP 3.1; necrosis 1.6, 0.9; lesions not
-hyperperfused before treatment 0.4, 0.7); the reference model is trained on such a cohort.
+hyperperfused before treatment 0.4, 0.7); the reference model is trained on such a cohort
+by :mod:`analyzers.dce.train` (see ``REFERENCE_COMMAND`` there).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ __all__ = [
     "SyntheticCohort",
     "feature_matrix",
     "synthetic_ratio_cohort",
-    "train_reference_model",
 ]
 
 MODEL_KIND = "pacsnode.dce.recurrence-logistic/1"
@@ -211,30 +211,3 @@ def synthetic_ratio_cohort(n_patients: int, seed: int, *, recurrence_fraction: f
     return SyntheticCohort(r_ktrans=r_k, r_vp=r_v, pre_flag=pre, recurrence=rec,
                            patient=np.arange(n_patients, dtype=np.int64))
 
-
-def train_reference_model(folder: Path, *, seed: int = 20250101,
-                          n_patients: int = 2000) -> RecurrenceModel:
-    """Train and save the reference model on a synthetic ratio cohort (reproducible).
-
-    Parameters
-    ----------
-    folder:
-        Where ``model.json`` and ``MODEL_CARD.md`` are written.
-    seed, n_patients:
-        The cohort drawn by :func:`synthetic_ratio_cohort`.
-    """
-    cohort = synthetic_ratio_cohort(n_patients, seed)
-    model = RecurrenceModel.fit(
-        cohort.r_ktrans, cohort.r_vp, cohort.pre_flag, cohort.recurrence,
-        name="pacsnode-dce-recurrence-reference", version="1.0.0",
-        training={"data": "synthetic ratio cohort around the study's medians "
-                          "(analyzers.dce.model.synthetic_ratio_cohort)",
-                  "seed": seed, "intended_use": "demonstration and testing of the pipeline; "
-                  "a site trains its own model on labelled studies",
-                  "evaluation": "none beyond training fit; see pacsnode train dce"})
-    model.save(folder)
-    return model
-
-
-if __name__ == "__main__":
-    train_reference_model(Path(__file__).resolve().parent / "reference_model")

@@ -80,7 +80,7 @@ class LesionSegmentationSettings:
             raise DceInputError("invalid lesion segmentation thresholds")
 
 
-def enhancing_voxels(conc: NDArray[np.float64], mask: NDArray[np.bool_],
+def enhancing_voxels(conc: NDArray[np.floating], mask: NDArray[np.bool_],
                      settings: LesionSegmentationSettings | None = None, *,
                      persistent_only: bool = True) -> NDArray[np.bool_]:
     """Voxels of ``mask`` that enhance late (and, if asked, persistently).
@@ -107,7 +107,7 @@ def enhancing_voxels(conc: NDArray[np.float64], mask: NDArray[np.bool_],
     return late_enhancing | (usable & (peak >= vessel_level))
 
 
-def segment_enhancing_lesions(conc: NDArray[np.float64], mask: NDArray[np.bool_],
+def segment_enhancing_lesions(conc: NDArray[np.floating], mask: NDArray[np.bool_],
                               voxel_ml: float,
                               settings: LesionSegmentationSettings | None = None
                               ) -> list[NDArray[np.bool_]]:
