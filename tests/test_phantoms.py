@@ -118,7 +118,7 @@ class TestDsc:
 
     def test_noise_free_signal_follows_the_recorded_model(self) -> None:
         case = simulate_dsc(1, 0, snr=None, **SMALL_DSC)
-        m, k = case.truth_maps, DSC_CONSTANTS["k_per_mM_per_s"]
+        m, k = case.truth_maps, case.truth["constants"]["k_tissue_per_mM_per_s"]
         te = case.truth["constants"]["te_s"]
         pixels = case.series[0].pixels
         plain = (m["lesion_fraction"] == 0) & (m["artery_fraction"] == 0) & ~m["edema"] & (m["gm_fraction"] > 0.3)
@@ -129,16 +129,23 @@ class TestDsc:
         artery = m["artery_fraction"] >= 1.0
         assert artery.sum() >= 4, "arterial voxels for AIF detection"
         np.testing.assert_allclose(
-            pixels[:, artery].mean(axis=1), m["s0"][artery].mean() * np.exp(-te * k * m["aif_mM"]), rtol=1e-4
+            pixels[:, artery].mean(axis=1),
+            m["s0"][artery].mean() * np.exp(-te * DSC_CONSTANTS["k_per_mM_per_s"] * m["aif_mM"]),
+            rtol=1e-4,
         )
         # The arterial signal drops well below baseline but stays above zero (AIF measurable).
         drop = pixels[:, artery].mean(axis=1).min() / pixels[:3, artery].mean()
         assert 0.02 < drop < 0.3
 
-    def test_truth_cbv_is_recovered_from_the_images(self) -> None:
-        """CBV from the noise-free images with the recorded constants and BSW correction equals the truth."""
+    @pytest.mark.parametrize("relaxivity", [1.0, 2.5])
+    def test_truth_cbv_is_recovered_from_the_images(self, relaxivity: float) -> None:
+        """CBV from the noise-free images with the recorded constants and BSW correction equals the truth.
+
+        With tissue relaxivity ``relaxivity`` times the blood's, the textbook analysis reports
+        CBV times that factor.
+        """
         options = {**SMALL_DSC, "time_points": 120}
-        case = simulate_dsc(2, 0, snr=None, **options)
+        case = simulate_dsc(2, 0, snr=None, tissue_to_blood_relaxivity=relaxivity, **options)
         m, c = case.truth_maps, DSC_CONSTANTS
         te = case.truth["constants"]["te_s"]
         pixels = case.series[0].pixels.astype(np.float64)
@@ -149,13 +156,13 @@ class TestDsc:
         aif_area = np.trapezoid(dr2s[:, artery].mean(axis=1), t)
         factor = 100 * c["k_h"] / c["density_g_per_ml"] / aif_area
         tissue = (m["lesion_fraction"] == 0) & (m["artery_fraction"] == 0) & (m["cbv"] > 1.0)
-        cbv = factor * np.trapezoid(dr2s[:, tissue], t, axis=0)
+        cbv = factor * np.trapezoid(dr2s[:, tissue], t, axis=0) / relaxivity
         assert np.median(np.abs(cbv / m["cbv"][tissue] - 1)) < 0.03
         # Lesions: Boxerman-Schmainda-Weisskoff correction with the recorded K2 and reference integral.
         for lesion in case.truth["lesions"]:
             core = (m["lesion_labels"] == lesion["id"]) & (m["lesion_fraction"] >= 1.0)
             corrected = dr2s[:, core] + lesion["k2_per_s"] * m["int_dr2s_reference"][:, None]
-            ratio = factor * np.trapezoid(corrected, t, axis=0) / m["cbv"][core]
+            ratio = factor * np.trapezoid(corrected, t, axis=0) / relaxivity / m["cbv"][core]
             assert np.median(np.abs(ratio - 1)) < 0.03
             assert 1.0 < lesion["rcbv"] < 30 and 1.0 < lesion["rcbf"] < 30
 

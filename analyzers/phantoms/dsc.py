@@ -41,7 +41,7 @@ DSC_LABELS = ("meningioma", "dural_metastasis")
 #: Constants of the signal model; an analyzer's accuracy test uses the same ones.
 DSC_CONSTANTS = MappingProxyType(
     {
-        "k_per_mM_per_s": 10.0,  # ΔR2* = k·C, same k in artery and tissue
+        "k_per_mM_per_s": 10.0,  # ΔR2* = k·C in arterial blood (and in tissue unless told otherwise)
         "hematocrit_large_vessel": 0.45,
         "hematocrit_small_vessel": 0.25,
         "k_h": 0.55 / 0.75,
@@ -87,6 +87,7 @@ def simulate_dsc(
     slice_mm: float = 5.0,
     snr: float | None = 60.0,
     vendor: str | None = None,
+    tissue_to_blood_relaxivity: float = 1.0,
 ) -> PhantomCase:
     """Simulate one DSC case in memory.
 
@@ -101,6 +102,13 @@ def simulate_dsc(
         noise-free (but still integer-rounded) images.
     vendor:
         ``"siemens"``, ``"ge"`` or ``"philips"`` naming and header style; random when None.
+    tissue_to_blood_relaxivity:
+        k_tissue / k_blood. 1 (default) is the textbook assumption every DSC
+        package makes, so the truth maps are what a correct analysis returns; in
+        vivo the tissue ΔR2* per mM is several times the blood's (Kjølby et al.,
+        MRM 2006), which gives realistic 25–40 % grey-matter signal drops with a
+        measurable AIF; standard analysis then reports CBV and CBF multiplied
+        by this factor (relative values are unaffected).
 
     Returns
     -------
@@ -115,6 +123,8 @@ def simulate_dsc(
         raise PhantomError("need at least 20 time points, 4 slices and a 32×32 matrix")
     if snr is not None and snr <= 0:
         raise PhantomError("snr must be positive (or None for noise-free)")
+    if not 0.2 <= tissue_to_blood_relaxivity <= 10.0:
+        raise PhantomError("tissue_to_blood_relaxivity must be between 0.2 and 10")
     ctx = case_context("dsc", seed, case_index)
     rng = ctx.rng
     label = label or DSC_LABELS[int(rng.integers(2))]
@@ -128,6 +138,7 @@ def simulate_dsc(
     anatomy = sample_anatomy(grid, pose)
     coords = grid.patient_coordinates()
     k = DSC_CONSTANTS["k_per_mM_per_s"]
+    k_t = k * tissue_to_blood_relaxivity
     te = te_ms / 1000.0
 
     # Patient-level perfusion: global flow and volume vary between people, GM/WM ratios do not.
@@ -192,7 +203,9 @@ def simulate_dsc(
     edema_factor = np.where(edema, 0.75, 1.0).astype(np.float32)
     normal = anatomy.brain & (lesion_frac == 0) & (artery == 0)
     ref_fine = (
-        k * (np.sum(gm[normal]) * class_fine[0] + np.sum(wm[normal]) * class_fine[1]) / np.sum(gm[normal] + wm[normal])
+        k_t
+        * (np.sum(gm[normal]) * class_fine[0] + np.sum(wm[normal]) * class_fine[1])
+        / np.sum(gm[normal] + wm[normal])
     )
     ref_int_fine = np.concatenate([[0.0], np.cumsum((ref_fine[1:] + ref_fine[:-1]) / 2 * 0.1)])
 
@@ -209,7 +222,7 @@ def simulate_dsc(
         cbf_v = p["rcbf"] * wm_cbf * hetero
         conc = indicator_dilution(t_fine, ca_fine, cbv_v, cbf_v, dens, k_h)[:, sample]
         f = p["fraction"][idx]
-        dr2s_lesion[:, idx[0], idx[1], idx[2]] = (f[:, None] * (k * conc - p["k2"] * ref_int_fine[sample][None, :])).T
+        dr2s_lesion[:, idx[0], idx[1], idx[2]] = (f[:, None] * (k_t * conc - p["k2"] * ref_int_fine[sample][None, :])).T
         cbv_map[idx] += f * cbv_v
         cbf_map[idx] += f * cbf_v
         k2_map[idx] = p["k2"]
@@ -242,7 +255,7 @@ def simulate_dsc(
     pixels = np.empty((time_points, *grid.shape), dtype=np.float32)
     brain_s0 = float(np.mean(s0_tissue[anatomy.brain]))
     sigma = 0.0 if snr is None else brain_s0 / snr
-    gm_e, wm_e = (k * gm * edema_factor).astype(np.float32), (k * wm * edema_factor).astype(np.float32)
+    gm_e, wm_e = (k_t * gm * edema_factor).astype(np.float32), (k_t * wm * edema_factor).astype(np.float32)
     s0_t = ((1.0 - artery) * s0_tissue).astype(np.float32)
     cores = [lesion_id == les["id"] for les in lesion_truth]
     lesion_curves = np.zeros((len(cores), time_points))
@@ -324,6 +337,8 @@ def simulate_dsc(
         "label": label,
         "constants": {
             **DSC_CONSTANTS,
+            "k_tissue_per_mM_per_s": k_t,
+            "tissue_to_blood_relaxivity": tissue_to_blood_relaxivity,
             "te_s": te,
             "tr_s": tr_s,
             "snr": snr,
