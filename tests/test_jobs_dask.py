@@ -72,3 +72,23 @@ workers = 1
         assert local.findings == job.findings
     finally:
         node.stop()
+
+
+def test_pacsnode_worker_joins_a_scheduler() -> None:
+    import subprocess
+
+    from tests.peers import VENV_BIN
+
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as scheduler_only, \
+            distributed.Client(scheduler_only) as client:
+        worker = subprocess.Popen([str(VENV_BIN / "pacsnode"), "worker", "--scheduler",
+                                   scheduler_only.scheduler_address, "--name", "pacsnode-test-worker"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            client.wait_for_workers(1, timeout=120)
+            assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+            names = [w["name"] for w in client.scheduler_info()["workers"].values()]
+            assert names == ["pacsnode-test-worker"]
+        finally:
+            worker.terminate()
+            worker.wait(30)
