@@ -80,7 +80,7 @@ class DscSettings(AnalyzerSettings):
     )
     reference_radius_mm: float = Field(25.0, gt=0.0)
     edema_margin_mm: float = Field(10.0, ge=0.0)
-    candidate_min_rcbv: float = Field(2.0, gt=1.0)
+    candidate_min_rcbv: float = Field(2.5, gt=1.0)
     max_candidates: int = Field(5, ge=1)
     series_number: int = Field(9400, ge=1)
 

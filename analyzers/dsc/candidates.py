@@ -6,16 +6,17 @@ white matter. The candidates are found as follows:
 
 1. relative CBV: CBV divided by the mean CBV of the white matter of the tissue
    model (:func:`analyzers.dsc.reference.white_matter_mask`);
-2. voxels with rCBV ≥ ``min_rcbv`` (2.0) inside a shell of ``shell_mm`` (15 mm)
-   under the surface of the brain mask, excluding the arterial (AIF) voxels
-   grown by two voxels;
+2. voxels with rCBV ≥ ``min_rcbv`` (2.5; cortex is about 2, so a lower
+   threshold returns grey-matter ribbons) inside a shell of ``shell_mm``
+   (15 mm) under the surface of the brain mask, excluding the arterial (AIF)
+   voxels grown by two voxels;
 3. 3-D connected components (26-connectivity) of at least ``min_volume_ml``
    (0.15 ml); components whose median MTT is below ``min_mtt_s`` (2 s) are
    vessels (arterial partial volume: large CBV, very short transit) and dropped;
 4. the remaining components, ranked by volume × mean rCBV, at most ``max_candidates``.
 
 The candidates are proposals for a reader, not a segmentation; their detection
-rate on the DSC phantoms is measured by the tests and reported in the model card.
+rate on the DSC phantoms is measured by ``tests/test_dsc_phantom.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = ["CandidateOptions", "find_candidates"]
 class CandidateOptions:
     """Thresholds of the candidate search (see module notes)."""
 
-    min_rcbv: float = 2.0
+    min_rcbv: float = 2.5
     shell_mm: float = 15.0
     min_volume_ml: float = 0.15
     min_mtt_s: float = 2.0

@@ -32,9 +32,9 @@ def _osvd_voxel(
     # From the weakest truncation (most singular values) to the strongest: the
     # first residue whose oscillation index meets the target is kept (Wu 2003).
     residue = np.zeros(length)
+    projected = matrix_u.T @ padded
     for kept in kept_grid[::-1]:
-        inverse = matrix_v[:, :kept] @ np.diag(1.0 / singular[:kept]) @ matrix_u[:, :kept].T
-        residue = inverse @ padded
+        residue = matrix_v[:, :kept] @ (projected[:kept] / singular[:kept])
         if float(oscillation_index(residue)) <= oi_target:
             break
     return float(residue.max())

@@ -48,6 +48,8 @@ from analyzers.dsc.signal import (
 
 __all__ = ["DscMaps", "MapOptions", "brain_mask_from_signal", "compute_maps"]
 
+# Arterial voxels must have a baseline of at least this fraction of the brain median.
+_AIF_MIN_S0_FRACTION = 0.3
 # A DSC series needs enough frames for a baseline, a first pass and recovery.
 _MIN_FRAMES = 10
 
@@ -283,8 +285,12 @@ def compute_maps(
 
     aif_in_mask = np.zeros(mask.sum(), dtype=bool)
     if aif_mask is None:
+        # Arteries are searched only where the baseline is well above the noise:
+        # near-zero S0 (signal voids, holes filled in the mask) turns noise into
+        # huge, narrow ΔR2* spikes that look arterial.
+        searchable = np.nonzero(s0 >= _AIF_MIN_S0_FRACTION * float(np.median(s0)))[0]
         selection: AifSelection = select_aif(
-            dr2,
+            dr2[searchable],
             t,
             auc_fraction=opts.aif_auc_fraction,
             roughness_fraction=opts.aif_roughness_fraction,
@@ -292,7 +298,7 @@ def compute_maps(
             max_voxels=opts.aif_max_voxels,
             baseline_frames=timing.baseline_end + 1,
         )
-        aif_in_mask[selection.indices] = True
+        aif_in_mask[searchable[selection.indices]] = True
         aif_curve = selection.curve
     else:
         given = np.asarray(aif_mask, dtype=bool)
