@@ -220,6 +220,9 @@ def test_outputs_and_findings(runs: dict[str, Any]) -> None:
     assert findings["notice"] == NOT_FOR_CLINICAL_USE
     assert findings["t10_source"] == "variable flip angle"
     assert findings["failed_voxels"] < 0.05 * findings["fitted_voxels"]
+    positions = _slice_positions(runs["hyper"]["dir"], "")
+    ktrans_map = _map(post, "Ktrans", positions)
+    assert int(np.count_nonzero(ktrans_map == -1.0)) == findings["failed_voxels"]
     assert findings["aif"]["source"] in {"image", "parker"}
     assert len(findings["aif"]["plasma_mM"]) == len(findings["aif"]["time_s"])
 

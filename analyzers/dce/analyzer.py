@@ -62,7 +62,10 @@ from analyzers.dce.t1 import default_t10, fit_vfa_nonlinear
 from sr_templates import codes as c
 from sr_templates.dce import TEMPLATE
 
-__all__ = ["REFERENCE_MODEL_FOLDER", "DceAnalyzer", "DceSettings"]
+__all__ = ["FAILED_FIT_VALUE", "REFERENCE_MODEL_FOLDER", "DceAnalyzer", "DceSettings"]
+
+#: Value of a failed voxel fit in the Parametric Maps (NaN in the library's maps).
+FAILED_FIT_VALUE = -1.0
 
 #: The reference recurrence model shipped with the analyzer.
 REFERENCE_MODEL_FOLDER = Path(__file__).resolve().parent / "reference_model"
@@ -360,8 +363,12 @@ def _outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[
     if have_t10:
         pm_values.append(("t1", maps.t10 * 1000.0))
     for offset, (key, values) in enumerate(pm_values, start=1):
+        # Viewers cannot show NaN: a failed fit is written as FAILED_FIT_VALUE (impossible
+        # for these quantities) so that it is never mistaken for a zero; outside the head 0.
+        failed = maps.failed | (maps.mask & ~np.isfinite(values))
+        written = np.where(failed, FAILED_FIT_VALUE, np.nan_to_num(values, nan=0.0))
         datasets.append(out.build_parametric_map(
-            dynamic, values, quantities[key], algorithm,
+            dynamic, written, quantities[key], algorithm,
             out.OutputSeries.for_job(job.job_id, f"pm-{key}", series_number=number + offset)))
     segments = []
     for entry in readouts:
@@ -451,7 +458,8 @@ def _report_texts(findings: dict[str, Any]) -> list[tuple[Any, str]]:
                                                           strict=True))
     texts.append((c.COMMENT, f"AIF plasma concentration (mM): {curve}"[:1024]))
     texts.append((c.COMMENT, f"T10: {findings['t10_source']}; r1 {findings['r1_per_mM_per_s']} "
-                             f"/mM/s; model {findings['model']}; fit failures (NaN in maps): "
-                             f"{findings['failed_voxels']} of {findings['fitted_voxels']} voxels; "
+                             f"/mM/s; model {findings['model']}; fit failures: "
+                             f"{findings['failed_voxels']} of {findings['fitted_voxels']} voxels "
+                             f"(value {FAILED_FIT_VALUE} in the maps); "
                              f"lesions: {findings['lesion_source']}; {findings['prior']}"))
     return texts
