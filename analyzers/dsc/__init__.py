@@ -12,6 +12,14 @@ deconvolution
     Block-circulant oSVD / standard sSVD deconvolution, CBV, CBF, MTT.
 maps
     The whole-series pipeline on ``(t, z, y, x)`` arrays.
+reference, candidates
+    Contralateral normal-appearing white matter, lesion measurements and ratios;
+    automatic dural-lesion candidates.
+model, train
+    The dural metastasis vs meningioma classifier (JSON model folders) and
+    ``pacsnode train dsc``.
+analyzer, report
+    :class:`~analyzers.dsc.analyzer.DscAnalyzer` and its DICOM outputs.
 simulate, loop
     Analytical forward model and per-voxel reference implementation (tests, benchmark).
 
