@@ -187,10 +187,10 @@ def edema_ratio(image: sitk.Image, mask: sitk.Image) -> float:
     reference_shell = _shell(binary, 15.0, 30.0)
     if not reference_shell.any():
         raise FeatureExtractionError("no reference tissue 15-30 mm around the ROI in the image")
-    # First pass: a robust brain level from the upper half of the reference shell
-    # (skull and CSF are dark on T1C).
+    # First pass: a robust brain level, the 75th percentile of the reference shell
+    # (skull and CSF, dark on T1C, fill its lower part).
     values = pixels[reference_shell]
-    level = float(np.median(values[values > np.median(values)]))
+    level = float(np.percentile(values, 75))
     brain_reference = values[(values > 0.4 * level) & (values < 1.5 * level)]
     reference = float(np.median(brain_reference)) if brain_reference.size else level
     near_values = pixels[near]

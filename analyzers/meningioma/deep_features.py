@@ -15,6 +15,7 @@ on phantom cohorts), else a random initialisation, which the model card states.
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,7 @@ def load_network(weights_file: Path | None, config: BackboneConfig | None = None
         raise ModelError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
         raise ModelError(f"{path}: not a readable torch weights file ({error})") from error
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

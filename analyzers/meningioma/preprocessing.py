@@ -41,12 +41,20 @@ class N4Settings:
         B-spline control points per axis of the coarsest level.
     convergence_threshold:
         N4's convergence threshold.
+
+    Notes
+    -----
+    Shrink factor 4, iterations (50, 40, 30) and 4 control points are 3D
+    Slicer's N4ITK defaults (the study's software). The convergence threshold is
+    1e-3 instead of Slicer's 1e-4: on the ``t1c`` phantom 1e-4 is never reached
+    at the first level (all 50 iterations run, 5x the CPU time) while the field
+    changes by less than 0.1 % per iteration from the tenth on.
     """
 
     shrink_factor: int = 4
-    iterations: tuple[int, ...] = (50, 50, 30)
+    iterations: tuple[int, ...] = (50, 40, 30)
     control_points: int = 4
-    convergence_threshold: float = 1e-4
+    convergence_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.shrink_factor < 1:

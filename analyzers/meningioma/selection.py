@@ -105,7 +105,10 @@ def spearman_prune(features: np.ndarray, labels: np.ndarray, threshold: float = 
         return np.array([], dtype=int)
     if x.shape[1] == 1:
         return np.array([0])
-    rho = np.abs(np.atleast_2d(spearmanr(x).statistic))
+    statistic = spearmanr(x).statistic
+    if np.ndim(statistic) == 0:  # scipy returns a scalar for two columns
+        statistic = np.array([[1.0, statistic], [statistic, 1.0]])
+    rho = np.abs(np.nan_to_num(statistic, nan=0.0))
     order = np.argsort(-univariate_auc(x, labels), kind="stable")
     kept: list[int] = []
     for column in order:
