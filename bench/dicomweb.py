@@ -1,6 +1,7 @@
 """DICOMweb benchmark: pacsnode against Orthanc's DICOMweb plugin on the same data, in one run.
 
-Measures, for each server (each a separate process on loopback, durable storage on):
+Measures, for each server (each a separate process on loopback, durable storage on; the
+two take turns request by request so that load on a shared machine hits both alike):
 
 * STOW-RS: instances/s storing a generated MR series (batches of ``--batch`` instances per
   request, one connection, the same client for both servers);
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -32,95 +33,133 @@ import httpx
 from node.dicomweb.client import StowClient
 from node.samples import SeriesSpec, write_mr_series
 
-__all__ = ["Measurement", "main", "measure_server"]
+__all__ = ["Measurement", "main", "measure_servers"]
 
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-@dataclass(frozen=True)
+@dataclass
 class Measurement:
-    """One server's numbers."""
+    """One server's numbers (seconds lists are filled measurement by measurement)."""
 
-    stow_instances_per_s: float
-    qido_median_ms: float
-    wado_series_mb_per_s: float
-    wado_series_seconds: float
-    metadata_median_s: float
+    name: str
+    url: str
+    stow_seconds: float = 0.0
+    stow_instances: int = 0
+    qido: list[float] = field(default_factory=list)
+    wado: list[float] = field(default_factory=list)
+    wado_bytes: int = 0
+    metadata_first: float = 0.0
+    metadata: list[float] = field(default_factory=list)
+
+    @property
+    def stow_instances_per_s(self) -> float:
+        return self.stow_instances / self.stow_seconds
+
+    @property
+    def qido_median_ms(self) -> float:
+        return statistics.median(self.qido) * 1000
+
+    @property
+    def wado_series_mb_per_s(self) -> float:
+        return self.wado_bytes / statistics.median(self.wado) / 1e6
+
+    @property
+    def metadata_median_s(self) -> float:
+        return statistics.median(self.metadata)
 
 
-def _median_time(action: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
 
 
-def measure_server(url: str, files: list[Path], *, study_uid: str, series_uid: str,
-                   patient_id: str, batch: int, repeats: int, qido_repeats: int) -> Measurement:
-    """Store ``files`` into the DICOMweb server at ``url``, then query and retrieve them."""
-    with StowClient(url, timeout=600) as client:
-        client.store_files(files[:1])  # warm-up: connection, first-study bookkeeping
-        start = time.perf_counter()
-        report = client.store_files(files[1:], batch_size=batch)
-        stow_seconds = time.perf_counter() - start
-    if not report.ok or len(report.stored) != len(files) - 1:
-        raise RuntimeError(f"{url}: STOW-RS did not store every instance: {report.statuses} "
-                           f"{report.failed[:3]} {report.warnings[:3]}")
-    with httpx.Client(base_url=url, timeout=600) as http:
-        def qido() -> None:
-            response = http.get("/studies", params={"PatientID": patient_id})
+def measure_servers(servers: list[Measurement], files: list[Path], *, study_uid: str,
+                    series_uid: str, patient_id: str, batch: int, repeats: int,
+                    qido_repeats: int) -> None:
+    """Store ``files`` into every server, then query and retrieve them. The servers take
+    turns request by request (first one, then the other, the order alternating), so a load
+    change on a shared machine affects them alike."""
+    clients = {m.name: StowClient(m.url, timeout=600) for m in servers}
+    https = {m.name: httpx.Client(base_url=m.url, timeout=600) for m in servers}
+    expected = sum(p.stat().st_size for p in files)
+    try:
+        def turns(round_index: int) -> list[Measurement]:
+            return servers if round_index % 2 == 0 else servers[::-1]
+
+        for m in servers:  # warm-up: connection, first-study bookkeeping
+            clients[m.name].store_files(files[:1])
+        rest = files[1:]
+        for index, start in enumerate(range(0, len(rest), batch)):
+            chunk = rest[start : start + batch]
+            for m in turns(index):
+                begin = time.perf_counter()
+                report = clients[m.name].store_files(chunk, batch_size=batch)
+                m.stow_seconds += time.perf_counter() - begin
+                if not report.ok or len(report.stored) != len(chunk):
+                    raise RuntimeError(f"{m.name}: STOW-RS did not store every instance: "
+                                       f"{report.statuses} {report.failed[:3]} {report.warnings[:3]}")
+                m.stow_instances += len(chunk)
+
+        def qido(m: Measurement) -> None:
+            response = https[m.name].get("/studies", params={"PatientID": patient_id})
             response.raise_for_status()
             if len(response.json()) != 1:
-                raise RuntimeError(f"{url}: QIDO-RS found {len(response.json())} studies")
+                raise RuntimeError(f"{m.name}: QIDO-RS found {len(response.json())} studies")
 
-        qido()
-        qido_median = _median_time(qido, qido_repeats)
-        received = 0
-
-        def wado() -> None:
-            nonlocal received
+        def wado(m: Measurement) -> None:
             received = 0
-            with http.stream("GET", f"/studies/{study_uid}/series/{series_uid}",
-                             headers={"Accept": _ACCEPT_DICOM}) as response:
+            with https[m.name].stream("GET", f"/studies/{study_uid}/series/{series_uid}",
+                                      headers={"Accept": _ACCEPT_DICOM}) as response:
                 response.raise_for_status()
-                for chunk in response.iter_raw(1 << 20):
-                    received += len(chunk)
+                for block in response.iter_raw(1 << 20):
+                    received += len(block)
+            if received < expected:
+                raise RuntimeError(f"{m.name}: WADO-RS returned {received} bytes, "
+                                   f"expected at least {expected}")
+            m.wado_bytes = received
 
-        wado()
-        wado_seconds = _median_time(wado, repeats)
-        expected = sum(p.stat().st_size for p in files)
-        if received < expected:
-            raise RuntimeError(f"{url}: WADO-RS returned {received} bytes, expected ≥ {expected}")
-
-        def metadata() -> None:
-            response = http.get(f"/studies/{study_uid}/series/{series_uid}/metadata",
-                                headers={"Accept": "application/dicom+json"})
+        def metadata(m: Measurement) -> None:
+            response = https[m.name].get(f"/studies/{study_uid}/series/{series_uid}/metadata",
+                                         headers={"Accept": "application/dicom+json"})
             response.raise_for_status()
             if len(response.json()) != len(files):
-                raise RuntimeError(f"{url}: metadata of {len(response.json())} instances")
+                raise RuntimeError(f"{m.name}: metadata of {len(response.json())} instances")
 
-        metadata_seconds = _median_time(metadata, max(1, repeats // 2))
-    return Measurement(
-        stow_instances_per_s=(len(files) - 1) / stow_seconds,
-        qido_median_ms=qido_median * 1000,
-        wado_series_mb_per_s=received / wado_seconds / 1e6,
-        wado_series_seconds=wado_seconds,
-        metadata_median_s=metadata_seconds,
-    )
+        for m in servers:
+            qido(m)
+            wado(m)
+        for index in range(qido_repeats):
+            for m in turns(index):
+                m.qido.append(_timed(lambda m=m: qido(m)))
+        for index in range(repeats):
+            for m in turns(index):
+                m.wado.append(_timed(lambda m=m: wado(m)))
+        for m in servers:
+            m.metadata_first = _timed(lambda m=m: metadata(m))
+        for index in range(max(1, repeats // 2)):
+            for m in turns(index):
+                m.metadata.append(_timed(lambda m=m: metadata(m)))
+    finally:
+        for client in clients.values():
+            client.close()
+        for http in https.values():
+            http.close()
 
 
 def _table(ours: Measurement, orthanc: Measurement, instances: int, size_kib: float) -> str:
     rows = [
-        (f"STOW-RS store {instances} inst (inst/s)", ours.stow_instances_per_s,
+        (f"STOW-RS store {instances} inst, batches (inst/s)", ours.stow_instances_per_s,
          orthanc.stow_instances_per_s, ours.stow_instances_per_s / orthanc.stow_instances_per_s),
         ("QIDO-RS studies?PatientID median (ms)", ours.qido_median_ms, orthanc.qido_median_ms,
          orthanc.qido_median_ms / ours.qido_median_ms),
         (f"WADO-RS whole series, {instances} x {size_kib:.0f} KiB (MB/s)",
          ours.wado_series_mb_per_s, orthanc.wado_series_mb_per_s,
          ours.wado_series_mb_per_s / orthanc.wado_series_mb_per_s),
-        ("WADO-RS series metadata median (s), informative", ours.metadata_median_s,
+        ("WADO-RS series metadata, first (s), informative", ours.metadata_first,
+         orthanc.metadata_first, orthanc.metadata_first / ours.metadata_first),
+        ("WADO-RS series metadata, again, median (s), informative", ours.metadata_median_s,
          orthanc.metadata_median_s, orthanc.metadata_median_s / ours.metadata_median_s),
     ]
     lines = ["| measure | pacsnode | Orthanc | ratio (>1: pacsnode better) |", "|---|---|---|---|"]
@@ -155,16 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         head = dcmread(files[0], stop_before_pixels=True)
         study_uid, series_uid = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
         size_kib = statistics.mean(p.stat().st_size for p in files) / 1024
-        common = dict(study_uid=study_uid, series_uid=series_uid, patient_id="BENCH-0001",
-                      batch=args.batch, repeats=args.repeats, qido_repeats=args.qido_repeats)
-        with node_process(folder / "pacsnode") as node:
-            url = f"http://127.0.0.1:{node.http_port}/dicom-web"
-            print(f"pacsnode at {url} ...", flush=True)
-            ours = measure_server(url, files, **common)  # type: ignore[arg-type]
-        with orthanc_process(folder / "orthanc") as orthanc:
-            url = f"{orthanc.url}/dicom-web"
-            print(f"Orthanc at {url} ...", flush=True)
-            theirs = measure_server(url, files, **common)  # type: ignore[arg-type]
+        with node_process(folder / "pacsnode") as node, \
+                orthanc_process(folder / "orthanc") as orthanc:
+            ours = Measurement("pacsnode", f"http://127.0.0.1:{node.http_port}/dicom-web")
+            theirs = Measurement("Orthanc", f"{orthanc.url}/dicom-web")
+            print(f"pacsnode at {ours.url}, Orthanc at {theirs.url} ...", flush=True)
+            measure_servers([ours, theirs], files, study_uid=study_uid, series_uid=series_uid,
+                            patient_id="BENCH-0001", batch=args.batch, repeats=args.repeats,
+                            qido_repeats=args.qido_repeats)
     print()
     print(_table(ours, theirs, args.instances, size_kib))
     return 0

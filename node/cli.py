@@ -86,16 +86,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    from node.dicomweb.server import HttpServerError
+
     try:
         node.start(dimse=not args.no_dimse)
+    except HttpServerError as exc:
+        print(f"pacsnode: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"pacsnode: cannot listen on {settings.dicom.host}:{settings.dicom.port}: "
               f"{exc.strerror}; is another node running, or choose another [dicom] port",
               file=sys.stderr)
         return 1
-    print(f"pacsnode {__version__} serving: DIMSE {settings.dicom.ae_title}@"
-          f"{settings.dicom.host}:{settings.dicom.port}, storage {settings.storage.path}",
-          flush=True)
+    services = [] if args.no_dimse else [
+        f"DIMSE {settings.dicom.ae_title}@{settings.dicom.host}:{settings.dicom.port}"]
+    if node.http is not None:
+        services.append(f"DICOMweb {node.http.url}")
+    print(f"pacsnode {__version__} serving: {', '.join(services) or 'nothing'}, "
+          f"storage {settings.storage.path}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

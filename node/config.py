@@ -158,6 +158,10 @@ class HttpSettings(_Section):
     # The URL clients reach DICOMweb at (behind a reverse proxy), used in RetrieveURL and
     # BulkDataURI; by default derived from each request.
     public_url: str | None = None
+    # STOW-RS parts are ingested by this many threads side by side: each instance waits for
+    # its fsyncs, and overlapping them (the file system commits them together) is what
+    # makes a large upload fast.
+    stow_workers: Annotated[int, Field(ge=1, le=256)] = 32
 
     @field_validator("base_path")
     @classmethod

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from node.config import Settings
+from node.dicomweb import HttpServer, create_app
 from node.dimse.handlers import DimseHandlers
 from node.dimse.server import DimseServer, storage_sop_classes
 from node.ingest import Ingestor
@@ -49,6 +50,7 @@ class Node:
             sop_classes=settings.dicom.storage_sop_classes or None,
         )
         self._marker = Path(storage.path) / ".running"
+        self.http: HttpServer | None = None
         # Completion → routing → jobs → outbox (node.jobs.run); routes are validated here, so a
         # wrong routes.toml stops the node before it listens.
         self.pipeline: Pipeline | None = (
@@ -62,15 +64,30 @@ class Node:
         self.store.remove_partial_files()
         return 0
 
-    def start(self, *, dimse: bool = True) -> None:
+    def start(self, *, dimse: bool = True, http: bool | None = None) -> None:
+        """Start the services: DIMSE unless ``dimse`` is false, DICOMweb when ``http`` is
+        true or, when ``http`` is None, when ``[http] enabled``."""
         self.recover()
         self._marker.write_text(str(os.getpid()))
         if self.pipeline is not None:
             self.pipeline.start()
         if dimse:
             self.dimse.start()
+        if self.settings.http.enabled if http is None else http:
+            app = create_app(self.settings, store=self.store, index=self.index,
+                             ingestor=self.ingestor)
+            self.http = HttpServer(app, self.settings.http)
+            try:
+                self.http.start()
+            except OSError:
+                self.http = None
+                self.dimse.stop()
+                raise
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         self.dimse.stop()
         if self.pipeline is not None:
             self.pipeline.stop()

@@ -112,7 +112,7 @@ def _element_json(element: DataElement, vr: str, path: tuple[int, ...],
         return out
     values = list(value) if element.VM > 1 else [value]
     if vr == "PN":
-        names = []
+        names: list[dict[str, str] | None] = []
         for name in values:
             if name is None or str(name) == "":
                 names.append(None)

@@ -34,6 +34,7 @@ class HttpServer:
     """
 
     def __init__(self, app: ASGIApp, http: HttpSettings) -> None:
+        self.app = app
         self.http = http
         options: dict[str, object] = {}
         if http.tls is not None:

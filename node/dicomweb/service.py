@@ -47,18 +47,13 @@ class DicomwebService:
     store: InstanceStore
     index: Index
     ingestor: Ingestor
-    stow_workers: int = 4
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.stow_workers < 1:
-            raise ValueError("stow_workers must be at least 1")
 
     @property
     def pool(self) -> ThreadPoolExecutor:
         """Workers that ingest STOW-RS parts side by side (their fsyncs overlap)."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.stow_workers, thread_name_prefix="stow")
+            self._pool = ThreadPoolExecutor(self.http.stow_workers, thread_name_prefix="stow")
         return self._pool
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 The body is ``multipart/related; type="application/dicom"``; it is parsed as it
 arrives and every part goes through :meth:`node.ingest.Ingestor.ingest_part10`, the
-same checks and the same durability as C-STORE. Parts are ingested by a few workers
-side by side, so their fsyncs overlap. The answer (PS3.18 Table 10.5.3-1) comes only
+same checks and the same durability as C-STORE. Parts are ingested by
+``[http] stow_workers`` threads side by side, so their fsyncs overlap; at most 64 parts
+(256 MiB) wait in memory at a time. The answer (PS3.18 Table 10.5.3-1) comes only
 after every part was handled:
 
 * 200: every instance is on disk and indexed;
@@ -45,7 +46,8 @@ __all__ = ["PartResult", "store_instances"]
 
 log = logging.getLogger(__name__)
 
-_MAX_IN_FLIGHT = 16
+_MAX_IN_FLIGHT = 64
+_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
     reader = MultipartReader(boundary)
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[PartResult]] = []
+    sizes: dict[asyncio.Future[PartResult], int] = {}
     received = 0
     try:
         async for chunk in request.stream():
@@ -179,10 +182,16 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
                 raise PayloadTooLarge(f"the body exceeds [http] max_upload_mb "
                                       f"({service.http.max_upload_mb:g} MB)")
             for part in reader.feed(chunk):
-                pending.append(loop.run_in_executor(service.pool, _ingest, service, part, study,
-                                                    calling))
-            unfinished = [f for f in pending if not f.done()]
-            if len(unfinished) > _MAX_IN_FLIGHT:
+                future = loop.run_in_executor(service.pool, _ingest, service, part, study,
+                                              calling)
+                pending.append(future)
+                sizes[future] = len(part.body)
+            # bounded: parts wait in memory only while the workers are busy with others
+            while True:
+                unfinished = [f for f in pending[-_MAX_IN_FLIGHT * 4:] if not f.done()]
+                if (len(unfinished) <= _MAX_IN_FLIGHT
+                        and sum(sizes[f] for f in unfinished) <= _MAX_IN_FLIGHT_BYTES):
+                    break
                 await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
         reader.close()
     except (NodeError, ClientDisconnect):

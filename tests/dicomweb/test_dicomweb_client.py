@@ -41,6 +41,8 @@ def test_search_at_every_level(service: RunningService) -> None:
     assert studies[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}
     assert studies[0]["00201208"]["Value"] == [len(service.files)]
     assert client.search_for_studies(search_filters={"PatientID": "NOBODY"}) == []
+    assert len(client.search_for_studies(search_filters={"PatientID": "DEMO-*"})) == 1
+    assert len(client.search_for_studies(search_filters={"PatientID": "DEMO-000?"})) == 1
     fuzzy = client.search_for_studies(search_filters={"PatientName": "doe"}, fuzzymatching=True)
     assert len(fuzzy) == 1
     assert client.search_for_studies(search_filters={"PatientName": "doe"}) == []
@@ -193,3 +195,36 @@ def test_metadata_cache_serves_the_same_json_for_any_host(service: RunningServic
     uri = other[0]["7FE00010"]["BulkDataURI"]
     assert uri.startswith(f"http://localhost:{port}/dicom-web/studies/{service.study_uid}/")
     assert uri.replace("localhost", "127.0.0.1") == first[0]["7FE00010"]["BulkDataURI"]
+
+
+def test_retrieval_reads_a_bounded_distance_ahead(service: RunningService,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long series streams: files are read at most a few batches ahead of what is sent."""
+    import asyncio
+
+    from node.dicomweb import wado
+
+    app_service = service.server.app.state.dicomweb  # type: ignore[attr-defined]
+    rows = app_service.index.stored_instances(study_uid=service.study_uid)
+    monkeypatch.setattr(wado, "_CHUNK_BYTES", 1)  # one file per batch
+    reads: list[int] = []
+    original = wado._read_parts
+
+    def counting(*args: object) -> bytes:
+        reads.append(1)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wado, "_read_parts", counting)
+
+    async def consume() -> list[int]:
+        ahead = []
+        sent = 0
+        async for _ in wado._stream_instances(app_service, "b", [(r, False) for r in rows]):
+            sent += 1
+            await asyncio.sleep(0.01)  # a slow client
+            ahead.append(len(reads) - sent)
+        return ahead
+
+    ahead = asyncio.run(consume())
+    assert len(reads) == len(rows)
+    assert max(ahead) <= wado._READ_AHEAD
