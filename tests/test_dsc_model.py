@@ -13,7 +13,7 @@ from analyzers.dsc.model import (
     FEATURE_SETS,
     MODEL_FILE,
     DscClassifier,
-    _pipeline,
+    build_pipeline,
     fit_classifier,
     sensitivity_threshold,
 )
@@ -37,7 +37,7 @@ def _cohort(seed: int = 0, patients: int = 40) -> tuple[np.ndarray, np.ndarray, 
 def test_linear_form_reproduces_the_sklearn_pipeline(kind: str) -> None:
     x, y, groups = _cohort()
     model = fit_classifier(x, y, kind=kind, groups=groups)  # type: ignore[arg-type]
-    reference = _pipeline(kind, 1.0, 0).fit(x, y)  # type: ignore[arg-type]
+    reference = build_pipeline(kind, 1.0, 0).fit(x, y)  # type: ignore[arg-type]
     np.testing.assert_allclose(model.probability(x), reference.predict_proba(x)[:, 1], atol=1e-9)
     # Metastases (label 1) have lower perfusion: higher probability at lower rCBF/rCBV.
     low, high = model.probability(np.array([[2.0, 2.0], [8.0, 8.0]]))

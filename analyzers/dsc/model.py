@@ -45,6 +45,7 @@ __all__ = [
     "POSITIVE_LABEL",
     "ClassifierKind",
     "DscClassifier",
+    "build_pipeline",
     "fit_classifier",
     "sensitivity_threshold",
 ]
@@ -247,7 +248,8 @@ def _estimator(kind: ClassifierKind, c_value: float, seed: int) -> Any:
     return CalibratedClassifierCV(svm, method="sigmoid", cv=3, ensemble=False)
 
 
-def _pipeline(kind: ClassifierKind, c_value: float, seed: int) -> Any:
+def build_pipeline(kind: ClassifierKind, c_value: float = 1.0, seed: int = 0) -> Any:
+    """Unfitted scikit-learn pipeline: median imputation, standardisation, classifier."""
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -310,7 +312,7 @@ def fit_classifier(
         raise DscModelError("labels must contain both classes (1 = metastasis, 0 = meningioma)")
     if kind not in _KINDS:
         raise DscModelError(f"unknown classifier kind {kind!r} (use one of {_KINDS})")
-    pipeline = _pipeline(kind, c_value, seed).fit(x, y)
+    pipeline = build_pipeline(kind, c_value, seed).fit(x, y)
     weights, intercept = _linear_parts(kind, pipeline)
     imputer, scaler = pipeline.named_steps["impute"], pipeline.named_steps["scale"]
     scales = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
@@ -354,7 +356,7 @@ def _threshold_probabilities(
             for train, test in splitter.split(x, y, g):
                 if np.unique(y[train]).size < 2:
                     return model.probability(x)
-                fold = _pipeline(kind, c_value, seed).fit(x[train], y[train])
+                fold = build_pipeline(kind, c_value, seed).fit(x[train], y[train])
                 oof[test] = fold.predict_proba(x[test])[:, 1]
             return oof
     del pipeline

@@ -9,6 +9,7 @@ the relative wash-in time rWiT (pacsnode private codes) and the AIF voxels
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,8 @@ def build_outputs(
     job_id: str,
     volume: Volume,
     maps: DscMaps,
-    results: list[dict[str, Any]],
-    findings: dict[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    findings: Mapping[str, Any],
     series_number: int,
     version: str,
 ) -> list[Dataset]:
@@ -76,8 +77,7 @@ def build_outputs(
                                  out.OutputSeries.for_job(job_id, "seg",
                                                           series_number=series_number + 10))
     datasets.append(seg)
-    groups = [_lesion_group(number, result, findings)
-              for number, result in enumerate(results, start=1)]
+    groups = [_lesion_group(number, result) for number, result in enumerate(results, start=1)]
     sr_output = out.OutputSeries.for_job(job_id, "sr", series_number=series_number + 20)
     texts = _texts(findings)
     if groups:
@@ -90,8 +90,7 @@ def build_outputs(
     return datasets
 
 
-def _lesion_group(segment_number: int, result: dict[str, Any], findings: dict[str, Any]
-                  ) -> out.LesionFinding:
+def _lesion_group(segment_number: int, result: Mapping[str, Any]) -> out.LesionFinding:
     q = TEMPLATE.quantities
     lesion, ratios = result["lesion"], result["ratios"]
     # The template's wash-out slope is per second of the normalised signal: divide by S0.
@@ -119,7 +118,7 @@ def _lesion_group(segment_number: int, result: dict[str, Any], findings: dict[st
                              segment_number=segment_number)
 
 
-def _texts(findings: dict[str, Any]) -> list[tuple[Code, str]]:
+def _texts(findings: Mapping[str, Any]) -> list[tuple[Code, str]]:
     texts: list[tuple[Code, str]] = []
     for lesion in findings["lesions"]:
         parts = [f"{lesion['lesion_id']} ({lesion['label']}): rCBV {lesion['rCBV']}, "

@@ -43,7 +43,7 @@ from analyzers.dsc.model import (
     POSITIVE_LABEL,
     ClassifierKind,
     DscClassifier,
-    _pipeline,
+    build_pipeline,
     fit_classifier,
 )
 
@@ -56,7 +56,8 @@ REFERENCE_COMMAND = ("python -m analyzers.dsc.train --phantom --cases 120 --seed
 _LABELS = {POSITIVE_LABEL: 1, "metastasis": 1, "1": 1, NEGATIVE_LABEL: 0, "0": 0}
 #: Phantom geometry of the training cohort: coarser than a clinical series to keep
 #: a 120-case cohort within minutes; the lesion ratios are measured the same way.
-PHANTOM_GEOMETRY = {"matrix": 64, "slices": 12, "pixel_mm": 3.6, "slice_mm": 6.0, "snr": 60.0}
+PHANTOM_GEOMETRY: dict[str, Any] = {"matrix": 64, "slices": 12, "pixel_mm": 3.6, "slice_mm": 6.0,
+                                    "snr": 60.0}
 
 
 def load_cohort_csv(path: Path, features: Sequence[str]) -> tuple[NDArray[np.float64],
@@ -105,7 +106,8 @@ def phantom_cohort(cases: int, seed: int) -> list[dict[str, Any]]:
         every = lesions > 0
         white = white_matter_mask(maps, exclude=ndimage.binary_dilation(every, iterations=1))
         plane = midsagittal_position(maps.s0, maps.brain_mask, 2)
-        spacing = tuple(float(v) for v in series.grid.spacing)
+        dz, dy, dx = (float(v) for v in series.grid.spacing)
+        spacing = (dz, dy, dx)
         for item in case.truth["lesions"]:
             mask = lesions == item["id"]
             if not (mask & maps.brain_mask).any():
@@ -128,7 +130,7 @@ def phantom_cohort(cases: int, seed: int) -> list[dict[str, Any]]:
 def _factory(kind: ClassifierKind) -> Any:
     def build(trial: Any) -> Any:
         c_value = 1.0 if kind == "lda" else trial.suggest_float("C", 1e-3, 1e2, log=True)
-        return _pipeline(kind, c_value, 0)
+        return build_pipeline(kind, c_value, 0)
 
     return build
 
