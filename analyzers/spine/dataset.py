@@ -139,7 +139,9 @@ def phantom_cohort(
 ) -> dict[str, LesionCohort]:
     """Lesion ROIs of ``cases`` spine phantom cases (``analyzers.phantoms.spine``), per sequence.
 
-    Lesion masks are the phantom's truth; the phantom has T1, T2 and STIR (no T1C).
+    Cases alternate hemangioma and metastasis patients (a case-control cohort), so
+    even a small cohort holds both classes. Lesion masks are the phantom's truth; the
+    phantom has T1, T2 and STIR (no T1C).
     """
     from analyzers.phantoms.spine import simulate_spine
 
@@ -150,7 +152,7 @@ def phantom_cohort(
         raise SpineDataError("a phantom cohort needs at least 2 cases")
     rows: dict[str, list[tuple[NDArray[np.float32], int, str, str]]] = {s: [] for s in sequences}
     for index in range(cases):
-        case = simulate_spine(seed=seed, case_index=index)
+        case = simulate_spine(seed=seed, case_index=index, label=CLASSES[index % 2])
         labels = case.truth_maps["lesion_labels"]
         images = {s.folder: s.pixels[0] for s in case.series}
         for info in case.truth["lesions"]:
