@@ -392,9 +392,9 @@ async def retrieve_frames(service: DicomwebService, request: Request) -> Respons
     reader: Callable[[Path, list[int]], list[bytes]] = (
         _encapsulated_frames if encapsulated else _read_native_frames)
     frames = await service.blocking(reader, path, numbers)
-    if encapsulated:
-        media = f"{media}; transfer-syntax={row['transfer_syntax_uid']}"
-    return _multipart(frames, media)
+    # native frames are little endian pixels, i.e. Explicit VR Little Endian (PS3.18 8.7.3.3.2)
+    syntax = row["transfer_syntax_uid"] if encapsulated else ExplicitVRLittleEndian
+    return _multipart(frames, f"{media}; transfer-syntax={syntax}")
 
 
 def _bulk_value(path: Path, element: tuple[int, ...]) -> bytes:
