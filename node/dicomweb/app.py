@@ -44,15 +44,16 @@ class BearerTokenMiddleware:
 
     def __init__(self, app: ASGIApp, http: HttpSettings) -> None:
         self.app = app
-        self.tokens = [(t.token.encode(), t.scope) for t in http.tokens]
+        self.tokens = [(t.token.encode(), t.scope, t.name) for t in http.tokens]
 
-    def _scope_of(self, header: bytes | None) -> str | None:
+    def _grant(self, header: bytes | None) -> tuple[str, str] | None:
+        """``(scope, name)`` of the presented token, or None."""
         if not header or not header[:7].lower() == b"bearer ":
             return None
         presented = header[7:].strip()
-        for token, scope in self.tokens:
+        for token, scope, name in self.tokens:
             if hmac.compare_digest(token, presented):
-                return scope
+                return scope, name
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,15 +61,17 @@ class BearerTokenMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        granted = self._scope_of(headers.get(b"authorization"))
-        if granted is None:
+        grant = self._grant(headers.get(b"authorization"))
+        if grant is None:
             response: Response = JSONResponse(
                 {"error": "a valid bearer token is required (Authorization: Bearer <token>)"},
                 status_code=401, headers={"WWW-Authenticate": 'Bearer realm="pacsnode"'})
-        elif scope["method"] in _WRITE_METHODS and granted != "read-write":
+        elif scope["method"] in _WRITE_METHODS and grant[0] != "read-write":
             response = JSONResponse({"error": "this token may read but not store; use a "
                                               "read-write token"}, status_code=403)
         else:
+            # who stored what: STOW-RS records the token's name as the instances' source
+            scope.setdefault("state", {})["token_name"] = grant[1]
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydicom import dcmread
 from starlette.testclient import TestClient
 
 from node.config import Settings
@@ -31,8 +32,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_bearer_tokens(tmp_path: Path, files: list[Path]) -> None:
-    server, _ = start_service(tmp_path, tokens=[{"token": READ, "scope": "read"},
-                                                {"token": WRITE, "scope": "read-write"}])
+    server, settings = start_service(tmp_path, tokens=[
+        {"token": READ, "scope": "read"},
+        {"token": WRITE, "scope": "read-write", "name": "workers"}])
     try:
         with httpx.Client(base_url=server.url) as http:
             anonymous = http.get("/studies")
@@ -46,6 +48,8 @@ def test_bearer_tokens(tmp_path: Path, files: list[Path]) -> None:
         assert refused.value.status == 403
         with StowClient(server.url, token=WRITE) as writer:
             assert writer.store_files(files).ok
+        stored = next((settings.storage.path / "store").rglob("*.dcm"))
+        assert dcmread(stored).file_meta.SourceApplicationEntityTitle == "workers"
         with StowClient(server.url) as nobody, pytest.raises(StowError) as unauthenticated:
             nobody.store_files(files)
         assert unauthenticated.value.status == 401
