@@ -10,8 +10,10 @@ queues were empty and the association thread checks for a decoded message every
 1 ms. On a loaded machine such a sleep lasts several ms and it sits on the path
 of every C-STORE request and response. The node replaces the two waits with
 blocking ones (``select`` on the socket plus an eventfd, a blocking queue read)
-per association, leaving pynetdicom's state machine and its own associations
-(SCU, C-MOVE sub-associations) untouched.
+per association, and serves C-STORE, C-ECHO and C-FIND requests on the thread that read
+them (no hand-off to the association thread and back, which costs a scheduler
+wake-up each way on a busy machine). pynetdicom's state machine and its own
+associations (SCU, C-MOVE sub-associations) are untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -79,6 +82,33 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
         self._wake()
 
 
+class _InlineRequestQueue(queue.Queue):  # type: ignore[type-arg]
+    """The DIMSE message queue of an accepted association that serves C-STORE, C-ECHO and
+    C-FIND requests at once on the DUL thread that decoded them.
+
+    pynetdicom does the same for N-EVENT-REPORT requests (``DIMSEServiceProvider.
+    receive_primitive``). C-MOVE, C-GET and the responses to the requests the node sends
+    during C-GET still go to the association thread: those handlers wait for messages
+    that only the DUL thread can read. The price for C-FIND: the node's C-FIND handler
+    reads all matches from the index before it answers, and a C-CANCEL that arrives
+    meanwhile is read only after the last response was queued (the standard allows a
+    C-CANCEL to arrive too late to stop anything).
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        context_id, message = item
+        assoc = self._assoc
+        if (isinstance(message, C_STORE | C_ECHO | C_FIND) and message.is_valid_request
+                and threading.current_thread() is assoc.dul and assoc.is_established):
+            assoc._serve_request(message, context_id)
+            return
+        super().put(item, block, timeout)
+
+
 def make_event_driven(assoc: Association) -> None:
     """Replace pynetdicom's 1 ms polling by blocking waits for one accepted association.
 
@@ -98,6 +128,8 @@ def make_event_driven(assoc: Association) -> None:
     weakref.finalize(dul, os.close, wake_fd)
 
     def wake() -> None:
+        if threading.current_thread() is dul:
+            return  # the DUL loop looks at its queues before it waits
         try:
             os.eventfd_write(wake_fd, 1)
         except OSError:
@@ -153,6 +185,13 @@ def make_event_driven(assoc: Association) -> None:
     dul.stop_dul = stop_dul  # type: ignore[method-assign]
 
     dimse = assoc.dimse
+    inline = _InlineRequestQueue(assoc)
+    while True:
+        try:
+            queue.Queue.put(inline, dimse.msg_queue.get_nowait())
+        except queue.Empty:
+            break
+    dimse.msg_queue = inline
     get_msg = dimse.get_msg
 
     def get_msg_waiting(block: bool = False) -> Any:
