@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Collection
@@ -85,6 +87,56 @@ class IngestOutcome:
 
 
 Listener = Callable[[IngestOutcome, InstanceRecord], None]
+
+
+class _GroupCommit:
+    """Index rows of concurrent associations committed together (leader/follower).
+
+    Each caller queues its row, then takes the commit lock. Whoever holds it commits every
+    queued row in one transaction; a caller whose row was committed by another finds that
+    out when it gets the lock and returns at once. One association commits alone, with no
+    hand-off; four share commits instead of queueing for one each. A failing batch is
+    retried row by row, so one bad row fails only its own instance.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._queued: list[tuple[InstanceRecord, list[BaseException | None]]] = []
+
+    def add(self, record: InstanceRecord) -> None:
+        result: list[BaseException | None] = []
+        with self._queue_lock:
+            self._queued.append((record, result))
+        with self._commit_lock:
+            if not result:
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                self._commit(batch)
+        if result[0] is not None:
+            raise result[0]
+
+    # What adding a row can raise: SQLite errors (a full disk, a constraint) and malformed values.
+    _ROW_ERRORS = (sqlite3.Error, KeyError, TypeError, ValueError)
+
+    def _commit(self, batch: list[tuple[InstanceRecord, list[BaseException | None]]]) -> None:
+        try:
+            self._index.add_instances([record for record, _ in batch])
+        except self._ROW_ERRORS as exc:
+            if len(batch) == 1:
+                batch[0][1].append(exc)
+                return
+            for record, result in batch:
+                try:
+                    self._index.add_instance(record)
+                except self._ROW_ERRORS as single:
+                    result.append(single)
+                else:
+                    result.append(None)
+            return
+        for _, result in batch:
+            result.append(None)
 
 
 def _to_python(ds: Dataset, keyword: str, vr_hint: str | None = None) -> Any:
@@ -270,6 +322,7 @@ class Ingestor:
         self.duplicate_policy = duplicate_policy
         self.listeners: list[Listener] = list(listeners or [])
         self._conversions: dict[tuple[Any, ...], Any] = {}
+        self._group_commit = _GroupCommit(index)
         self._index_specs = tuple((a.keyword, a.tag, a.vr) for a in ATTRIBUTES)
         self._routing_specs = tuple((k, int(tag_for_keyword(k) or 0), None)
                                     for k in SERIES_ROUTING_KEYWORDS)
@@ -376,7 +429,7 @@ class Ingestor:
         self.store.check_space(len(meta) + len(data))
         size = self.store.write(target, (meta, data))
         record = self._record(ds, target, size, digest, ts, calling_ae)
-        self.index.add_instance(record)
+        self._group_commit.add(record)
         outcome = self._outcome(status, ds, target, size, ts, calling_ae)
         for listener in self.listeners:
             try:

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,33 +178,14 @@ class Index:
 
     def add_instance(self, record: InstanceRecord) -> None:
         """Insert or replace the instance and its patient/study/series rows in one transaction."""
-        v = record.values
-        patient_key = f"{v.get('PatientID', '')}\x00{v.get('IssuerOfPatientID') or ''}"
-        now = record.received_at
+        self.add_instances([record])
 
-        def cols(table: str) -> dict[str, Any]:
-            return {a.column: v.get(a.keyword) for a in ATTRIBUTES if a.table == table}
-
+    def add_instances(self, records: Sequence[InstanceRecord]) -> None:
+        """Insert or replace several instances in one transaction (a group commit: concurrent
+        associations share one commit instead of taking turns for one each)."""
         with self.transaction() as conn:
-            patient = {"patient_key": patient_key, **cols("patients")}
-            _upsert(conn, "patients", patient, "patient_key")
-            study = {"study_uid": v["StudyInstanceUID"], "patient_key": patient_key,
-                     **cols("studies"), "updated_at": now}
-            _upsert(conn, "studies", study, "study_uid", insert_only={"created_at": now})
-            series = {"series_uid": v["SeriesInstanceUID"], "study_uid": v["StudyInstanceUID"],
-                      **cols("series"), "last_received": now,
-                      "attributes": json.dumps(record.series_attributes, default=str)}
-            _upsert(conn, "series", series, "series_uid",
-                    insert_only={"first_received": now, "calling_ae": record.calling_ae})
-            instance = {"sop_uid": record.sop_uid, "series_uid": v["SeriesInstanceUID"],
-                        "study_uid": v["StudyInstanceUID"], **cols("instances"),
-                        "transfer_syntax_uid": record.transfer_syntax_uid, "path": record.path,
-                        "size": record.size, "digest": record.digest,
-                        "calling_ae": record.calling_ae, "received_at": now}
-            names = ", ".join(instance)
-            marks = ", ".join("?" for _ in instance)
-            conn.execute(f"INSERT OR REPLACE INTO instances ({names}) VALUES ({marks})",
-                         list(instance.values()))
+            for record in records:
+                _insert_instance(conn, record)
 
     def record_duplicate(self, sop_uid: str, *, identical: bool, policy: str, kept_path: str,
                          other_path: str, calling_ae: str) -> None:
@@ -311,6 +292,36 @@ class Index:
         cur = self.reader().execute("SELECT * FROM duplicates ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
+    """The instance row and its patient/study/series rows (inside the caller's transaction)."""
+    v = record.values
+    patient_key = f"{v.get('PatientID', '')}\x00{v.get('IssuerOfPatientID') or ''}"
+    now = record.received_at
+
+    def cols(table: str) -> dict[str, Any]:
+        return {a.column: v.get(a.keyword) for a in ATTRIBUTES if a.table == table}
+
+    patient = {"patient_key": patient_key, **cols("patients")}
+    _upsert(conn, "patients", patient, "patient_key")
+    study = {"study_uid": v["StudyInstanceUID"], "patient_key": patient_key,
+             **cols("studies"), "updated_at": now}
+    _upsert(conn, "studies", study, "study_uid", insert_only={"created_at": now})
+    series = {"series_uid": v["SeriesInstanceUID"], "study_uid": v["StudyInstanceUID"],
+              **cols("series"), "last_received": now,
+              "attributes": json.dumps(record.series_attributes, default=str)}
+    _upsert(conn, "series", series, "series_uid",
+            insert_only={"first_received": now, "calling_ae": record.calling_ae})
+    instance = {"sop_uid": record.sop_uid, "series_uid": v["SeriesInstanceUID"],
+                "study_uid": v["StudyInstanceUID"], **cols("instances"),
+                "transfer_syntax_uid": record.transfer_syntax_uid, "path": record.path,
+                "size": record.size, "digest": record.digest,
+                "calling_ae": record.calling_ae, "received_at": now}
+    names = ", ".join(instance)
+    marks = ", ".join("?" for _ in instance)
+    conn.execute(f"INSERT OR REPLACE INTO instances ({names}) VALUES ({marks})",
+                 list(instance.values()))
 
 
 def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], key: str,

@@ -1,0 +1,61 @@
+"""Concurrent associations share index commits (node.ingest._GroupCommit) without losing rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from node.dimse.server import storage_sop_classes
+from node.ingest import Ingestor
+from node.samples import SeriesSpec, write_mr_series
+from node.storage.index import Index, InstanceRecord
+from node.storage.store import InstanceStore
+
+
+def test_concurrent_ingest_indexes_every_instance(tmp_path: Path) -> None:
+    files = write_mr_series(tmp_path / "in", SeriesSpec(slices=40, rows=16, columns=16, seed=5))
+    index = Index(tmp_path / "var" / "index.sqlite")
+    ingestor = Ingestor(InstanceStore(tmp_path / "var", fsync=False), index,
+                        allowed_sop_classes=storage_sop_classes())
+    batches: list[int] = []
+    add_instances = index.add_instances
+
+    def counting(records: list[InstanceRecord]) -> None:
+        batches.append(len(records))
+        add_instances(records)
+
+    index.add_instances = counting  # type: ignore[method-assign]
+
+    def send(chunk: list[Path]) -> None:
+        for path in chunk:
+            ingestor.ingest_part10(path.read_bytes(), calling_ae="SCANNER")
+
+    threads = [threading.Thread(target=send, args=(files[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert index.instance_count() == 40
+    assert sum(batches) == 40
+    index.close()
+
+
+def test_a_failing_row_fails_only_its_own_instance(tmp_path: Path) -> None:
+    files = write_mr_series(tmp_path / "in", SeriesSpec(slices=2, rows=16, columns=16, seed=6))
+    index = Index(tmp_path / "var" / "index.sqlite")
+    ingestor = Ingestor(InstanceStore(tmp_path / "var", fsync=False), index,
+                        allowed_sop_classes=storage_sop_classes())
+
+    def refuse(records: list[InstanceRecord]) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    index.add_instances = refuse  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        ingestor.ingest_part10(files[0].read_bytes())
+    del index.add_instances
+    ingestor.ingest_part10(files[1].read_bytes())
+    assert index.instance_count() == 1
+    index.close()
