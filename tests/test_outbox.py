@@ -44,7 +44,7 @@ def _orthanc_instances(orthanc) -> list[str]:
 def test_dead_letter_then_retry_delivers_once(stored, orthanc) -> None:
     index, store, instances = stored
     destination = DestinationSettings(name="pacs", kind="dimse", ae_title=orthanc.ae_title, host="127.0.0.1",
-                                      port=orthanc.dicom_port, max_attempts=2, backoff_seconds=0.05)
+                                      port=orthanc.dicom_port, max_attempts=2, backoff_seconds=1.0)
     outbox = Outbox(index, store, [destination])
     _queue(outbox, index, instances, "pacs")
     orthanc.stop()
@@ -52,7 +52,7 @@ def test_dead_letter_then_retry_delivers_once(stored, orthanc) -> None:
     first = outbox.deliveries()
     assert {d.state for d in first} == {"pending"} and {d.attempts for d in first} == {1}
     assert first[0].not_before > time.time()  # backing off
-    time.sleep(0.06)
+    time.sleep(1.1)
     assert outbox.deliver_due()
     assert {d.state for d in outbox.deliveries()} == {"dead"}
     assert not outbox.deliver_due()  # dead letters wait for a person
