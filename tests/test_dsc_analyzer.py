@@ -102,6 +102,9 @@ def test_contract() -> None:
     assert DscAnalyzer.name == "dsc"
     assert DscAnalyzer.needs == {"roi": "seg?"}
     assert DscAnalyzer.settings_model is DscSettings
+    defaults = DscSettings()
+    assert (defaults.method, defaults.oi_target, defaults.svd_threshold) == ("osvd", 0.035, 0.2)
+    assert defaults.leakage_correction and defaults.psr_delay_s == 90.0
     with pytest.raises(ValueError):
         DscSettings(oi_target=0.0)
     with pytest.raises(ValueError):

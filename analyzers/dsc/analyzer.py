@@ -208,13 +208,10 @@ def _lesions(
     lesions = [(label, mask) for label, mask in lesions if mask.any()]
     if lesions:
         return lesions, "SEG of the study", edema
-    any_lesion = np.zeros(volume.shape3d, dtype=bool)
     white = white_matter_mask(maps)
     options = CandidateOptions(min_rcbv=settings.candidate_min_rcbv,
                                max_candidates=settings.max_candidates)
     found = find_candidates(maps, white, volume.spacing, options)
-    for mask in found:
-        any_lesion |= mask
     source = "automatic dural-lesion candidates (no lesion SEG in the study)"
     return [(f"candidate {i}", mask) for i, mask in enumerate(found, start=1)], source, edema
 
