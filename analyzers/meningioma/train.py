@@ -53,13 +53,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One labelled case: T1C image, tumour ROI, header attributes, grade."""
+    """One labelled case: T1C image, tumour ROI, header attributes, grade.
+
+    ``bias_corrected`` marks an image that is already N4-corrected.
+    """
 
     image: sitk.Image
     mask: sitk.Image
     header: Mapping[str, Any]
     high_grade: bool
     case_id: str = ""
+    bias_corrected: bool = False
 
 
 @dataclass
@@ -117,7 +121,9 @@ def extract_training_features(
     eroded_slices: list[torch.Tensor] = []
     names: tuple[str, ...] = ()
     for number, case in enumerate(cases):
-        computed = compute_case_features(case.image, case.mask, case.header, settings=settings, n4=n4)
+        computed = compute_case_features(
+            case.image, case.mask, case.header, settings=settings, n4=n4, bias_corrected=case.bias_corrected
+        )
         features.append(computed)
         if not names:
             names = tuple(computed.radiomics)
