@@ -146,8 +146,12 @@ def fit_network(
     *,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> SpineCNN:
     """Train a :class:`SpineCNN` with Adam and categorical cross-entropy.
+
+    After the last epoch the batch-normalisation statistics are recomputed over the
+    training crops (see :func:`_recalibrate_batch_norm`).
 
     Parameters
     ----------
@@ -161,6 +165,8 @@ def fit_network(
         Seeds the weights and the batch order (same data + seed → same model).
     progress:
         Called after every epoch with (epoch, mean training loss).
+    device:
+        Torch device to train on (``"cpu"``, ``"cuda"``); the returned network is on the CPU.
     """
     y = np.asarray(labels, dtype=np.int64)
     x = _as_batch(crops)
@@ -170,13 +176,14 @@ def fit_network(
         raise SpineDataError("at least two crops are needed to train")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    network = SpineCNN(hyper.dropout)
+    network = SpineCNN(hyper.dropout).to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=hyper.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    targets = torch.from_numpy(y)
+    x = x.to(device)
+    targets = torch.from_numpy(y).to(device)
     for epoch in range(1, hyper.epochs + 1):
         network.train()
-        order = torch.randperm(x.shape[0], generator=generator)
+        order = torch.randperm(x.shape[0], generator=generator).to(device)
         total = 0.0
         for start in range(0, x.shape[0], hyper.batch_size):
             index = order[start:start + hyper.batch_size]
@@ -189,8 +196,34 @@ def fit_network(
             total += float(loss.detach()) * index.numel()
         if progress is not None:
             progress(epoch, total / x.shape[0])
+    _recalibrate_batch_norm(network, x, hyper.batch_size)
+    network = network.to("cpu")
     network.eval()
     return network
+
+
+@torch.no_grad()
+def _recalibrate_batch_norm(network: SpineCNN, x: torch.Tensor, batch_size: int) -> None:
+    """Replace the running BN statistics by their exact average over the training crops.
+
+    After a few hundred optimiser steps the exponential running averages still lag the
+    weights, so evaluation-mode outputs are shifted (perfectly ranked but miscalibrated:
+    held-out accuracy 0.69 at AUC 1.0 on the phantom). One pass in training mode with a
+    cumulative average ("precise BN", Wu & Johnson 2021, Rethinking "Batch" in BatchNorm)
+    fixes the statistics without changing any weight.
+    """
+    layers = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    network.train()
+    for start in range(0, x.shape[0], max(batch_size, 2)):
+        batch = x[start:start + max(batch_size, 2)]
+        if batch.shape[0] >= 2:
+            network.features(batch)
+    for layer in layers:
+        layer.momentum = 0.1
+    network.eval()
 
 
 @dataclass
