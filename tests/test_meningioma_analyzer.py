@@ -145,6 +145,9 @@ def test_end_to_end_on_a_t1c_phantom_with_automatic_roi(
     for meaning in ("Peritumoral edema", "Tumour shape", "Indistinct margin", "Deep transfer learning score"):
         assert meaning in text, (meaning, text)
     assert sr.StudyInstanceUID == load_series(files).study_instance_uid
+    # The features the rad-score uses are reported by name.
+    for name in MeningiomaModel.load(folder).rad_score.names:
+        assert name[:64] in text
 
 
 def test_seg_in_the_study_is_used_and_no_model_gives_no_probability(

@@ -56,7 +56,7 @@ from analyzers.meningioma.radiomics_features import RadiomicsSettings
 from analyzers.meningioma.segmentation import AutoSegmentationSettings, segment_enhancing_mass
 from sr_templates import Quantity
 from sr_templates import codes as c
-from sr_templates.meningioma import TEMPLATE
+from sr_templates.meningioma import TEMPLATE, feature_quantity
 
 __all__ = ["REFERENCE_MODEL_FOLDER", "MeningiomaAnalyzer", "MeningiomaSettings"]
 
@@ -209,7 +209,9 @@ def _findings(
     }
 
 
-def _measurements(features: CaseFeatures, prediction: GradePrediction | None) -> list[out.MeasuredValue]:
+def _measurements(
+    features: CaseFeatures, prediction: GradePrediction | None, model: MeningiomaModel | None
+) -> list[out.MeasuredValue]:
     values = [out.MeasuredValue(TEMPLATE.quantity("volume"), features.tumour_volume_ml * 1000.0)]
     if prediction is not None:
         # The SR's probability is that of the stated impression (the predicted class).
@@ -219,6 +221,11 @@ def _measurements(features: CaseFeatures, prediction: GradePrediction | None) ->
             out.MeasuredValue(TEMPLATE.quantity("rad_score"), prediction.rad_score),
             out.MeasuredValue(DTL_SCORE, prediction.dtl_score),
             out.MeasuredValue(TEMPLATE.quantity("probability"), 100.0 * probability),
+        ]
+    if model is not None:
+        # The radiomic features the rad-score uses, with this case's values.
+        values += [
+            out.MeasuredValue(feature_quantity(name), features.radiomics[name]) for name in model.rad_score.names
         ]
     return values
 
@@ -262,7 +269,7 @@ def _outputs(
     lesion = out.LesionFinding(
         tracking_id="meningioma 1",
         region=out.LesionRegion.from_mask(mask),
-        measurements=_measurements(features, prediction),
+        measurements=_measurements(features, prediction, model),
         impression=impression,
         evaluations=_evaluations(features.clinical),
         segment_number=1 if segmentation is not None else None,
