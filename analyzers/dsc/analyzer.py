@@ -135,6 +135,8 @@ class DscAnalyzer:
         settings = job.settings if isinstance(job.settings, DscSettings) else DscSettings(
             **job.settings.model_dump()
         )
+        # A configured model that cannot be read is a configuration error: fail fast.
+        model, model_note = _load_model(settings)
         try:
             volume = load_series(job.series.files)
         except SeriesGeometryError as exc:
@@ -145,8 +147,6 @@ class DscAnalyzer:
                 "perfusion series (route it to dsc only by its SeriesDescription)"
             )
         te_s = _echo_time_s(volume)
-        # A configured model that cannot be read is a configuration error: fail fast.
-        model, model_note = _load_model(settings)
         segments = _roi_segments(job.related.get("roi", ()), volume)
         aif_mask = None
         if settings.aif:
