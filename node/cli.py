@@ -133,7 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     index = Index(settings.storage.index_path)
     counts = index.counts()
-    console = Console()
+    # A pipe or log file has no width; print full UIDs and descriptions there instead of eliding.
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     if args.json:
         print(json.dumps({"patients": counts.patients, "studies": counts.studies,
                           "series": counts.series, "instances": counts.instances,
