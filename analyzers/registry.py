@@ -8,6 +8,9 @@ by name and never imports an analyzer module directly.
 * ``pacsnode.phantoms``: name -> callable ``(out: Path, seed: int, cases: int, **options) -> Path``
 * ``pacsnode.trainers``: name -> callable ``(argv: list[str]) -> int`` (the ``pacsnode train NAME``
   command line)
+* ``pacsnode.evaluators``: name -> callable ``(argv: list[str]) -> int`` (``pacsnode evaluate NAME``)
+* ``pacsnode.commands``: name -> callable ``(argv: list[str]) -> int`` (further ``pacsnode`` commands
+  that live with the analyzers, e.g. ``phantom``)
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from analyzers.contract import Analyzer
 
 __all__ = [
     "ANALYZER_GROUP",
+    "COMMAND_GROUP",
+    "EVALUATOR_GROUP",
     "PHANTOM_GROUP",
     "TRAINER_GROUP",
     "UnknownAnalyzer",
     "analyzer_names",
+    "evaluator_names",
     "load_analyzer",
+    "load_command",
+    "load_evaluator",
     "load_phantom",
     "load_trainer",
     "phantom_names",
@@ -34,6 +42,8 @@ __all__ = [
 ANALYZER_GROUP = "pacsnode.analyzers"
 PHANTOM_GROUP = "pacsnode.phantoms"
 TRAINER_GROUP = "pacsnode.trainers"
+EVALUATOR_GROUP = "pacsnode.evaluators"
+COMMAND_GROUP = "pacsnode.commands"
 
 
 class UnknownAnalyzer(LookupError):
@@ -89,3 +99,20 @@ def load_trainer(name: str) -> Callable[[list[str]], int]:
     """The ``pacsnode train NAME`` entry point registered as ``name``."""
     trainer: Callable[[list[str]], int] = _load(TRAINER_GROUP, name)
     return trainer
+
+
+def evaluator_names() -> list[str]:
+    """Names of every installed evaluator."""
+    return sorted(_entry_points(EVALUATOR_GROUP))
+
+
+def load_evaluator(name: str) -> Callable[[list[str]], int]:
+    """The ``pacsnode evaluate NAME`` entry point registered as ``name``."""
+    evaluator: Callable[[list[str]], int] = _load(EVALUATOR_GROUP, name)
+    return evaluator
+
+
+def load_command(name: str) -> Callable[[list[str]], int]:
+    """A ``pacsnode NAME`` command provided by an analyzer package."""
+    command: Callable[[list[str]], int] = _load(COMMAND_GROUP, name)
+    return command

@@ -1,6 +1,7 @@
 """``pacsnode``: the command line.
 
-Commands: ``serve``, ``status``, ``send``, ``echo``, ``demo``, ``phantom``, ``train``.
+Commands: ``serve``, ``status``, ``send``, ``echo``, ``demo``, ``phantom``, ``train``, ``evaluate``
+and the routing/jobs commands of ``node.jobs.commands``.
 Run ``pacsnode COMMAND --help`` for each one's options. Configuration errors exit
 with code 2 and a message naming the file, key and expected form.
 """
@@ -222,30 +223,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), keep_running=args.keep_running)
 
 
-def _delegate(group: str) -> Callable[[argparse.Namespace], int]:
+def _delegate(command: str) -> Callable[[argparse.Namespace], int]:
+    """``phantom``, ``train NAME`` and ``evaluate NAME`` live with the analyzers; find them by
+    entry point so the node never imports analyzer internals."""
+
     def run(args: argparse.Namespace) -> int:
         from analyzers import registry
 
-        if group == "phantom":
-            from analyzers.registry import UnknownAnalyzer
-
-            try:
-                entry = registry.load_phantom("cli")
-            except UnknownAnalyzer as exc:
-                print(f"pacsnode phantom: {exc}", file=sys.stderr)
-                return 1
-            return int(entry(list(args.rest)))
-        name = args.rest[0] if args.rest else ""
-        if not name or name.startswith("-"):
-            print(f"pacsnode train: name an analyzer ({', '.join(registry.trainer_names()) or 'none installed'})",
-                  file=sys.stderr)
-            return 2
+        rest = list(args.rest)
         try:
-            trainer = registry.load_trainer(name)
+            if command == "phantom":
+                return int(registry.load_command("phantom")(rest))
+            names = registry.trainer_names() if command == "train" else registry.evaluator_names()
+            if not rest or rest[0].startswith("-"):
+                print(f"pacsnode {command}: name an analyzer ({', '.join(names) or 'none installed'})",
+                      file=sys.stderr)
+                return 2
+            load = registry.load_trainer if command == "train" else registry.load_evaluator
+            return int(load(rest[0])(rest[1:]))
         except registry.UnknownAnalyzer as exc:
-            print(f"pacsnode train: {exc}", file=sys.stderr)
+            print(f"pacsnode {command}: {exc}", file=sys.stderr)
             return 2
-        return int(trainer(list(args.rest[1:])))
 
     return run
 
@@ -296,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, _settings, config_option)
 
     for name, help_text in (("phantom", "Write digital reference objects (see pacsnode phantom --help)."),
-                            ("train", "Train an analyzer's model (pacsnode train NAME --help).")):
+                            ("train", "Train an analyzer's model (pacsnode train NAME --help)."),
+                            ("evaluate", "Evaluate models on labelled studies (pacsnode evaluate NAME --help).")):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(name))

@@ -63,7 +63,7 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
     )
     console.rule("[bold]pacsnode demo")
     console.print(f"1. starting the node: pacsnode serve --config {config}")
-    log = open(workdir / "node.log", "wb")  # noqa: SIM115 - lives as long as the node process
+    log = open(workdir / "node.log", "wb")
     node = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
