@@ -134,7 +134,7 @@ def _sr_texts(dataset: Any) -> list[str]:
 
 def test_contract() -> None:
     assert isinstance(DceAnalyzer(), Analyzer)
-    assert DceAnalyzer.needs == {"vfa": "dce_vfa?", "roi": "seg?"}
+    assert DceAnalyzer.needs == {"vfa": "vfa?", "roi": "seg?"}
     assert DceAnalyzer.wants_priors
     with pytest.raises(ValueError):
         DceSettings(hyperperfusion_ratio=0.0)

@@ -150,7 +150,7 @@ class DceAnalyzer:
 
     name: ClassVar[str] = "dce"
     version: ClassVar[str] = "1.0.0"
-    needs: ClassVar[dict[str, str]] = {"vfa": "dce_vfa?", "roi": "seg?"}
+    needs: ClassVar[dict[str, str]] = {"vfa": "vfa?", "roi": "seg?"}
     wants_priors: ClassVar[bool] = True
     settings_model: ClassVar[type[AnalyzerSettings]] = DceSettings
 
