@@ -59,3 +59,25 @@ def test_a_failing_row_fails_only_its_own_instance(tmp_path: Path) -> None:
     ingestor.ingest_part10(files[1].read_bytes())
     assert index.instance_count() == 1
     index.close()
+
+
+@pytest.mark.parametrize("message_id", [1, 7, 65535])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.826.0.1.3680043.10.1379.15206095004091034"])
+def test_store_success_response_bytes_match_pynetdicom(message_id: int, sop_instance: str) -> None:
+    from pydicom.uid import UID
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from node.dimse.server import encode_store_success
+
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = message_id
+    primitive.AffectedSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")
+    primitive.AffectedSOPInstanceUID = UID(sop_instance)
+    primitive.Status = 0x0000
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    (pdata,) = list(message.encode_msg(3, 16382))
+    expected = [(pdv[0], pdv[1]) for pdv in pdata.presentation_data_value_list]
+    command = encode_store_success(message_id, "1.2.840.10008.5.1.4.1.1.4", sop_instance)
+    assert expected == [(3, b"\x03" + command)]

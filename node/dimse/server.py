@@ -23,6 +23,7 @@ import os
 import queue
 import select
 import ssl
+import struct
 import threading
 import time
 import weakref
@@ -37,15 +38,28 @@ from pynetdicom import (
     VerificationPresentationContexts,
     evt,
 )
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
 from node.dimse.handlers import DimseHandlers
 
-__all__ = ["DimseServer", "make_event_driven", "storage_sop_classes", "tls_context"]
+__all__ = [
+    "DimseServer",
+    "encode_store_success",
+    "make_event_driven",
+    "storage_sop_classes",
+    "tls_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +123,44 @@ class _InlineRequestQueue(queue.Queue):  # type: ignore[type-arg]
         super().put(item, block, timeout)
 
 
+def _command_element(tag: int, value: bytes) -> bytes:
+    """One implicit VR little endian element of a DIMSE command set (group 0000)."""
+    return struct.pack("<HHI", 0x0000, tag, len(value)) + value
+
+
+def _padded_uid(uid: str) -> bytes:
+    data = uid.encode("ascii")
+    return data + b"\x00" if len(data) % 2 else data
+
+
+def encode_store_success(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The command set of a C-STORE-RSP with status Success (PS3.7 9.3.1.2), encoded directly.
+
+    The same bytes pynetdicom's ``DIMSEMessage.encode_msg`` produces, without building
+    and encoding a pydicom dataset twice (once for the group length) per instance.
+    """
+    body = b"".join((
+        _command_element(0x0002, _padded_uid(sop_class_uid)),
+        _command_element(0x0100, struct.pack("<H", 0x8001)),
+        _command_element(0x0120, struct.pack("<H", message_id)),
+        _command_element(0x0800, struct.pack("<H", 0x0101)),
+        _command_element(0x0900, struct.pack("<H", 0x0000)),
+        _command_element(0x1000, _padded_uid(sop_instance_uid)),
+    ))
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _is_plain_store_success(primitive: Any) -> bool:
+    return (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.Status == 0x0000 and primitive.AffectedSOPClassUID is not None
+            and primitive.AffectedSOPInstanceUID is not None
+            and not getattr(primitive, "ErrorComment", None)
+            and not getattr(primitive, "OffendingElement", None))
+
+
 def make_event_driven(assoc: Association) -> None:
-    """Replace pynetdicom's 1 ms polling by blocking waits for one accepted association.
+    """Replace pynetdicom's 1 ms polling by blocking waits for one accepted association,
+    and take the per-message costs that log nothing off its path.
 
     Call before the association starts (``EVT_CONN_OPEN``). The DUL thread then blocks
     in ``select`` on the socket and an eventfd that is signalled whenever a primitive is
@@ -120,6 +170,16 @@ def make_event_driven(assoc: Association) -> None:
     against pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
     ``Association._run_reactor``; does nothing where ``os.eventfd`` is missing.
     """
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        # pynetdicom's standard handlers format a log text for every PDU and DIMSE message,
+        # under the AE-wide lock (shared by all associations), even when nothing is logged.
+        for event, handler in (
+            (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+            (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+            (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+            (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+        ):
+            assoc.unbind(event, handler)
     if not hasattr(os, "eventfd"):
         return
     dul = assoc.dul
@@ -204,6 +264,24 @@ def make_event_driven(assoc: Association) -> None:
             return None, None
 
     dimse.get_msg = get_msg_waiting  # type: ignore[method-assign]
+    send_msg = dimse.send_msg
+
+    def send_msg_fast(primitive: Any, context_id: int) -> None:
+        # C-STORE success responses, the one message sent per stored instance, are encoded
+        # directly; everything else (and any association with EVT_DIMSE_SENT handlers)
+        # goes through pynetdicom.
+        if _is_plain_store_success(primitive) and not assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            pdata = P_DATA()
+            command = encode_store_success(int(primitive.MessageIDBeingRespondedTo),
+                                           str(primitive.AffectedSOPClassUID),
+                                           str(primitive.AffectedSOPInstanceUID))
+            # Message control header 0x03: command information, last fragment (PS3.8 E.2).
+            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+            dul.send_pdu(pdata)
+            return
+        send_msg(primitive, context_id)
+
+    dimse.send_msg = send_msg_fast  # type: ignore[method-assign]
 
 
 def _on_connection_open(event: Event) -> None:
