@@ -47,7 +47,7 @@ from analyzers.contract import (
     UnsuitableInput,
 )
 from analyzers.meningioma.clinical import ClinicalFeatures
-from analyzers.meningioma.deep_features import load_network
+from analyzers.meningioma.deep_features import DtlNetwork, load_network
 from analyzers.meningioma.errors import FeatureExtractionError, ModelError, SegmentationError
 from analyzers.meningioma.model import MeningiomaModel
 from analyzers.meningioma.pipeline import CaseFeatures, GradePrediction, compute_case_features, predict_grade
@@ -134,10 +134,12 @@ class MeningiomaAnalyzer:
             raise UnsuitableInput("the series is dynamic; the meningioma analyzer needs a static post-contrast T1")
         n4 = N4Settings(shrink_factor=settings.n4_shrink_factor)
         image = volume.to_sitk()
-        mask_array = _roi_from_seg(job, volume)
-        automatic = mask_array is None
+        seg_mask = _roi_from_seg(job, volume)
+        automatic = seg_mask is None
         corrected = None
-        if automatic:
+        if seg_mask is not None:
+            mask_array = seg_mask
+        else:
             if not settings.auto_segment:
                 raise UnsuitableInput("no tumour SEG in the study and automatic segmentation is off")
             corrected, _ = n4_bias_correction(image, n4)
@@ -167,7 +169,7 @@ class MeningiomaAnalyzer:
         return AnalysisResult(datasets=datasets, findings=findings)
 
 
-def _load_model(settings: MeningiomaSettings) -> tuple[MeningiomaModel | None, torch.nn.Module | None, str]:
+def _load_model(settings: MeningiomaSettings) -> tuple[MeningiomaModel | None, DtlNetwork | None, str]:
     folder = Path(settings.model_folder) if settings.model_folder else REFERENCE_MODEL_FOLDER
     try:
         model = MeningiomaModel.load(folder)

@@ -95,7 +95,7 @@ class DtlNetwork(nn.Module):
             backbone = ResNet(
                 Bottleneck, list(self.config.layers), width_per_group=self.config.width_per_group
             )
-        backbone.fc = nn.Identity()  # type: ignore[assignment]
+        backbone.fc = nn.Identity()
         self.backbone = backbone
         self.dropout = nn.Dropout(self.config.dropout)
         self.classifier = nn.Linear(DTL_FEATURE_COUNT, self.config.classes)

@@ -103,7 +103,7 @@ class RadiomicsSettings:
         values = tuple(float(v) for v in spacing)
         if len(values) != 3 or min(values) <= 0:
             raise ValueError(f"resampledPixelSpacing must be 3 positive values, got {spacing}")
-        return values  # type: ignore[return-value]
+        return (values[0], values[1], values[2])
 
     @property
     def bin_width(self) -> float:

@@ -191,7 +191,7 @@ def fit_models(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     network = load_network(start_weights, backbone)
-    report = fine_tune(network, training.slices(), y, fine_tune_config or FineTuneConfig(seed=seed))
+    report = fine_tune(network, training.slices(), y.tolist(), fine_tune_config or FineTuneConfig(seed=seed))
     torch.save(network.state_dict(), out / FINE_TUNED_WEIGHTS_FILE)
 
     dtl = deep_features(network, training.slices())
