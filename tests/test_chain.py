@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
@@ -150,9 +151,13 @@ def test_sigkill_with_jobs_queued_and_running(tmp_path: Path, orthanc) -> None:
     config = _config(tmp_path / "node", orthanc, workers=1)
     node = _start(config)
     series = _series(tmp_path, 3, slices=12)
+    for files in series:  # quiet completion: the three series complete together, one job runs, two wait
+        for path in files:
+            ds = dcmread(path)
+            del ds.ImagesInAcquisition
+            ds.save_as(path, enforce_file_format=True)
     try:
-        for files in series:
-            _send(node, files)
+        _send(node, [path for group in zip(*series, strict=True) for path in group])  # interleaved
 
         def queued_and_running() -> bool:
             states = [s for (s,) in _query(config, "SELECT state FROM jobs")]
