@@ -153,10 +153,14 @@ def create_app(settings: Settings, *, store: InstanceStore | None = None,
     http = settings.http
     service = DicomwebService(http=http, store=store, index=index, ingestor=ingestor)
     routes = _routes(service)
+    from node.ops import Operations  # /metrics, /healthz, /readyz (node/ops)
+    operations = Operations(settings, index=index, ingestor=ingestor)
+    routes += operations.routes()
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        operations.close()
         service.close()
         if owned:
             index.close()
@@ -172,5 +176,6 @@ def create_app(settings: Settings, *, store: InstanceStore | None = None,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={NodeError: _node_error})
     app.state.dicomweb = service
+    app.state.operations = operations
     return app
 
