@@ -141,9 +141,10 @@ class GeometryFindings:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """JSON-able findings, the verdict first."""
+        out: dict[str, Any] = {"acceptable": self.acceptable}
+        out.update({k: getattr(self, k) for k in self.__dataclass_fields__})
         out["problems"] = list(self.problems)
-        out["acceptable"] = self.acceptable
         return out
 
 

@@ -185,7 +185,13 @@ def print_pipeline_status(console: Any, index: Any, settings: Settings) -> None:
     from node.outbox import Outbox
     from node.storage.store import InstanceStore
 
-    console.print("jobs: " + "  ".join(f"{state} {n}" for state, n in JobLedger(index).counts().items()))
+    ledger = JobLedger(index)
+    console.print("jobs: " + "  ".join(f"{state} {n}" for state, n in ledger.counts().items()))
+    for job in ledger.jobs(limit=5):
+        scalars = [f"{k}={v}" for k, v in (job.findings or {}).items()
+                   if isinstance(v, bool | int | float | str) and k != "notice"][:5]
+        console.print(f"  {job.route:<10} {job.state:<8} {job.series_uid}  "
+                      + (", ".join(scalars) if scalars else (job.error or "")[:100]))
     outbox = Outbox(index, InstanceStore(settings.storage.path, fsync=False), settings.destinations)
     for destination, states in outbox.counts().items():
         console.print(f"deliveries to {destination}: " + "  ".join(f"{s} {n}" for s, n in sorted(states.items())))
