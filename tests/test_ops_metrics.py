@@ -49,6 +49,9 @@ def test_metrics_count_exactly_what_storescu_sent(node: NodeProcess, mr_series: 
     assert samples[("pacsnode_received_instances_total", (("calling_ae", "MODALITY2"),))] == 7
     assert samples[("pacsnode_index_instances", ())] == len(mr_series)
     assert samples[("pacsnode_index_series", ())] == 1
+    received_total = sum(samples[("pacsnode_received_bytes_total", (("calling_ae", c),))]
+                         for c in sent_bytes)
+    assert received_total == samples[("pacsnode_index_stored_bytes", ())]
     for calling, size in sent_bytes.items():
         received = samples[("pacsnode_received_bytes_total", (("calling_ae", calling),))]
         # the node writes its own file meta (its AE as source), so sizes agree to within
