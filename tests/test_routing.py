@@ -55,6 +55,7 @@ def test_derived_images_and_non_mr_are_not_analyzed(table) -> None:
     assert _routes(table, "ep2d_perf", ImageType="DERIVED\\PRIMARY\\RELCBV") == ["qc"]
     assert table.select({"SeriesDescription": "ep2d_perf", "Modality": "SR"})[0].name == "dsc"
     assert [r.name for r in table.select({"SeriesDescription": "QC", "Modality": "SR"})] == []
+    assert [r.name for r in table.select({"SeriesDescription": "tumour ROI", "Modality": "SEG"})] == ["seg"]
     parametric_map = {"SeriesDescription": "CBV", "Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.30"}
     assert [r.name for r in table.select(parametric_map)] == []
 
