@@ -47,12 +47,16 @@ def test_associations_and_queries_are_audited_and_sent_to_syslog(tmp_path: Path,
     scp.add_supported_context(Verification)
     scp.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
 
+    seen_by_the_service: list[str] = []
+
     def on_find(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        # the service's own handler still reads the identifier the audit handler decoded
+        seen_by_the_service.append(event.identifier.PatientID)
         yield 0x0000, None
 
     port = free_port()
     server = scp.start_server(("127.0.0.1", port), block=False,
-                              evt_handlers=[(evt.EVT_C_FIND, on_find), *audit.dimse_bindings()])
+                              evt_handlers=[(evt.EVT_C_FIND, on_find), *audit.dimse_bindings(messages=True)])
     try:
         scu = AE(ae_title="WORKSTATION")
         scu.add_requested_context(Verification)
@@ -70,6 +74,7 @@ def test_associations_and_queries_are_audited_and_sent_to_syslog(tmp_path: Path,
         time.sleep(0.5)  # the server's release/reject notifications run in its threads
     finally:
         server.shutdown()
+    assert seen_by_the_service == ["PAT-42"]
     events = audit.events()
     kinds = [(e.event, e.detail.get("result")) for e in events]
     assert ("association", "accepted") in kinds

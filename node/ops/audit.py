@@ -319,20 +319,31 @@ class AuditTrail:
 
     # -- DIMSE -------------------------------------------------------------------------------
 
-    def dimse_bindings(self) -> list[tuple[Any, Any]]:
+    def dimse_bindings(self, *, messages: bool = False) -> list[tuple[Any, Any]]:
         """pynetdicom notification handlers for the node's DIMSE server.
 
         Pass them with the server's ``evt_handlers`` or bind them to the running
         ``ThreadedAssociationServer`` (``server.bind(event, handler)``). They are
         notification events, so they do not replace the node's own handlers.
+
+        Parameters
+        ----------
+        messages:
+            Also bind ``EVT_DIMSE_RECV`` to audit C-FIND, C-MOVE and C-GET requests. Off by
+            default: pynetdicom then dispatches an event for every received message, C-STORE
+            included, which the node's DIMSE server otherwise avoids on its ingest path; the
+            lighter way is for the query/retrieve handlers to call :meth:`query` and
+            :meth:`retrieve` themselves.
         """
-        return [
+        bindings: list[tuple[Any, Any]] = [
             (evt.EVT_ACCEPTED, self._on_association),
             (evt.EVT_REJECTED, self._on_association),
             (evt.EVT_RELEASED, self._on_association),
             (evt.EVT_ABORTED, self._on_association),
-            (evt.EVT_DIMSE_RECV, self._on_dimse_message),
         ]
+        if messages:
+            bindings.append((evt.EVT_DIMSE_RECV, self._on_dimse_message))
+        return bindings
 
     @staticmethod
     def _who(event: Event) -> tuple[str, str, str]:
