@@ -22,27 +22,40 @@ def _routes(table, description: str, **extra: str) -> list[str]:
     return [r.name for r in table.select({"SeriesDescription": description, "Modality": "MR", **extra})]
 
 
-@pytest.mark.parametrize(("description", "route"), [
-    # DSC perfusion (Siemens ep2d_perf, generic DSC/PWI/perfusion names)
-    ("ep2d_perf_p2 64 meas", "dsc"), ("ep2d_perf", "dsc"), ("DSC", "dsc"), ("PWI_dynamic_GRE", "dsc"),
-    ("perfusion", "dsc"), ("Perf GRE-EPI", "dsc"),
+POST_3D = ["brainmets", "meningioma"]
+
+
+@pytest.mark.parametrize(("description", "routes"), [
+    # DSC perfusion (Siemens ep2d_perf, generic DSC/PWI/perfusion names; the phantoms' vendor styles)
+    ("ep2d_perf_p2 64 meas", ["dsc"]), ("ep2d_perf", ["dsc"]), ("DSC", ["dsc"]), ("PWI_dynamic_GRE", ["dsc"]),
+    ("perfusion", ["dsc"]), ("Perf GRE-EPI", ["dsc"]), ("DSC PERFUSION", ["dsc"]), ("PERFUSION DSC", ["dsc"]),
     # DCE (TWIST, VIBE dynamic, t1_fl3d_dyn)
-    ("DCE", "dce"), ("t1_twist_tra_dyn", "dce"), ("dyn", "dce"), ("vibe dyn", "dce"), ("t1_fl3d_dyn", "dce"),
-    ("DCE_perfusion", "dce"),
-    # variable flip angle T1 mapping for DCE
-    ("t1_vibe_FA2", "vfa"), ("t1_vibe_fa15", "vfa"), ("VFA T1", "vfa"), ("FA 15", "vfa"),
+    ("DCE", ["dce"]), ("t1_twist_tra_dyn", ["dce"]), ("dyn", ["dce"]), ("vibe dyn", ["dce"]),
+    ("t1_fl3d_dyn", ["dce"]), ("DCE_perfusion", ["dce"]), ("t1_vibe_dce_dyn", ["dce"]), ("Ax DCE 3D SPGR", ["dce"]),
+    ("DCE_T1FFE_dyn", ["dce"]),
+    # variable flip angle T1 mapping for DCE (FA2 / FA15)
+    ("t1_vibe_FA2", ["vfa"]), ("t1_vibe_fa15", ["vfa"]), ("VFA T1", ["vfa"]), ("FA 15", ["vfa"]),
+    ("Ax 3D SPGR T1MAP FA2", ["vfa"]), ("T1_FFE_VFA_FA15", ["vfa"]),
     # post-contrast T1 (meningioma)
-    ("T1 post", "meningioma"), ("T1+C", "meningioma"), ("t1_se_tra_KM", "meningioma"), ("T1C", "meningioma"),
-    ("AX T1 Gd", "meningioma"), ("t1_tse_cor post contrast", "meningioma"),
-    # 3D T1 (brainmets)
-    ("SPACE", "brainmets"), ("MPRAGE", "brainmets"), ("t1_mprage_sag_p2", "brainmets"), ("tfl3d1_ns", "brainmets"),
-    ("3D T1 post", "brainmets"), ("BRAVO", "brainmets"), ("t1_space_tra_KM", "brainmets"),
+    ("T1 post", ["meningioma"]), ("T1+C", ["meningioma"]), ("t1_se_tra_KM", ["meningioma"]),
+    ("T1C", ["meningioma"]), ("AX T1 Gd", ["meningioma"]), ("t1_tse_cor post contrast", ["meningioma"]),
+    # 3D T1 (brainmets); post-contrast 3D T1 also to meningioma
+    ("SPACE", ["brainmets"]), ("MPRAGE", ["brainmets"]), ("t1_mprage_sag_p2", ["brainmets"]),
+    ("tfl3d1_ns", ["brainmets"]), ("BRAVO", ["brainmets"]), ("3D T1 post", POST_3D),
+    ("t1_space_tra_KM", POST_3D), ("t1_mprage_tra_iso_KM", POST_3D), ("Ax 3D T1 BRAVO +C", POST_3D),
+    ("T1W_3D_TFE +C", POST_3D), ("Ax 3D T1 CUBE BB +C", POST_3D), ("3D_T1_VISTA_BB +C", POST_3D),
     # spine
-    ("t2_tse_sag_LWS", "spine"), ("t1_tse_sag BWS", "spine"), ("STIR_sag HWS", "spine"),
-    ("Spine T1 post", "spine"), ("T2 lumbar spine", "spine"),
+    ("t2_tse_sag_LWS", ["spine"]), ("t1_tse_sag BWS", ["spine"]), ("STIR_sag HWS", ["spine"]),
+    ("Spine T1 post", ["spine"]), ("T2 lumbar spine", ["spine"]),
 ])
-def test_default_routes_match_scanner_naming(table, description: str, route: str) -> None:
-    assert _routes(table, description) == [route, "qc"]
+def test_default_routes_match_scanner_naming(table, description: str, routes: list[str]) -> None:
+    assert _routes(table, description) == [*routes, "qc"]
+
+
+@pytest.mark.parametrize("description", ["t1_tse_sag", "Sag T1 FSE", "T2W_TSE_SAG", "t2_tirm_sag", "STIR_SAG"])
+def test_spine_by_body_part(table, description: str) -> None:
+    assert _routes(table, description, BodyPartExamined="SPINE") == ["spine_bodypart", "qc"]
+    assert _routes(table, description, BodyPartExamined="HEAD") == ["qc"]
 
 
 @pytest.mark.parametrize("description", ["t2_tse_tra", "t2_space_flair_sag", "ep2d_diff_3scan", "localizer",
