@@ -63,10 +63,17 @@ def test_metrics_count_exactly_what_storescu_sent(node: NodeProcess, mr_series: 
     assert ready.json()["checks"]["index"]["ok"] is True
 
 
-def test_readyz_refuses_when_disk_is_below_threshold(tmp_path: Path) -> None:
+def test_readyz_refuses_when_disk_is_below_threshold(tmp_path: Path, mr_series: list[Path]) -> None:
     with node_process(tmp_path / "node", env={"PACSNODE_STORAGE__MIN_FREE_GB": "1e9"}) as node:
         wait_for_port(node.http_port, process=node.process)
         ready = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=10)
+        sent = subprocess.run(["storescu", "-v", "-aec", node.ae_title, "127.0.0.1", str(node.port),
+                               str(mr_series[0])], capture_output=True, text=True, timeout=60)
+        samples = _samples(httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text)
+    # the node refused the instance as out of resources and wrote nothing
+    assert "refused: outofresources" in (sent.stdout + sent.stderr).lower()  # 0xA7xx
+    assert samples[("pacsnode_index_instances", ())] == 0
+    assert not any(p.is_file() for p in (node.storage / "store").rglob("*"))
     assert ready.status_code == 503
     body = ready.json()
     assert body["ready"] is False
