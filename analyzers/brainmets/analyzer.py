@@ -1,0 +1,264 @@
+"""The ``brainmets`` analyzer: nnU-Net detection and segmentation of brain metastases.
+
+Method of "MRI cross-technique transfer learning for brain metastasis
+detection" (Eur Radiol Exp 2025;9:15): an nnU-Net v2 model segments
+metastases on a 3D post-contrast T1 series, SPACE-like (black-blood) or
+MPRAGE-like (gradient echo); on MPRAGE the model trained with labels carried
+from SPACE (the study's setting B) is used when configured. Connected
+components (26-connectivity, minimum size setting) become lesions with volume,
+longest diameter and centroid.
+
+Outputs: a binary SEG (one segment per lesion, segmented property SCT 128462008
+secondary malignant neoplasm, tracking ID/UID shared with the SR) and a TID 1500
+SR with one measurement group per lesion (volume, diameter, SCOORD/SCOORD3D,
+SEG reference, finding site brain) and the lesion count. With priors of the same
+patient, lesions are matched by centroid distance in patient coordinates and
+labelled new / stable / growing / shrinking (and prior lesions not found again
+as resolved). Not for clinical use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.coding import Code
+
+from analyzers._shared import outputs as out
+from analyzers._shared.volume import SeriesGeometryError, Volume, load_series
+from analyzers.brainmets.inference import ModelFolderError, NnUNetModel, Technique, TechniqueError, detect_technique
+from analyzers.brainmets.instances import DEFAULT_MIN_VOXELS, LesionSet, extract_lesions
+from analyzers.contract import (
+    NOT_FOR_CLINICAL_USE,
+    AnalysisInput,
+    AnalysisResult,
+    AnalyzerSettings,
+    PriorFinding,
+    UnsuitableInput,
+)
+from sr_templates import SegmentClass
+from sr_templates import codes as c
+from sr_templates.brainmets import TEMPLATE
+
+__all__ = ["METASTASIS_SEGMENT", "BrainmetsAnalyzer", "BrainmetsSettings", "compare_with_prior"]
+
+#: Segmented property of the SEG: SCT 128462008 secondary malignant neoplasm.
+METASTASIS_SEGMENT = SegmentClass(
+    "metastasis",
+    "Metastasis",
+    c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+    Code("128462008", "SCT", "Secondary malignant neoplasm"),
+    c.BRAIN,
+)
+
+
+class BrainmetsSettings(AnalyzerSettings):
+    """Settings of the ``brainmets`` route."""
+
+    space_model: Path | None = None
+    """nnU-Net v2 results folder of the SPACE-like model."""
+    mprage_model: Path | None = None
+    """Results folder of the MPRAGE-like model trained with MPRAGE labels (setting A)."""
+    mprage_cross_technique_model: Path | None = None
+    """Results folder of the MPRAGE-like model trained with SPACE-derived labels (setting B)."""
+    cross_technique: bool = False
+    """Use the setting-B model on MPRAGE-like series."""
+    technique: Literal["auto", "space", "mprage"] = "auto"
+    """Force the technique instead of reading it from the headers."""
+    folds: tuple[int | Literal["all"], ...] | None = None
+    """Folds to ensemble (all present when unset)."""
+    mirroring: bool = True
+    """Test-time mirroring."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where nnU-Net runs."""
+    threads: int = 2
+    """torch CPU threads."""
+    min_lesion_voxels: int = DEFAULT_MIN_VOXELS
+    """Components with fewer voxels are dropped."""
+    match_distance_mm: float = 10.0
+    """Largest centroid distance of a lesion and its prior."""
+    change_percent: float = 20.0
+    """Volume change (relative to the prior) above which a lesion grows or shrinks."""
+    series_number: int = 9400
+    """Series number of the SEG (the SR gets +1)."""
+
+
+def compare_with_prior(
+    lesions: Sequence[dict[str, Any]],
+    prior_lesions: Sequence[dict[str, Any]],
+    match_distance_mm: float,
+    change_percent: float,
+) -> tuple[list[str], list[str | None], list[str]]:
+    """Status of each lesion against the prior's lesions, matched by location.
+
+    Pairs are formed one-to-one, nearest centroids first, up to
+    ``match_distance_mm`` apart. Returns the status of each current lesion
+    (``new``, ``stable``, ``growing``, ``shrinking``), the matched prior
+    tracking ID (or None) and the tracking IDs of prior lesions left unmatched
+    (resolved). Centroids are compared in patient coordinates, which assumes the
+    head was positioned alike in both studies.
+    """
+    if match_distance_mm <= 0 or change_percent <= 0:
+        raise ValueError("match_distance_mm and change_percent must be positive")
+    now = np.array([les["centroid_lps"] for les in lesions], dtype=float).reshape(-1, 3)
+    before = np.array([les["centroid_lps"] for les in prior_lesions], dtype=float).reshape(-1, 3)
+    distance = np.linalg.norm(now[:, None, :] - before[None, :, :], axis=2)
+    status = ["new"] * len(lesions)
+    matched: list[str | None] = [None] * len(lesions)
+    used: set[int] = set()
+    for flat in np.argsort(distance, axis=None, kind="stable"):
+        i, j = np.unravel_index(flat, distance.shape)
+        if distance[i, j] > match_distance_mm:
+            break
+        if matched[i] is not None or j in used:
+            continue
+        used.add(int(j))
+        matched[i] = str(prior_lesions[j]["tracking_id"])
+        v_now = float(lesions[i]["volume_ml"])
+        v_before = float(prior_lesions[j]["volume_ml"])
+        change = 100.0 * (v_now - v_before) / v_before if v_before > 0 else float("inf")
+        status[i] = "growing" if change > change_percent else "shrinking" if change < -change_percent else "stable"
+    resolved = [str(p["tracking_id"]) for k, p in enumerate(prior_lesions) if k not in used]
+    return status, matched, resolved
+
+
+def _latest_prior(priors: Sequence[PriorFinding]) -> PriorFinding | None:
+    usable = [p for p in priors if isinstance(p.findings.get("lesions"), list)]
+    if not usable:
+        return None
+    return max(usable, key=lambda p: (p.study_date or "", p.job_id))
+
+
+class BrainmetsAnalyzer:
+    """Brain-metastasis detection and segmentation on SPACE-like or MPRAGE-like 3D T1C."""
+
+    name: ClassVar[str] = "brainmets"
+    version: ClassVar[str] = "1.0.0"
+    needs: ClassVar[dict[str, str]] = {}
+    wants_priors: ClassVar[bool] = True
+    settings_model: ClassVar[type[AnalyzerSettings]] = BrainmetsSettings
+
+    def _model_folder(self, technique: Technique, settings: BrainmetsSettings) -> tuple[Path, str]:
+        if technique == "space":
+            folder, label = settings.space_model, "SPACE model"
+        elif settings.cross_technique:
+            folder, label = settings.mprage_cross_technique_model, "MPRAGE model trained with SPACE-derived labels"
+        else:
+            folder, label = settings.mprage_model, "MPRAGE model"
+        if folder is None:
+            raise UnsuitableInput(f"no {label} is configured for this {technique.upper()}-like series")
+        return Path(folder), label
+
+    def analyze(self, job: AnalysisInput) -> AnalysisResult:
+        """Segment the series' metastases; raise :class:`UnsuitableInput` when it cannot be done."""
+        settings = job.settings
+        if not isinstance(settings, BrainmetsSettings):
+            settings = BrainmetsSettings.model_validate(dict(settings))
+        try:
+            volume = load_series(job.series.files)
+        except SeriesGeometryError as exc:
+            raise UnsuitableInput(f"the series is not one regular 3D volume: {exc}") from exc
+        if volume.is_dynamic:
+            raise UnsuitableInput("brainmets needs a static 3D T1 series, this one has a time axis")
+        if settings.technique != "auto":
+            technique: Technique = settings.technique
+        else:
+            header = volume.headers[0]
+            attributes = {k: job.series.attributes.get(k, header.get(k)) for k in
+                          ("SequenceName", "SeriesDescription", "ProtocolName", "ScanningSequence")}
+            try:
+                technique = detect_technique(attributes)
+            except TechniqueError as exc:
+                raise UnsuitableInput(str(exc)) from exc
+        folder, model_label = self._model_folder(technique, settings)
+        try:
+            model = NnUNetModel(folder, settings.folds, mirroring=settings.mirroring,
+                                device=settings.device, threads=settings.threads)
+            labels = model.predict_image(volume.to_sitk())
+        except ModelFolderError as exc:
+            raise UnsuitableInput(f"the configured {model_label} cannot be used: {exc}") from exc
+        found = extract_lesions(labels > 0, volume.affine, settings.min_lesion_voxels)
+        findings = self._findings(job, found, technique, folder, model_label, settings)
+        datasets = self._outputs(job, volume, found, findings, settings)
+        return AnalysisResult(datasets=datasets, findings=findings)
+
+    def _findings(self, job: AnalysisInput, found: LesionSet, technique: str, folder: Path,
+                  model_label: str, settings: BrainmetsSettings) -> dict[str, Any]:
+        lesions = [
+            {
+                "tracking_id": f"metastasis {les.label}",
+                "segment_number": les.label,
+                "volume_ml": round(les.volume_ml, 5),
+                "longest_diameter_mm": round(les.longest_diameter_mm, 2),
+                "centroid_lps": [round(v, 2) for v in les.centroid_lps],
+                "voxels": les.voxel_count,
+            }
+            for les in found.lesions
+        ]
+        findings: dict[str, Any] = {
+            "lesion_count": len(lesions),
+            "total_volume_ml": round(sum(les["volume_ml"] for les in lesions), 5),
+            "lesions": lesions,
+            "dropped_small_components": found.dropped,
+            "technique": technique,
+            "model": {"label": model_label, "folder": folder.name},
+            "notice": NOT_FOR_CLINICAL_USE,
+        }
+        prior = _latest_prior(job.priors)
+        if prior is not None:
+            status, matched, resolved = compare_with_prior(
+                lesions, prior.findings["lesions"], settings.match_distance_mm, settings.change_percent
+            )
+            for les, s, m in zip(lesions, status, matched, strict=True):
+                les["status"] = s
+                les["prior_tracking_id"] = m
+            findings["comparison"] = {
+                "prior_study_instance_uid": prior.study_instance_uid,
+                "prior_study_date": prior.study_date,
+                "counts": {k: status.count(k) for k in ("new", "stable", "growing", "shrinking")},
+                "resolved": resolved,
+            }
+        return findings
+
+    def _outputs(self, job: AnalysisInput, volume: Volume, found: LesionSet,
+                 findings: dict[str, Any], settings: BrainmetsSettings) -> list[Dataset]:
+        algorithm = out.Algorithm(name="pacsnode brainmets", version=self.version)
+        datasets: list[Dataset] = []
+        seg = None
+        if found.lesions:
+            segments = [out.Segment(METASTASIS_SEGMENT, found.labels == les.label,
+                                    tracking_id=f"metastasis {les.label}") for les in found.lesions]
+            seg = out.build_segmentation(volume, segments, algorithm, out.OutputSeries.for_job(
+                job.job_id, "seg", series_number=settings.series_number))
+            datasets.append(seg)
+        quantities = TEMPLATE.quantities
+        groups = []
+        for les, entry in zip(found.lesions, findings["lesions"], strict=True):
+            groups.append(out.LesionFinding(
+                tracking_id=entry["tracking_id"],
+                region=out.LesionRegion.from_mask(found.labels == les.label),
+                measurements=[
+                    out.MeasuredValue(quantities["volume"], les.volume_ml * 1000.0),
+                    out.MeasuredValue(quantities["diameter"], les.longest_diameter_mm),
+                ],
+                segment_number=les.label,
+            ))
+        texts = [(c.COMMENT, f"Technique {findings['technique']}; {findings['model']['label']} "
+                             f"({findings['model']['folder']}); {findings['lesion_count']} lesion(s).")]
+        comparison = findings.get("comparison")
+        if comparison is not None:
+            states = ", ".join(f"{e['tracking_id']}: {e['status']}" for e in findings["lesions"]) or "no lesions"
+            texts.append((c.COMMENT, f"Compared with the study of {comparison['prior_study_date']}: {states}; "
+                                     f"resolved: {', '.join(comparison['resolved']) or 'none'}."))
+        sr = out.build_measurement_report(
+            volume, TEMPLATE, groups, algorithm,
+            out.OutputSeries.for_job(job.job_id, "sr", series_number=settings.series_number + 1),
+            segmentation=seg,
+            study_measurements=[out.MeasuredValue(quantities["lesion_count"], float(findings["lesion_count"]))],
+            texts=texts,
+        )
+        datasets.append(sr)
+        return datasets

@@ -1,0 +1,183 @@
+"""brainmets: nnU-Net results folder → inference → SEG + SR, on small phantom series.
+
+The model folder is built here in stock nnU-Net v2 format (plans.json,
+dataset.json, fold_0/checkpoint_final.pth). Its network has the planned
+architecture, but its weights are set by hand (not trained) so that it passes the
+z-scored image through the highest-resolution path and thresholds it: bright
+voxels become "metastasis". That makes the inference → SEG → SR path produce
+several lesions deterministically and fast; detection quality is not tested here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from analyzers._shared.volume import load_segmentation, load_series
+from analyzers.brainmets.analyzer import BrainmetsAnalyzer, BrainmetsSettings, compare_with_prior
+from analyzers.brainmets.dataset import compact_plans, dataset_json, untrained_network, write_results_folder
+from analyzers.brainmets.inference import ModelFolderError, NnUNetModel, TechniqueError, detect_technique
+from analyzers.contract import NOT_FOR_CLINICAL_USE, AnalysisInput, PriorFinding, SeriesInput, UnsuitableInput
+from analyzers.phantoms.brainmets import simulate_brainmets
+from analyzers.phantoms.dicomio import write_case
+
+
+def _threshold_network_folder(folder: Path, threshold: float) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    plans = compact_plans("Dataset990_BrainmetsTest", (2.0, 2.0, 2.0), (72, 96, 80), {"mean": 500.0, "std": 200.0})
+    dataset = dataset_json(1)
+    net = untrained_network(plans, dataset)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+        skip_channel = net.decoder.transpconvs[-1].out_channels
+        for stage, first_input in ((net.encoder.stages[0], 0), (net.decoder.stages[-1], skip_channel)):
+            for n, block in enumerate(stage.convs if hasattr(stage, "convs") else stage[0].convs):
+                block.conv.weight[0, first_input if n == 0 else 0, 1, 1, 1] = 1.0
+        seg_layer = net.decoder.seg_layers[-1]
+        seg_layer.weight[1, 0, 0, 0, 0] = 1.0
+        seg_layer.bias[0] = threshold
+    return write_results_folder(folder, plans, dataset, [net.state_dict()])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("brainmets")
+    case = simulate_brainmets(5, 0, metastases=4, spacing_mm=2.0, mprage_tilt_deg=12.0, veins=2)
+    write_case(case, root / "case")
+    model = _threshold_network_folder(root / "model", threshold=2.0)
+    return {"root": root, "case": case, "model": model}
+
+
+def _series(root: Path, name: str) -> SeriesInput:
+    files = tuple(sorted((root / "case" / name).rglob("*.dcm")))
+    if not files:
+        files = tuple(p for p in sorted((root / "case" / name).rglob("*")) if p.is_file())
+    head = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return SeriesInput(str(head.SeriesInstanceUID), str(head.StudyInstanceUID), files,
+                       {"SeriesDescription": str(head.SeriesDescription)})
+
+
+def _job(root: Path, series: SeriesInput, settings: BrainmetsSettings, priors: tuple[PriorFinding, ...] = ()) \
+        -> AnalysisInput:
+    return AnalysisInput("job-bm-1", series, {}, priors, settings, root)
+
+
+def _walk(ds: pydicom.Dataset):  # type: ignore[no-untyped-def]
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_detect_technique() -> None:
+    assert detect_technique({"SequenceName": "*spc3d1_164ns"}) == "space"
+    assert detect_technique({"SequenceName": "*tfl3d1_16ns"}) == "mprage"
+    assert detect_technique({"SeriesDescription": "Ax 3D T1 BRAVO +C"}) == "mprage"
+    assert detect_technique({"SeriesDescription": "3D_T1_VISTA_BB +C"}) == "space"
+    assert detect_technique({"ScanningSequence": ["GR", "IR"]}) == "mprage"
+    with pytest.raises(TechniqueError):
+        detect_technique({"SeriesDescription": "localizer"})
+
+
+def test_compare_with_prior() -> None:
+    prior = [
+        {"tracking_id": "metastasis 1", "centroid_lps": [0, 0, 0], "volume_ml": 1.0},
+        {"tracking_id": "metastasis 2", "centroid_lps": [40, 0, 0], "volume_ml": 1.0},
+        {"tracking_id": "metastasis 3", "centroid_lps": [80, 0, 0], "volume_ml": 1.0},
+        {"tracking_id": "metastasis 4", "centroid_lps": [0, 80, 0], "volume_ml": 1.0},
+    ]
+    now = [
+        {"centroid_lps": [1, 0, 0], "volume_ml": 1.1},  # stable (+10 %)
+        {"centroid_lps": [40, 3, 0], "volume_ml": 1.5},  # growing
+        {"centroid_lps": [80, 0, 4], "volume_ml": 0.5},  # shrinking
+        {"centroid_lps": [0, -60, 0], "volume_ml": 0.2},  # new
+    ]
+    status, matched, resolved = compare_with_prior(now, prior, 10.0, 20.0)
+    assert status == ["stable", "growing", "shrinking", "new"]
+    assert matched == ["metastasis 1", "metastasis 2", "metastasis 3", None]
+    assert resolved == ["metastasis 4"]
+
+
+def test_model_folder_validation(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError):
+        NnUNetModel(tmp_path)
+
+
+def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
+    import highdicom as hd
+
+    root = Path(str(study["root"]))
+    settings = BrainmetsSettings(space_model=Path(str(study["model"])), mirroring=False, threads=1)
+    series = _series(root, "space")
+    result = BrainmetsAnalyzer().analyze(_job(root, series, settings))
+    seg_ds, sr_ds = result.datasets
+    count = result.findings["lesion_count"]
+    assert count >= 2 and result.findings["technique"] == "space"
+    volume = load_series(series.files)
+    # the analyzer's own mask, recomputed the same way
+    model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
+    from analyzers.brainmets.instances import extract_lesions
+
+    own = extract_lesions(model.predict_image(volume.to_sitk()) > 0, volume.affine)
+    assert len(own.lesions) == count
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert str(seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue) == "128462008"
+    reread = load_segmentation(seg_ds, volume)
+    union = np.zeros(volume.shape3d, dtype=bool)
+    for mask in reread.values():
+        union |= mask
+    assert _dice(union, own.mask) == 1.0
+    # SR: one group per lesion with volume, diameter, SCOORD3D and a SEG reference
+    items = list(_walk(sr_ds))
+    assert NOT_FOR_CLINICAL_USE in [str(i.get("TextValue", "")) for i in items]
+    tracking_ids = {str(i.TextValue) for i in items if i.get("TextValue", "").startswith("metastasis ")}
+    assert tracking_ids == {f"metastasis {n}" for n in range(1, count + 1)}
+    assert sum(i.get("ValueType") == "SCOORD3D" for i in items) == count
+    referenced = [i for i in items if "ReferencedSOPSequence" in i
+                  and i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg_ds.SOPInstanceUID]
+    assert len(referenced) == count
+    first = result.findings["lesions"][0]
+    assert first["volume_ml"] == pytest.approx(own.lesions[0].volume_ml, abs=1e-4)
+    # A prior with the same lesions: everything stable, nothing resolved.
+    prior = PriorFinding("job-0", series.study_instance_uid, series.series_instance_uid, "20200101",
+                         result.findings, "1.0.0")
+    again = BrainmetsAnalyzer().analyze(_job(root, series, settings, (prior,)))
+    assert again.findings["comparison"]["counts"]["stable"] == count
+    assert again.findings["comparison"]["resolved"] == []
+
+
+def test_oblique_mprage_round_trip(study: dict[str, object]) -> None:
+    root = Path(str(study["root"]))
+    series = _series(root, "mprage")
+    volume = load_series(series.files)
+    image = volume.to_sitk()
+    for ijk in ((0, 0, 0), (10, 20, 30), (volume.shape3d[2] - 1, volume.shape3d[1] - 1, volume.shape3d[0] - 1)):
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), volume.index_to_patient(ijk), atol=1e-3)
+    assert abs(volume.direction[2, 1]) > 0.1  # the grid is really oblique
+    with pytest.raises(UnsuitableInput):  # no MPRAGE model configured
+        BrainmetsAnalyzer().analyze(_job(root, series, BrainmetsSettings(space_model=Path(str(study["model"])))))
+    settings = BrainmetsSettings(mprage_model=Path(str(study["model"])), mirroring=False, threads=1)
+    result = BrainmetsAnalyzer().analyze(_job(root, series, settings))
+    assert result.findings["technique"] == "mprage"
+    seg_ds = result.datasets[0]
+    union = np.zeros(volume.shape3d, dtype=bool)
+    for mask in load_segmentation(seg_ds, volume).values():
+        union |= mask
+    labels = np.zeros(volume.shape3d, dtype=bool)
+    model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
+    labels = model.predict_image(image) > 0
+    from analyzers.brainmets.instances import extract_lesions
+
+    assert _dice(union, extract_lesions(labels, volume.affine).mask) == 1.0
