@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, _settings, config_option)
 
+    from node.ops.commands import add_commands as add_ops_commands
+
+    add_ops_commands(sub, _settings, config_option)
+
     for name, help_text in (("phantom", "Write digital reference objects (see pacsnode phantom --help)."),
                             ("train", "Train an analyzer's model (pacsnode train NAME --help)."),
                             ("evaluate", "Evaluate models on labelled studies (pacsnode evaluate NAME --help).")):
