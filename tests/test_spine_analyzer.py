@@ -157,3 +157,26 @@ def test_other_sequence_reports_itself_only(study: dict[str, Any]) -> None:
 def test_t2_without_t1_needs_a_seg(study: dict[str, Any]) -> None:
     with pytest.raises(UnsuitableInput, match="T1"):
         study["run"]("t2", {"stir": [study["series"]["stir"]]})
+
+
+def test_lesions_from_a_seg_get_levels_and_no_new_seg(study: dict[str, Any], tmp_path: Path) -> None:
+    from analyzers._shared import outputs as out
+    from analyzers._shared.volume import load_series
+    from sr_templates import SegmentClass
+    from sr_templates import codes as c
+
+    case, series = study["case"], study["series"]
+    t1 = load_series(series["t1"].files)
+    truth = case.truth_maps["lesion_labels"]
+    lesion_class = SegmentClass("lesion", "Vertebral lesion", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, c.LESION)
+    seg = out.build_segmentation(t1, [out.Segment(lesion_class, truth == 1, "truth 1")],
+                                 out.Algorithm("phantom truth", "1"), body_part="SPINE")
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    seg.save_as(folder / "seg.dcm")
+    roi = SeriesInput("seg", "study", (folder / "seg.dcm",), {"SeriesDescription": "lesion SEG"})
+    result = study["run"]("t1", {"t2": [series["t2"]], "roi": [roi]})
+    findings = result.findings
+    assert findings["lesion_source"] == "seg" and len(findings["lesions"]) == 1
+    assert findings["lesions"][0]["level"] == case.truth["lesions"][0]["level"]
+    assert [ds.Modality for ds in result.datasets] == ["SR"]

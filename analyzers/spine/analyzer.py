@@ -8,7 +8,8 @@ contract (``analyzers.contract``):
    series (roles ``t1``, ``t2``, ``stir``, ``t1c`` of the routes ``spine_t1``,
    ``spine_t2``, ``spine_stir``, ``spine_t1c``) and are used when they share the frame
    of reference;
-2. lesions come from a SEG of the study (role ``roi``) or, without one, from automatic
+2. lesions come from a SEG of the study (role ``roi``; their vertebral levels from the
+   detected vertebral bodies when the T1 is there) or, without one, from automatic
    vertebral-lesion detection on T1 with T2 (:mod:`analyzers.spine.detect`);
 3. every sequence with a model gives P(hemangioma) for each lesion from its ROI
    (:mod:`analyzers.spine.model`); the combined probability averages T1 and T2 weighted
@@ -56,7 +57,7 @@ from analyzers.contract import (
     UnsuitableInput,
 )
 from analyzers.spine.dataset import crop_lesion
-from analyzers.spine.detect import DetectionOptions, detect_lesions
+from analyzers.spine.detect import DetectionOptions, DetectionResult, detect_lesions
 from analyzers.spine.errors import SpineDataError, SpineModelError
 from analyzers.spine.model import RELIABLE_SEQUENCES, SEQUENCES, SpineModelSet, combine_probabilities
 from sr_templates import SegmentClass
@@ -230,7 +231,7 @@ class SpineAnalyzer:
                 raise UnsuitableInput(f"the lesion SEG cannot be used: {exc}") from exc
             masks += [(m, None) for m in loaded.values() if m.any()]
         if segs:
-            return masks, "seg"
+            return self._seg_levels(masks, volumes, reference), "seg"
         if not settings.automatic_detection:
             raise UnsuitableInput("the study has no lesion SEG and automatic_detection is off; send a SEG")
         if "t1" not in volumes:
@@ -238,6 +239,35 @@ class SpineAnalyzer:
                 "automatic vertebral-lesion detection needs the sagittal T1 of the study (with T2 when "
                 "present); send the T1 series or a lesion SEG, then run `pacsnode reprocess`"
             )
+        result = self._detect(volumes)
+        t1 = volumes["t1"]
+        for lesion in result.lesions:
+            mask = lesion.mask if reference is t1 else reference.resample_from(lesion.mask.astype(np.uint8), t1) > 0
+            masks.append((mask, lesion.level))
+        return masks, "automatic"
+
+    @staticmethod
+    def _seg_levels(masks: list[tuple[np.ndarray, str | None]], volumes: Mapping[str, Volume],
+                    reference: Volume) -> list[tuple[np.ndarray, str | None]]:
+        """Vertebral levels of SEG lesions from the detected vertebral bodies (T1 needed)."""
+        if "t1" not in volumes or not masks:
+            return masks
+        try:
+            result = SpineAnalyzer._detect(volumes)
+        except UnsuitableInput:
+            return masks  # levels are a courtesy here; the SEG still defines the lesions
+        t1 = volumes["t1"]
+        bodies = result.bodies if reference is t1 else reference.resample_from(result.bodies, t1)
+        named = []
+        for mask, _ in masks:
+            owners = bodies[mask]
+            owners = owners[owners > 0]
+            level = result.body_levels.get(int(np.bincount(owners).argmax())) if owners.size else None
+            named.append((mask, level))
+        return named
+
+    @staticmethod
+    def _detect(volumes: Mapping[str, Volume]) -> DetectionResult:
         t1 = volumes["t1"]
         t2 = volumes.get("t2")
         t2_data = None if t2 is None else t2.data if t2.affine.shape == t1.affine.shape and np.allclose(
@@ -245,13 +275,9 @@ class SpineAnalyzer:
         if t2 is not None and t2_data is None:
             t2_data = _resample_values(t2, t1)
         try:
-            result = detect_lesions(t1.data, t1.affine, t1.spacing, t2_data, DetectionOptions())
+            return detect_lesions(t1.data, t1.affine, t1.spacing, t2_data, DetectionOptions())
         except SpineDataError as exc:
             raise UnsuitableInput(f"automatic vertebral-lesion detection failed: {exc}") from exc
-        for lesion in result.lesions:
-            mask = lesion.mask if reference is t1 else reference.resample_from(lesion.mask.astype(np.uint8), t1) > 0
-            masks.append((mask, lesion.level))
-        return masks, "automatic"
 
     # ----------------------------------------------------------------- findings
     def _findings(self, lesions: Sequence[_Lesion], models: SpineModelSet, own: str, lead: str,
