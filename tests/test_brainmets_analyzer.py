@@ -29,7 +29,7 @@ def _threshold_network_folder(folder: Path, threshold: float) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    plans = compact_plans("Dataset990_BrainmetsTest", (2.0, 2.0, 2.0), (72, 96, 80), {"mean": 500.0, "std": 200.0})
+    plans = compact_plans("Dataset990_BrainmetsTest", (3.0, 3.0, 3.0), (48, 64, 53), {"mean": 500.0, "std": 200.0})
     dataset = dataset_json(1)
     net = untrained_network(plans, dataset)
     with torch.no_grad():
@@ -51,7 +51,7 @@ def _threshold_network_folder(folder: Path, threshold: float) -> Path:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("brainmets")
-    case = simulate_brainmets(5, 0, metastases=4, spacing_mm=2.0, mprage_tilt_deg=12.0, veins=2)
+    case = simulate_brainmets(5, 0, metastases=4, spacing_mm=3.0, mprage_tilt_deg=12.0, veins=2)
     write_case(case, root / "case")
     model = _threshold_network_folder(root / "model", threshold=2.0)
     return {"root": root, "case": case, "model": model}
