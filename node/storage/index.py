@@ -96,45 +96,45 @@ class Index:
         db = sqlite_utils.Database(self._writer)
         with self._write_lock:
             if "patients" not in db.table_names():
-                db["patients"].create(
+                db.table("patients").create(
                     {"patient_key": str, **_columns_for("patients")}, pk="patient_key"
                 )
-                db["studies"].create(
+                db.table("studies").create(
                     {"study_uid": str, "patient_key": str, **_columns_for("studies"),
                      "created_at": float, "updated_at": float},
                     pk="study_uid",
                     foreign_keys=[("patient_key", "patients", "patient_key")],
                 )
-                db["series"].create(
+                db.table("series").create(
                     {"series_uid": str, "study_uid": str, **_columns_for("series"),
                      "attributes": str, "first_received": float, "last_received": float,
                      "calling_ae": str},
                     pk="series_uid",
                     foreign_keys=[("study_uid", "studies", "study_uid")],
                 )
-                db["instances"].create(
+                db.table("instances").create(
                     {"sop_uid": str, "series_uid": str, "study_uid": str,
                      **_columns_for("instances"), "transfer_syntax_uid": str, "path": str,
                      "size": int, "digest": str, "calling_ae": str, "received_at": float},
                     pk="sop_uid",
                     foreign_keys=[("series_uid", "series", "series_uid")],
                 )
-                db["duplicates"].create(
+                db.table("duplicates").create(
                     {"id": int, "sop_uid": str, "received_at": float, "calling_ae": str,
                      "identical": int, "policy": str, "kept_path": str, "other_path": str},
                     pk="id",
                 )
-                db["meta"].create({"key": str, "value": str}, pk="key")
-                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
-                db["studies"].create_index(["patient_key"])
-                db["series"].create_index(["study_uid"])
-                db["series"].create_index(["last_received"])
-                db["instances"].create_index(["series_uid", "instance_number"])
-                db["instances"].create_index(["study_uid"])
+                db.table("meta").create({"key": str, "value": str}, pk="key")
+                db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+                db.table("studies").create_index(["patient_key"])
+                db.table("series").create_index(["study_uid"])
+                db.table("series").create_index(["last_received"])
+                db.table("instances").create_index(["series_uid", "instance_number"])
+                db.table("instances").create_index(["study_uid"])
                 for column in ("patient_name",):
-                    db["patients"].create_index([column])
+                    db.table("patients").create_index([column])
                 for column in ("study_date", "accession_number"):
-                    db["studies"].create_index([column])
+                    db.table("studies").create_index([column])
 
     # -- connections -------------------------------------------------------------------------
 
