@@ -56,8 +56,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         job = AnalysisInput(f"job-{own}", series[own], related, (), SpineSettings(), scratch)
         return SpineAnalyzer().analyze(job)
 
-    lead = run("t1", {"t2": [series["t2"]], "stir": [series["stir"]]})
-    stir = run("stir", {"t1": [series["t1"]], "t2": [series["t2"]]})
+    # Siblings arrive under either spine route; the analyzer reads their sequence itself.
+    lead = run("t1", {"spine_bodypart": [series["t2"], series["stir"]]})
+    stir = run("stir", {"spine": [series["t1"]], "spine_bodypart": [series["t2"]]})
     return {"case": case, "series": series, "lead": lead, "stir": stir, "run": run, "folder": folder}
 
 
@@ -65,8 +66,7 @@ def test_contract_and_routes() -> None:
     analyzer = SpineAnalyzer()
     assert isinstance(analyzer, Analyzer)
     assert analyzer.name == "spine"
-    assert analyzer.needs == {"t1": "spine_t1?", "t2": "spine_t2?", "stir": "spine_stir?",
-                              "t1c": "spine_t1c?", "roi": "seg?"}
+    assert analyzer.needs == {"spine": "spine?", "spine_bodypart": "spine_bodypart?", "roi": "seg?"}
     assert sequence_of({"SeriesDescription": "t2_tirm_sag"}) == "stir"
     assert sequence_of({"SeriesDescription": "Sag T1 FSE"}) == "t1"
     assert sequence_of({"SeriesDescription": "T1W_TSE_SAG"}) == "t1"
@@ -156,7 +156,7 @@ def test_other_sequence_reports_itself_only(study: dict[str, Any]) -> None:
 
 def test_t2_without_t1_needs_a_seg(study: dict[str, Any]) -> None:
     with pytest.raises(UnsuitableInput, match="T1"):
-        study["run"]("t2", {"stir": [study["series"]["stir"]]})
+        study["run"]("t2", {"spine_bodypart": [study["series"]["stir"]]})
 
 
 def test_lesions_from_a_seg_get_levels_and_no_new_seg(study: dict[str, Any], tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_lesions_from_a_seg_get_levels_and_no_new_seg(study: dict[str, Any], tmp
     folder.mkdir()
     seg.save_as(folder / "seg.dcm")
     roi = SeriesInput("seg", "study", (folder / "seg.dcm",), {"SeriesDescription": "lesion SEG"})
-    result = study["run"]("t1", {"t2": [series["t2"]], "roi": [roi]})
+    result = study["run"]("t1", {"spine_bodypart": [series["t2"]], "roi": [roi]})
     findings = result.findings
     assert findings["lesion_source"] == "seg" and len(findings["lesions"]) == 1
     assert findings["lesions"][0]["level"] == case.truth["lesions"][0]["level"]

@@ -4,10 +4,10 @@ Implements ../shared/papers/spine-hemangioma-vs-metastasis-cnn.txt under the ana
 contract (``analyzers.contract``):
 
 1. the analyzed series' sequence (T1, T2, STIR or T1C) is read from its description and
-   acquisition parameters; the sibling sequences of the same study come as related
-   series (roles ``t1``, ``t2``, ``stir``, ``t1c`` of the routes ``spine_t1``,
-   ``spine_t2``, ``spine_stir``, ``spine_t1c``) and are used when they share the frame
-   of reference;
+   acquisition parameters (:func:`sequence_of`); the other spine series of the same study
+   come as related series (roles ``spine`` and ``spine_bodypart``, the two routes that
+   send series to this analyzer), are classified the same way and are used when they
+   share the frame of reference (first series of each sequence);
 2. lesions come from a SEG of the study (role ``roi``; their vertebral levels from the
    detected vertebral bodies when the T1 is there) or, without one, from automatic
    vertebral-lesion detection on T1 with T2 (:mod:`analyzers.spine.detect`);
@@ -72,6 +72,9 @@ _CLASSIFIER_T1C = c.private_code("CNNT1C", "Classifier on post-contrast T1 serie
 _LESION_CLASS = SegmentClass("lesion", "Vertebral lesion", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, c.LESION,
                              c.VERTEBRA)
 _CONTRAST = re.compile(r"(?<![a-z])(\+ ?c|ce|gd|km|post|contrast|kontrast|t1c)(?![a-z])|t1[ _-]?(\+ ?c|c|ce|gd)")
+# Roles of the sibling spine series (the routes of config/routes.toml that send series to this
+# analyzer); each sibling's sequence is read from its own description and parameters.
+_SIBLING_ROLES = ("spine", "spine_bodypart")
 _STIR = re.compile(r"stir|tirm|(?<![a-z])ir(?![a-z])|fse-ir|irtse")
 
 
@@ -150,10 +153,8 @@ class SpineAnalyzer:
     name: ClassVar[str] = "spine"
     version: ClassVar[str] = "0.1.0"
     needs: ClassVar[Mapping[str, str]] = {
-        "t1": "spine_t1?",
-        "t2": "spine_t2?",
-        "stir": "spine_stir?",
-        "t1c": "spine_t1c?",
+        "spine": "spine?",
+        "spine_bodypart": "spine_bodypart?",
         "roi": "seg?",
     }
     wants_priors: ClassVar[bool] = False
@@ -174,20 +175,25 @@ class SpineAnalyzer:
             )
         volumes = {own_sequence: own}
         notes: list[str] = []
-        for role in SEQUENCES:
-            if role == own_sequence or role in volumes:
-                continue
+        for role in _SIBLING_ROLES:
             for sibling in job.related.get(role, ()):
+                uid = sibling.series_instance_uid
                 try:
                     volume = load_series(sibling.files)
                 except SeriesGeometryError as exc:
-                    notes.append(f"{role} series {sibling.series_instance_uid} not used: {exc}")
+                    notes.append(f"series {uid} not used: {exc}")
+                    continue
+                sequence = sequence_of(_attributes(sibling, volume))
+                if sequence is None:
+                    notes.append(f"series {uid} not used: its sequence is not recognised")
+                    continue
+                if sequence in volumes:
+                    notes.append(f"series {uid} not used: a {sequence} series is already used")
                     continue
                 if volume.frame_of_reference_uid != own.frame_of_reference_uid or volume.is_dynamic:
-                    notes.append(f"{role} series {sibling.series_instance_uid} not used: other frame of reference")
+                    notes.append(f"{sequence} series {uid} not used: other frame of reference")
                     continue
-                volumes[role] = volume
-                break
+                volumes[sequence] = volume
         lead = next(s for s in SEQUENCES if s in volumes)
         reference = volumes[lead]
         masks, source = self._lesion_masks(job, volumes, lead, settings)
