@@ -200,7 +200,7 @@ class BrainmetsAnalyzer:
         ]
         findings: dict[str, Any] = {
             "lesion_count": len(lesions),
-            "total_volume_ml": round(sum(les["volume_ml"] for les in lesions), 5),
+            "total_volume_ml": round(sum(les.volume_ml for les in found.lesions), 5),
             "lesions": lesions,
             "dropped_small_components": found.dropped,
             "technique": technique,

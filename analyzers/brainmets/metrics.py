@@ -129,7 +129,9 @@ def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray, n_gt: int, n
     match = InstanceMatch(gt_sizes, pred_sizes, overlap, ())
     dice = match.dice
     candidates = np.argwhere(dice > DETECTION_DICE_THRESHOLD)
-    order = np.argsort(-dice[tuple(candidates.T)], kind="stable") if candidates.size else []
+    order: np.ndarray = (
+        np.argsort(-dice[tuple(candidates.T)], kind="stable") if candidates.size else np.zeros(0, dtype=np.int64)
+    )
     used_gt: set[int] = set()
     used_pred: set[int] = set()
     pairs: list[tuple[int, int]] = []
