@@ -61,14 +61,19 @@ class Node:
         if self._marker.exists():
             log.warning("the previous run did not stop cleanly; reconciling store and index")
             return self.ingestor.reconcile()
-        self.store.remove_partial_files()
+        # A power loss can also lose the marker; a promoted temporary file still needs its row.
+        if self.store.recover_partial_files().promoted:
+            return self.ingestor.reconcile()
         return 0
 
     def start(self, *, dimse: bool = True, http: bool | None = None) -> None:
         """Start the services: DIMSE unless ``dimse`` is false, DICOMweb when ``http`` is
         true or, when ``http`` is None, when ``[http] enabled``."""
         self.recover()
-        self._marker.write_text(str(os.getpid()))
+        with open(self._marker, "w", encoding="utf-8") as marker:
+            marker.write(str(os.getpid()))
+            marker.flush()
+            os.fsync(marker.fileno())
         if self.pipeline is not None:
             self.pipeline.start()
         if dimse:

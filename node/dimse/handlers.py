@@ -20,13 +20,13 @@ from pydicom.tag import Tag
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
 
 from node.config import Settings
-from node.errors import NodeError, NotFound, UnknownDestination
+from node.errors import InvalidDataset, NodeError, NotFound, UnknownDestination
 from node.ingest import Ingestor
 from node.storage.attributes import DERIVED, by_keyword
 from node.storage.index import Index
@@ -88,11 +88,11 @@ class DimseHandlers:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
-                log.debug("could not set TCP_NODELAY on %s", event.address)
+                log.debug("could not set TCP_NODELAY on %s", event.assoc.requestor.address)
 
     def on_aborted(self, event: Event) -> None:
         log.warning("association with %s aborted by the peer",
-                    event.assoc.requestor.ae_title or event.address)
+                    event.assoc.requestor.ae_title or event.assoc.requestor.address)
 
     # -- services ------------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class DimseHandlers:
         calling = event.assoc.requestor.ae_title
         try:
             self.ingestor.ingest_dataset(
-                event.request.DataSet.getvalue(),
+                _dataset_bytes(event),
                 event.context.transfer_syntax,
                 calling_ae=calling,
                 context_sop_class=event.context.abstract_syntax,
@@ -132,7 +132,7 @@ class DimseHandlers:
             yield 0xFF00, self._response(identifier, requested, row, query.level)
 
     def on_move(self, event: Event) -> Iterator[Any]:
-        destination = self.settings.dicom.peer(event.move_destination)
+        destination = self.settings.dicom.peer(event.move_destination or "")
         if destination is None:
             error = UnknownDestination(
                 f"move destination {event.move_destination!r} is not in [[dicom.peers]]"
@@ -296,3 +296,11 @@ def _contexts_for(syntaxes: set[tuple[str, str]]) -> list[PresentationContext]:
         proposed = list(dict.fromkeys([*stored, _EXPLICIT_LE, _IMPLICIT_LE]))
         contexts.append(build_context(sop_class, proposed))
     return contexts
+
+
+def _dataset_bytes(event: Event) -> bytes:
+    """The encoded dataset of a C-STORE request, as it arrived."""
+    data = getattr(event.request, "DataSet", None)
+    if data is None:
+        raise InvalidDataset("the C-STORE request carries no dataset")
+    return bytes(data.getvalue())

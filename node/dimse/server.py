@@ -84,7 +84,7 @@ _IDLE_WAIT_DUL = 0.05
 _IDLE_WAIT_ASSOCIATION = 0.01
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class _WakingQueue(queue.Queue):
     """A queue that wakes the DUL thread blocked in ``select`` when an item arrives."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
@@ -96,7 +96,7 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
         self._wake()
 
 
-class _InlineRequestQueue(queue.Queue):  # type: ignore[type-arg]
+class _InlineRequestQueue(queue.Queue):
     """The DIMSE message queue of an accepted association that serves C-STORE, C-ECHO and
     C-FIND requests at once on the DUL thread that decoded them.
 
@@ -276,7 +276,8 @@ def make_event_driven(assoc: Association) -> None:
                                            str(primitive.AffectedSOPClassUID),
                                            str(primitive.AffectedSOPInstanceUID))
             # Message control header 0x03: command information, last fragment (PS3.8 E.2).
-            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+            # pynetdicom checks for a list [ID, PDV] at run time but annotates a tuple.
+            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
             dul.send_pdu(pdata)
             return
         send_msg(primitive, context_id)
@@ -322,15 +323,15 @@ class DimseServer:
             self.ae.require_calling_aet = [p.ae_title for p in settings.peers]
         syntaxes = _transfer_syntaxes()
         for cx in VerificationPresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, syntaxes)
+            self.ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
         wanted = set(sop_classes) if sop_classes is not None else None
         for cx in AllStoragePresentationContexts:
             if wanted is None or str(cx.abstract_syntax) in wanted:
                 # scp_role=True lets a C-GET requestor act as Storage SCP on this association.
-                self.ae.add_supported_context(cx.abstract_syntax, syntaxes,
+                self.ae.add_supported_context(str(cx.abstract_syntax), syntaxes,
                                               scu_role=False, scp_role=True)
         for cx in QueryRetrievePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, syntaxes)
+            self.ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
