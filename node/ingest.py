@@ -37,7 +37,7 @@ from pydicom.uid import (
 )
 
 from node import __version__
-from node.errors import DatasetMismatch, InvalidDataset, SopClassNotAllowed
+from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
 from node.storage.attributes import ATTRIBUTES
 from node.storage.index import Index, InstanceRecord
 from node.storage.store import InstanceStore, safe_component
@@ -429,7 +429,19 @@ class Ingestor:
         self.store.check_space(len(meta) + len(data))
         size = self.store.write(target, (meta, data))
         record = self._record(ds, target, size, digest, ts, calling_ae)
-        self._group_commit.add(record)
+        try:
+            self._group_commit.add(record)
+        except sqlite3.OperationalError as exc:
+            # Not acknowledged, so not kept: a new file without its index row would be an
+            # instance the sender believes failed (an overwritten one keeps its new bytes).
+            if status == "stored":
+                target.unlink(missing_ok=True)
+            if "full" in str(exc).lower():
+                raise OutOfResources(
+                    f"the index at {self.index.path} cannot grow: the disk is full; free space on "
+                    "the storage volume"
+                ) from exc
+            raise
         outcome = self._outcome(status, ds, target, size, ts, calling_ae)
         for listener in self.listeners:
             try:

@@ -76,11 +76,16 @@ class Node:
             os.fsync(marker.fileno())
         if self.pipeline is not None:
             self.pipeline.start()
-        if dimse:
-            self.dimse.start()
+        app = None
         if self.settings.http.enabled if http is None else http:
             app = create_app(self.settings, store=self.store, index=self.index,
                              ingestor=self.ingestor)
+        operations = getattr(app.state, "operations", None) if app is not None else None
+        if dimse:
+            # The audit trail records associations; the metrics count refused C-STOREs.
+            self.dimse.handlers.operations = operations
+            self.dimse.start(operations.audit.dimse_bindings() if operations is not None else ())
+        if app is not None:
             self.http = HttpServer(app, self.settings.http)
             try:
                 self.http.start()

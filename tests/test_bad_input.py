@@ -159,12 +159,12 @@ def test_duplicates_identical_and_different(node: NodeProcess, mr_series: list[P
 def test_full_disk_answers_out_of_resources(tmp_path: Path) -> None:
     mount = tmp_path / "tiny"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
-        big = write_mr_series(tmp_path / "big", SeriesSpec(slices=8, rows=128, columns=128, seed=3))
+        big = write_mr_series(tmp_path / "big", SeriesSpec(slices=60, rows=128, columns=128, seed=3))
         env = {"PACSNODE_STORAGE__PATH": str(mount / "var")}
         with node_process(tmp_path / "full", env=env) as node:
             node.storage = mount / "var"

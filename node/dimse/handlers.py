@@ -67,6 +67,8 @@ class DimseHandlers:
         self.settings = settings
         self.ingestor = ingestor
         self.index = index
+        # node.ops.Operations when the HTTP side runs: refusal metrics and query/retrieve audit.
+        self.operations: Any = None
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
@@ -110,12 +112,28 @@ class DimseHandlers:
             )
         except NodeError as error:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, error.dimse, error.message)
+            if self.operations is not None:
+                self.operations.metrics.store_refused(error.dimse, calling)
             return _failure(error)
         return 0x0000
+
+    def _audit(self, kind: str, event: Event, identifier: Dataset, destination: str = "") -> None:
+        if self.operations is None:
+            return
+        requestor = event.assoc.requestor
+        keys = {e.keyword: str(e.value) for e in identifier if e.keyword and e.VR != "SQ"}
+        sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+        peer = f"{requestor.address}:{requestor.port}"
+        if kind == "query":
+            self.operations.audit.query(requestor.ae_title, peer, sop_class, keys)
+        else:
+            self.operations.audit.retrieve(requestor.ae_title, peer, sop_class, keys,
+                                           destination=destination)
 
     def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         try:
             identifier = event.identifier
+            self._audit("query", event, identifier)
             query, requested = self._query(identifier, event.request.AffectedSOPClassUID)
             rows = self.index.find(query)
         except NodeError as error:
@@ -141,6 +159,7 @@ class DimseHandlers:
             yield None, None
             return
         try:
+            self._audit("retrieve", event, event.identifier, destination.ae_title)
             selection = self._retrieve(event.identifier)
         except NodeError as error:
             yield destination.host, destination.port
@@ -156,6 +175,7 @@ class DimseHandlers:
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
+            self._audit("retrieve", event, event.identifier)
             selection = self._retrieve(event.identifier)
         except NodeError as error:
             yield 0

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pynetdicom import (
@@ -334,13 +334,17 @@ class DimseServer:
             self.ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
         self._server: ThreadedAssociationServer | None = None
 
-    def start(self) -> None:
-        """Listen on ``[dicom] host:port`` in background threads."""
+    def start(self, extra_handlers: Sequence[tuple[Any, Any]] = ()) -> None:
+        """Listen on ``[dicom] host:port`` in background threads.
+
+        ``extra_handlers`` are further pynetdicom notification handlers (the audit trail's).
+        """
         ssl_context = tls_context(self.settings.tls, server=True) if self.settings.tls else None
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
-            evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, _on_connection_open)],
+            evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, _on_connection_open),
+                          *extra_handlers],
             ssl_context=ssl_context,
         )
         log.info("DIMSE listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
