@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.dimse.server import storage_sop_classes
+from node.errors import OutOfResources
 from node.ingest import Ingestor
 from node.samples import SeriesSpec, write_mr_series
 from node.storage.index import Index, InstanceRecord
@@ -43,21 +44,28 @@ def test_concurrent_ingest_indexes_every_instance(tmp_path: Path) -> None:
     index.close()
 
 
-def test_a_failing_row_fails_only_its_own_instance(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("message", "expected"), [
+    ("database or disk is full", OutOfResources),   # answered 0xA700 / HTTP 507
+    ("database is locked", sqlite3.OperationalError),
+])
+def test_a_failing_row_fails_only_its_own_instance(tmp_path: Path, message: str,
+                                                   expected: type[Exception]) -> None:
     files = write_mr_series(tmp_path / "in", SeriesSpec(slices=2, rows=16, columns=16, seed=6))
     index = Index(tmp_path / "var" / "index.sqlite")
-    ingestor = Ingestor(InstanceStore(tmp_path / "var", fsync=False), index,
-                        allowed_sop_classes=storage_sop_classes())
+    store = InstanceStore(tmp_path / "var", fsync=False)
+    ingestor = Ingestor(store, index, allowed_sop_classes=storage_sop_classes())
 
     def refuse(records: list[InstanceRecord]) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        raise sqlite3.OperationalError(message)
 
     index.add_instances = refuse  # type: ignore[method-assign]
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(expected):
         ingestor.ingest_part10(files[0].read_bytes())
+    assert not list(store.iter_instance_files()), "an unacknowledged file stayed in the store"
     del index.add_instances
     ingestor.ingest_part10(files[1].read_bytes())
     assert index.instance_count() == 1
+    assert len(list(store.iter_instance_files())) == 1
     index.close()
 
 
