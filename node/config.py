@@ -129,7 +129,12 @@ class StorageSettings(_Section):
     duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
     min_free_gb: Annotated[float, Field(ge=0)] = 1.0
     fsync: bool = True
+    # Series older than this many days (by their last received instance), analyzed, delivered and
+    # not needed as a prior comparison are removed (node.ops.retention); None keeps everything.
+    # A route's own retention_days (routes.toml) overrides it for the series it takes.
     retention_days: Annotated[int, Field(ge=0)] | None = None
+    # How often the retention job runs in a serving node, in hours.
+    retention_interval_hours: Annotated[float, Field(gt=0)] = 6.0
 
     @property
     def index_path(self) -> Path:
@@ -230,10 +235,21 @@ class DestinationSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    """``[logging]``."""
+    """``[logging]``: level, line format and where the lines go (node.ops.logs)."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per line, with job_id / series_uid / study_uid / calling_ae
+    # when the line concerns them (for log shippers).
+    format: Literal["text", "json"] = "text"
+    # Also (or, with stderr = false, only) append the lines to this file.
+    file: Path | None = None
+    stderr: bool = True
+    # Older spelling of format = "json".
     json_lines: bool = False
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == "json" or self.json_lines
 
 
 class Settings(_Section):
