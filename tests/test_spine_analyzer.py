@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,14 @@ def test_contract_and_routes() -> None:
     assert sequence_of({"SeriesDescription": "t1_tse_sag post KM"}) == "t1c"
     assert sequence_of({"SeriesDescription": "sag", "RepetitionTime": 3500, "EchoTime": 98}) == "t2"
     assert sequence_of({"SeriesDescription": "sag"}) is None
+
+
+def test_analyzer_module_does_not_import_torch() -> None:
+    # The node loads analyzer classes at start-up to validate route settings: no torch then.
+    code = "import analyzers.spine.analyzer, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
 
 
 def test_shipped_models_are_small_and_load() -> None:

@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -56,13 +56,15 @@ from analyzers.contract import (
     SeriesInput,
     UnsuitableInput,
 )
-from analyzers.spine.dataset import crop_lesion
+from analyzers.spine.combine import RELIABLE_SEQUENCES, SEQUENCES, combine_probabilities
 from analyzers.spine.detect import DetectionOptions, DetectionResult, detect_lesions
 from analyzers.spine.errors import SpineDataError, SpineModelError
-from analyzers.spine.model import RELIABLE_SEQUENCES, SEQUENCES, SpineModelSet, combine_probabilities
 from sr_templates import SegmentClass
 from sr_templates import codes as c
 from sr_templates.spine import TEMPLATE, vertebra
+
+if TYPE_CHECKING:  # torch is imported only when a job runs (see _load_models)
+    from analyzers.spine.model import SpineModelSet
 
 __all__ = ["REFERENCE_MODEL_DIR", "SpineAnalyzer", "SpineSettings", "sequence_of"]
 
@@ -140,6 +142,10 @@ class _Lesion:
 
 
 def _load_models(settings: SpineSettings) -> SpineModelSet:
+    # torch (through analyzers.spine.model) is imported here, when a job runs, not when the
+    # node loads the analyzer class to validate its routes.
+    from analyzers.spine.model import SpineModelSet
+
     folder = Path(settings.model) if settings.model else REFERENCE_MODEL_DIR
     try:
         return SpineModelSet.load(folder)
@@ -166,6 +172,8 @@ class SpineAnalyzer:
             **job.settings.model_dump()
         )
         models = _load_models(settings)
+        from analyzers.spine.dataset import crop_lesion  # torch: only when a job runs
+
         own = _load(job.series, "analyzed")
         own_sequence = sequence_of(_attributes(job.series, own))
         if own_sequence is None:

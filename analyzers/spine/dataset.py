@@ -140,14 +140,15 @@ def phantom_cohort(
     """Lesion ROIs of ``cases`` spine phantom cases (``analyzers.phantoms.spine``), per sequence.
 
     Cases alternate hemangioma and metastasis patients (a case-control cohort), so
-    even a small cohort holds both classes. Lesion masks are the phantom's truth; the
-    phantom has T1, T2 and STIR (no T1C).
+    even a small cohort holds both classes. Lesion masks are the phantom's truth. A
+    sequence the phantom does not simulate (its series folders name the sequences)
+    raises :class:`SpineDataError`.
     """
     from analyzers.phantoms.spine import simulate_spine
 
-    unknown = [s for s in sequences if s not in ("t1", "t2", "stir")]
+    unknown = [s for s in sequences if s not in SEQUENCES]
     if unknown:
-        raise SpineDataError(f"the spine phantom has no {unknown} series (it has t1, t2, stir)")
+        raise SpineDataError(f"unknown sequences {unknown}; the spine sequences are {SEQUENCES}")
     if cases < 2:
         raise SpineDataError("a phantom cohort needs at least 2 cases")
     rows: dict[str, list[tuple[NDArray[np.float32], int, str, str]]] = {s: [] for s in sequences}
@@ -155,6 +156,10 @@ def phantom_cohort(
         case = simulate_spine(seed=seed, case_index=index, label=CLASSES[index % 2])
         labels = case.truth_maps["lesion_labels"]
         images = {s.folder: s.pixels[0] for s in case.series}
+        absent = [s for s in sequences if s not in images]
+        if absent:
+            raise SpineDataError(f"the spine phantom has no {', '.join(absent)} series "
+                                 f"(it has {', '.join(sorted(images))})")
         for info in case.truth["lesions"]:
             mask = labels == info["id"]
             if not mask.any():

@@ -15,10 +15,9 @@ hold 16.8 million weights (67 MB per sequence model), beyond the small-model bud
 of the reference models; with 4×4 pooling a model has about 0.36 million weights
 (1.4 MB).
 
-The combined probability of a lesion averages the T1 and T2 probabilities weighted
-by each model's validation AUC; STIR and post-contrast T1 (T1C) are reported but do
-not enter the combination when T1 or T2 is available, because the study found them
-unreliable (STIR AUC 0.54, T1C 0.72 against T1/T2 0.87-0.93).
+The combination of the sequences' probabilities (T1 and T2 weighted by validation
+AUC; STIR and T1C reported, flagged less reliable) lives in the torch-free
+:mod:`.combine` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from analyzers.spine.combine import (
+    CLASSES,
+    RELIABLE_SEQUENCES,
+    SEQUENCES,
+    CombinedProbability,
+    combine_probabilities,
+)
 from analyzers.spine.errors import SpineDataError, SpineModelError
 
 __all__ = [
@@ -54,12 +60,6 @@ __all__ = [
     "log_progress",
 ]
 
-SEQUENCES = ("t1", "t2", "stir", "t1c")
-"""Sequences with a model of their own."""
-RELIABLE_SEQUENCES = ("t1", "t2")
-"""Sequences whose probabilities form the combined probability (as the study found)."""
-CLASSES = ("hemangioma", "metastasis")
-"""Softmax outputs in order: index 0 is hemangioma, index 1 metastasis."""
 INPUT_SIZE = 256
 """Side of the square grayscale input (pixels)."""
 MODEL_KIND = "pacsnode-spine-cnn"
@@ -311,41 +311,6 @@ class SequenceModel:
         network.eval()
         return cls(sequence, network, float(meta["validation_auc"]), hyper,
                    str(meta["name"]), str(meta["version"]), dict(meta.get("info", {})))
-
-
-@dataclass(frozen=True)
-class CombinedProbability:
-    """The combined P(hemangioma) of one lesion and how it was formed."""
-
-    probability: float
-    sequences: tuple[str, ...]
-    weights: tuple[float, ...]
-    reliable: bool
-
-    @property
-    def label(self) -> str:
-        """``hemangioma`` when the probability is at least 0.5, else ``metastasis``."""
-        return CLASSES[0] if self.probability >= 0.5 else CLASSES[1]
-
-
-def combine_probabilities(
-    probabilities: Mapping[str, float], validation_aucs: Mapping[str, float]
-) -> CombinedProbability:
-    """Combine per-sequence P(hemangioma): T1 and T2 weighted by their validation AUC.
-
-    Without T1 and T2 the less reliable sequences (STIR, T1C) are combined the same
-    way and the result is flagged ``reliable=False``.
-    """
-    if not probabilities:
-        raise SpineDataError("no per-sequence probability to combine")
-    used = [s for s in RELIABLE_SEQUENCES if s in probabilities]
-    reliable = bool(used)
-    if not used:
-        used = [s for s in SEQUENCES if s in probabilities]
-    weights = np.array([max(float(validation_aucs.get(s, 0.5)), 1e-6) for s in used])
-    values = np.array([float(probabilities[s]) for s in used])
-    value = float(np.sum(weights * values) / np.sum(weights))
-    return CombinedProbability(value, tuple(used), tuple(float(w) for w in weights), reliable)
 
 
 @dataclass

@@ -26,6 +26,7 @@ Epoch progress goes to stderr; the summary table to stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -47,15 +48,22 @@ from analyzers.spine.dataset import (
     phantom_cohort,
 )
 from analyzers.spine.errors import SpineDataError, SpineModelError
-from analyzers.spine.model import SEQUENCES, HyperParameters, SequenceModel, fit_network, log_progress
+from analyzers.spine.model import (
+    RELIABLE_SEQUENCES,
+    SEQUENCES,
+    HyperParameters,
+    SequenceModel,
+    fit_network,
+    log_progress,
+)
 
 __all__ = ["REFERENCE_COMMAND", "SequenceEvaluation", "TrainingOutcome", "main", "train_sequence"]
 
-#: How ``analyzers/spine/reference_model`` was made (one run per sequence t1, t2, stir).
+#: How ``analyzers/spine/reference_model`` was made (one run per sequence): the study's final
+#: configuration (40 epochs, batch 16, Adam lr 1e-3, dropout 0.5) without a search.
 REFERENCE_COMMAND = (
-    "pacsnode train spine --sequence {sequence} --phantom --cases 30 --seed 7 --epochs 8 "
-    "--search-trials 2 --name pacsnode-spine-reference --version 1.0.0 "
-    "--out analyzers/spine/reference_model"
+    "pacsnode train spine --sequence {sequence} --phantom --cases 60 --seed 7 --search-trials 1 "
+    "--threads 1 --name pacsnode-spine-reference --version 2.0.0 --out analyzers/spine/reference_model"
 )
 _PAPER = ("Evaluating the Efficacy of Deep Learning Models for Distinguishing Spinal Hemangiomas "
           "from Common Metastatic Tumors Across MRI Sequences (preprint; "
@@ -131,8 +139,12 @@ def train_sequence(
     name: str = "pacsnode-spine",
     version: str = "0.0.0",
     verbose: bool = True,
+    device: str = "cpu",
 ) -> TrainingOutcome:
-    """Balance, split, search, train and evaluate one sequence (see the module docstring)."""
+    """Balance, split, search, train and evaluate one sequence (see the module docstring).
+
+    ``device`` is the torch device the networks are trained on (``"cpu"``, ``"cuda"``).
+    """
     start = time.monotonic()
     balanced = cohort.subset(downsample_majority(cohort.labels, seed))
     train_rows, test_rows = grouped_split(balanced.labels, balanced.groups, 0.4, seed)
@@ -146,7 +158,7 @@ def train_sequence(
         for trial, hyper in enumerate(candidates, start=1):
             prefix = f"{cohort.sequence} search {trial}/{len(candidates)}"
             network = fit_network(train.crops[inner_fit], train.labels[inner_fit], hyper, seed=seed,
-                                  progress=log_progress(prefix) if verbose else None)
+                                  progress=log_progress(prefix) if verbose else None, device=device)
             p_hem = SequenceModel(cohort.sequence, network, 0.5).probability_hemangioma(
                 train.crops[inner_val])
             auc = roc_auc(train.labels[inner_val], 1.0 - p_hem)
@@ -156,7 +168,7 @@ def train_sequence(
             if auc > best_auc:
                 best, best_auc = hyper, auc
     network = fit_network(train.crops, train.labels, best, seed=seed,
-                          progress=log_progress(f"{cohort.sequence} final") if verbose else None)
+                          progress=log_progress(f"{cohort.sequence} final") if verbose else None, device=device)
     if verbose:
         sys.stderr.write("\n")
     model = SequenceModel(cohort.sequence, network, 0.5, best, name, version)
@@ -173,7 +185,8 @@ def train_sequence(
                            time.monotonic() - start)
 
 
-def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: str) -> ModelCard:
+def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: str,
+          environment: dict[str, Any]) -> ModelCard:
     model = outcome.model
     metrics = []
     for ev in outcome.evaluations:
@@ -210,20 +223,25 @@ def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: 
                   f"{outcome.n_test} held-out lesions after balancing",
         ),
         validation=(
-            "60/40 train/test split stratified by class and grouped by patient; hyper-parameter search "
-            f"({len(outcome.search) or 1} configurations) on a grouped 75/25 split of the training "
-            "patients; metrics on the held-out patients with 2000 patient-level bootstrap resamples"
+            "60/40 train/test split stratified by class and grouped by patient; "
+            + (f"hyper-parameter search ({len(outcome.search)} configurations) on a grouped 75/25 split of "
+               "the training patients; " if outcome.search else
+               "no hyper-parameter search (the configuration given was trained directly); ")
+            + "metrics on the held-out patients with patient-level cluster-bootstrap resamples"
         ),
         metrics=tuple(metrics),
         references=(_PAPER,),
         limitations=(
             "Pooling size (4x4) chosen to keep the model small; the paper does not state it.",
-            "Reference models are trained on synthetic phantoms with few epochs: they show the "
-            "method works end to end, not how it performs on patients.",
-            "STIR and T1C models are reported but flagged less reliable, as in the study.",
+            "Models trained on the synthetic phantom show that the method works end to end, not how it "
+            "performs on patients.",
+            "STIR and T1C models are reported but flagged less reliable, as in the study; the analyzer "
+            "combines only T1 and T2 when either is present.",
         ),
         extra={"command": command, "hyper_parameters": asdict(model.hyper), "search": outcome.search,
-               "training_seconds": round(outcome.seconds, 1), "sequence": model.sequence},
+               "training_seconds": round(outcome.seconds, 1), "sequence": model.sequence,
+               "reliable_in_combination": model.sequence in RELIABLE_SEQUENCES,
+               "environment": environment},
     )
 
 
@@ -246,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--search-trials", type=int, default=4, help="configurations tried (1 = no search)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="training device; auto = cuda when available")
     parser.add_argument("--name", default="pacsnode-spine")
     parser.add_argument("--version", default="0.0.0")
     parser.add_argument("--quiet", action="store_true", help="no epoch progress on stderr")
@@ -256,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``pacsnode train spine`` (see the module docstring); returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(max(1, args.threads))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.stderr.write("pacsnode train spine: --device cuda but no CUDA device is available\n")
+        return 2
+    environment = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+                   "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                   "torch": torch.__version__}
     command = "pacsnode train spine " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         base = HyperParameters(args.learning_rate, args.batch_size, args.epochs, args.dropout)
@@ -274,16 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = f"site lesions listed in {args.labels.name}"
         outcome = train_sequence(cohort, base, search_trials=args.search_trials, seed=args.seed,
                                  n_boot=args.bootstrap, name=args.name, version=args.version,
-                                 verbose=not args.quiet)
+                                 verbose=not args.quiet, device=device)
         outcome.model.info = {"command": command, "source": source, "n_train": outcome.n_train,
-                              "n_test": outcome.n_test, "training_seconds": round(outcome.seconds, 1)}
+                              "n_test": outcome.n_test, "training_seconds": round(outcome.seconds, 1),
+                              "environment": environment}
         outcome.model.save(args.out)
-        write_model_card(_card(outcome, cohort, source, command), args.out, stem=f"model_card_{args.sequence}")
+        write_model_card(_card(outcome, cohort, source, command, environment), args.out,
+                         stem=f"model_card_{args.sequence}")
     except (SpineDataError, SpineModelError) as exc:
         sys.stderr.write(f"pacsnode train spine: {exc}\n")
         return 2
     print(f"spine {args.sequence}: {len(cohort.labels)} lesions, {cohort.n_patients} patients; "
-          f"trained in {outcome.seconds:.0f} s with {asdict(outcome.model.hyper)}")
+          f"trained in {outcome.seconds:.0f} s on {environment['device']} with {asdict(outcome.model.hyper)}")
     print("| comparison | lesions | patients | AUC [95% CI] | accuracy | sensitivity | specificity |")
     print("|---|---|---|---|---|---|---|")
     for ev in outcome.evaluations:
