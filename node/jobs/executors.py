@@ -5,7 +5,8 @@ of a :class:`node.jobs.work.JobOutcome`.
 
 * :class:`LocalExecutor` (``[jobs] executor = "local"``, the default): ``workers``
   processes on this machine (forkserver, so the node's threads are not forked). The
-  outcome carries the outputs as Part 10 bytes; the runner stores them.
+  outcome carries the outputs as Part 10 bytes; the runner stores them. The workers end
+  with the node, even a SIGKILLed one (``PR_SET_PDEATHSIG`` and a watchdog thread).
 * :class:`DaskExecutor` (``executor = "dask"``, ``scheduler = "tcp://host:8786"``): the
   job goes to a Dask worker, which fetches the inputs from this node by WADO-RS and
   stores its outputs back by STOW-RS (:mod:`node.jobs.remote`), so workers need no
@@ -15,9 +16,12 @@ of a :class:`node.jobs.work.JobOutcome`.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from analyzers.contract import AnalysisInput
-from node.config import JobsSettings, Settings
+from node.config import JobsSettings, LoggingSettings, Settings
 from node.jobs.work import JobOutcome, execute_job
 
 __all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor"]
@@ -54,6 +58,64 @@ def _limit_threads() -> None:
         os.environ.setdefault(variable, "1")
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux ``prctl``); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(node_pid: int, parent_pid: int, interval: float) -> None:
+    """Exit this worker once the node or the process that forked it is gone (polls ``interval`` s)."""
+    while True:
+        if os.getppid() != parent_pid:  # re-parented: the forkserver (or the node) has died
+            os._exit(1)
+        try:
+            os.kill(node_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # a process we may not signal now has that pid: not our node
+            os._exit(1)
+        time.sleep(interval)
+
+
+def _init_worker(node_pid: int, logging_settings: LoggingSettings | None = None, watch_interval: float = 1.0) -> None:
+    """Initializer of a local pool worker: one thread per library, the node's log, die with the node.
+
+    A worker outlives a SIGKILLed node unless told otherwise (the forkserver that forked it
+    exits, the worker is re-parented and keeps waiting for work). The kernel kills it when
+    its parent exits (``PR_SET_PDEATHSIG``), and a watchdog thread exits it within
+    ``watch_interval`` seconds of the node's or its parent's end where prctl is missing.
+    """
+    _limit_threads()
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent exited before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(node_pid, parent, watch_interval),
+                     name="pacsnode-parent-watchdog", daemon=True).start()
+    if logging_settings is not None:
+        from node.ops.logs import setup_logging
+
+        setup_logging(logging_settings)
+
+
+def _run_job(analyzer: str, job: AnalysisInput) -> JobOutcome:
+    """:func:`execute_job` in a pool worker, its log lines tagged with the job's ids."""
+    from node.ops.logs import log_context
+
+    with log_context(job_id=job.job_id, series_uid=job.series.series_instance_uid,
+                     study_uid=job.series.study_instance_uid):
+        return execute_job(analyzer, job)
+
+
 def _warm(analyzers: tuple[str, ...]) -> None:
     """Import the analyzers (and what they import) so the first job does not pay for it."""
     from analyzers.registry import load_analyzer
@@ -76,18 +138,20 @@ class LocalExecutor:
 
     remote = False
 
-    def __init__(self, workers: int, warm_analyzers: Sequence[str] = ()) -> None:
+    def __init__(self, workers: int, warm_analyzers: Sequence[str] = (),
+                 logging_settings: LoggingSettings | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.workers = workers
         self.warm_analyzers = tuple(warm_analyzers)
+        self.logging_settings = logging_settings
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_limit_threads)
+            initializer=_init_worker, initargs=(os.getpid(), self.logging_settings))
 
     @property
     def capacity(self) -> int:
@@ -96,12 +160,12 @@ class LocalExecutor:
     def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]:
         with self._lock:
             try:
-                return self._pool.submit(execute_job, analyzer, job)
+                return self._pool.submit(_run_job, analyzer, job)
             except concurrent.futures.process.BrokenProcessPool:
                 log.warning("the local worker pool broke (a worker died); starting a new one")
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
-                return self._pool.submit(execute_job, analyzer, job)
+                return self._pool.submit(_run_job, analyzer, job)
 
     def warm_up(self) -> list[concurrent.futures.Future[None]]:
         """Start the worker processes now and import the analyzers in each (in the background)."""
@@ -188,7 +252,7 @@ def make_executor(settings: Settings, analyzers: Sequence[str] = ()) -> Executor
     jobs: JobsSettings = settings.jobs
     if jobs.executor == "dask":
         return DaskExecutor(jobs.scheduler, node_url_of(settings), _worker_token(settings), jobs.workers)
-    executor = LocalExecutor(jobs.workers, analyzers)
+    executor = LocalExecutor(jobs.workers, analyzers, settings.logging)
     executor.warm_up()
     return executor
 

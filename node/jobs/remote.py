@@ -44,7 +44,15 @@ def _fetch(client: Any, series: SeriesInput, folder: Path) -> SeriesInput:
 
 
 def run_remote_job(analyzer: str, job: AnalysisInput, node_url: str, token: str | None) -> JobOutcome:
-    """Fetch, analyze, store back; runs on a Dask worker."""
+    """Fetch, analyze, store back; runs on a Dask worker (log lines tagged with the job's ids)."""
+    from node.ops.logs import log_context
+
+    with log_context(job_id=job.job_id, series_uid=job.series.series_instance_uid,
+                     study_uid=job.series.study_instance_uid):
+        return _run_remote_job(analyzer, job, node_url, token)
+
+
+def _run_remote_job(analyzer: str, job: AnalysisInput, node_url: str, token: str | None) -> JobOutcome:
     client = _client(node_url, token)
     with tempfile.TemporaryDirectory(prefix=f"pacsnode-{job.job_id}-") as tmp:
         root = Path(tmp)

@@ -1,10 +1,14 @@
-"""Operating a node: Prometheus metrics, health probes and the audit trail.
+"""Operating a node: Prometheus metrics, health probes, the audit trail, retention and logs.
 
 :class:`Operations` bundles them for one node; the HTTP application includes
-:meth:`Operations.routes` (``/metrics``, ``/healthz``, ``/readyz``).
+:meth:`Operations.routes` (``/metrics``, ``/healthz``, ``/readyz``), and the node calls
+:meth:`Operations.attach` with its pipeline once it runs (completion and delivery metrics,
+the delivery audit, the scheduled retention job).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.routing import BaseRoute
 
@@ -13,10 +17,12 @@ from node.ingest import Ingestor
 from node.ops.audit import AuditEvent, AuditTrail, SyslogTarget
 from node.ops.health import Check, HealthProbes
 from node.ops.metrics import IndexCollector, NodeMetrics
+from node.ops.retention import Retention, RetentionScheduler
 from node.storage.index import Index
+from node.storage.store import InstanceStore
 
 __all__ = ["AuditEvent", "AuditTrail", "Check", "HealthProbes", "IndexCollector", "NodeMetrics",
-           "Operations", "SyslogTarget"]
+           "Operations", "Retention", "RetentionScheduler", "SyslogTarget"]
 
 
 class Operations:
@@ -37,6 +43,8 @@ class Operations:
     def __init__(self, settings: Settings, *, index: Index, ingestor: Ingestor | None = None,
                  syslog: SyslogTarget | None = None) -> None:
         self.settings = settings
+        self.index = index
+        self.retention: RetentionScheduler | None = None
         self.metrics = NodeMetrics(index, settings.storage.path, ingestor)
         self.health = HealthProbes(settings, index)
         self.audit = AuditTrail(index, source_id=settings.dicom.ae_title, syslog=syslog)
@@ -48,8 +56,29 @@ class Operations:
             "http_port": settings.http.port, "executor": settings.jobs.executor,
             "storage": str(settings.storage.path)})
 
+    def attach(self, pipeline: Any, store: InstanceStore) -> None:
+        """Follow a running node's pipeline (:class:`node.jobs.run.Pipeline`).
+
+        Completion lag and delivery attempts go to the metrics, every delivery (and failed
+        attempt) to the audit trail, and with a retention time configured (``[storage]`` or a
+        route) the retention job is scheduled every ``[storage] retention_interval_hours``.
+        """
+        self.metrics.attach(pipeline)
+        outbox = pipeline.outbox
+        outbox.on_sent.append(lambda name, uids: self.audit.delivery(name, instances=len(uids)))
+        if hasattr(outbox, "on_failed"):
+            outbox.on_failed.append(
+                lambda name, count, reason: self.audit.delivery(name, instances=count, error=reason))
+        retention = Retention.for_settings(self.settings, self.index, store, table=pipeline.table, audit=self.audit)
+        if retention.configured and self.retention is None:
+            self.retention = RetentionScheduler(retention, self.settings.storage.retention_interval_hours)
+            self.retention.start()
+
     def close(self) -> None:
-        """Write pending audit rows and stop the audit flusher."""
+        """Stop the retention job, write pending audit rows and stop the audit flusher."""
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         self.audit.close()
 
     def routes(self) -> list[BaseRoute]:

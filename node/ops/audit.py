@@ -17,6 +17,8 @@ Recorded events (column ``event``):
     Results delivered to (or given up on for) a destination: :meth:`AuditTrail.delivery`.
 ``config-load``
     The node's settings were loaded: :meth:`AuditTrail.config_loaded`.
+``series-removed``
+    The retention job removed a series (files and index rows): :meth:`AuditTrail.series_removed`.
 
 The table refuses ``UPDATE`` and ``DELETE`` (SQLite triggers), so rows are only ever added.
 With a syslog target, each event is also sent as a DICOM audit message (DICOM PS3.15
@@ -60,7 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS = ("association", "query", "retrieve", "instances-stored", "delivery", "config-load")
+EVENT_KINDS = ("association", "query", "retrieve", "instances-stored", "delivery", "config-load",
+               "series-removed")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
@@ -82,6 +85,7 @@ _EVENT_CODES: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "instances-stored": ("110104", "DICOM Instances Transferred", "C", None),
     "delivery": ("110104", "DICOM Instances Transferred", "R", None),
     "config-load": ("110100", "Application Activity", "E", ("110120", "Application Start")),
+    "series-removed": ("110105", "DICOM Study Deleted", "D", None),
 }
 # EventOutcomeIndicator (RFC 3881): 0 success, 4 minor failure, 8 serious failure.
 _OUTCOME_CODES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
@@ -269,6 +273,12 @@ class AuditTrail:
         self.record(AuditEvent(time.time(), "delivery", "success" if error is None else "serious-failure",
                                self.source_id, "", destination,
                                {"instances": instances, "job_id": job_id, "reason": error}))
+
+    def series_removed(self, *, study_uid: str, series_uid: str, instances: int, detail: dict[str, Any]) -> None:
+        """The retention job removed a series of ``study_uid`` (its files and index rows)."""
+        self.record(AuditEvent(time.time(), "series-removed", "success", self.source_id, "", "",
+                               {"studies": [study_uid], "series_uid": series_uid, "instances": instances,
+                                **detail}))
 
     def config_loaded(self, source: str, summary: dict[str, Any]) -> None:
         """The node's settings were loaded from ``source``."""
