@@ -59,3 +59,30 @@ def test_cohort_csv_errors(tmp_path: Path) -> None:
     x, y, groups = load_cohort_csv(_cohort_csv(tmp_path / "ok.csv", 6), ("rCBF_mean", "rCBV_mean"))
     assert x.shape[1] == 2 and set(y) == {0, 1} and np.isnan(x).sum() >= 1
     assert len(groups) == len(y)
+
+
+def test_held_out_cohort_is_evaluated_once_with_bootstrap_ci(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    train_csv = _cohort_csv(tmp_path / "train.csv", 30)
+    held = tmp_path / "held.csv"
+    with _cohort_csv(tmp_path / "other.csv", 24).open() as source, held.open("w") as target:
+        # Other patients: rename P<n> to H<n>.
+        for line in source:
+            target.write(line.replace("P", "H", 1) if line.startswith("P") else line)
+    out = tmp_path / "model"
+    assert main(["--cohort", str(train_csv), "--holdout", str(held), "--out", str(out), "--trials", "2",
+                 "--folds", "3", "--n-boot", "200"]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    metrics = {m["name"]: m for m in card["metrics"]}
+    auc = metrics["held-out: ROC-AUC"]
+    assert auc["ci_lower"] <= auc["value"] <= auc["ci_upper"] and auc["ci_upper"] - auc["ci_lower"] > 0
+    assert auc["value"] > 0.75
+    model = DscClassifier.load(out)
+    assert metrics["held-out: operating threshold"]["value"] == pytest.approx(model.threshold)
+    assert "held-out test" in card["validation"]
+    printed = capsys.readouterr().out
+    assert f"ROC-AUC {auc['value']:.3f} (95% CI" in printed
+    # A held-out cohort that shares patients with the training cohort is refused.
+    with pytest.raises(DscModelError, match="also in the training cohort"):
+        main(["--cohort", str(train_csv), "--holdout", str(train_csv), "--out", str(tmp_path / "m2"),
+              "--trials", "2", "--folds", "3", "--n-boot", "20"])

@@ -23,6 +23,14 @@ Input, one of:
 * ``--phantom --cases N``: N cases of the project's DSC phantom, each analysed
   with the map library and its lesions' truth masks as ROIs (how the reference
   model is made).
+
+Held-out test: ``--holdout lesions.csv`` (with ``--cohort``) or
+``--holdout-cases M`` (with ``--phantom``: the M phantom cases that follow the
+training cases, other patients) is never seen by model selection or fitting;
+the final model, with the threshold chosen on the training cohort, is applied
+to it once and its ROC-AUC with patient-level cluster-bootstrap 95 % CI,
+Brier score and sensitivity/specificity at the training threshold are written
+to the model card (metrics prefixed ``held-out:``), the report and stdout.
 """
 
 from __future__ import annotations
@@ -50,8 +58,8 @@ from analyzers.dsc.model import (
 __all__ = ["REFERENCE_COMMAND", "load_cohort_csv", "main", "phantom_cohort", "train"]
 
 #: The command that makes ``analyzers/dsc/reference_model``.
-REFERENCE_COMMAND = ("python -m analyzers.dsc.train --phantom --cases 60 --seed 0 --trials 10 "
-                     "--n-boot 1000 --out analyzers/dsc/reference_model "
+REFERENCE_COMMAND = ("python -m analyzers.dsc.train --phantom --cases 120 --holdout-cases 60 --seed 0 "
+                     "--trials 10 --n-boot 1000 --out analyzers/dsc/reference_model "
                      "--name pacsnode-dsc-reference --version 1.0.0")
 _LABELS = {POSITIVE_LABEL: 1, "metastasis": 1, "1": 1, NEGATIVE_LABEL: 0, "0": 0}
 #: Phantom geometry of the training cohort: coarser than a clinical series to keep
@@ -83,8 +91,8 @@ def load_cohort_csv(path: Path, features: Sequence[str]) -> tuple[NDArray[np.flo
     return x, y, np.array([r["patient"] for r in rows], dtype=object)
 
 
-def phantom_cohort(cases: int, seed: int) -> list[dict[str, Any]]:
-    """Lesion rows of ``cases`` DSC phantom cases (truth lesion masks as ROIs)."""
+def phantom_cohort(cases: int, seed: int, first_case: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """Lesion rows of ``cases`` DSC phantom cases from ``first_case`` on (truth lesion masks as ROIs)."""
     from scipy import ndimage
 
     from analyzers.dsc.maps import compute_maps
@@ -98,7 +106,9 @@ def phantom_cohort(cases: int, seed: int) -> list[dict[str, Any]]:
     from analyzers.phantoms.dsc import simulate_dsc
 
     rows = []
-    for index in range(cases):
+    for index in range(first_case, first_case + cases):
+        if progress:
+            print(f"[dsc] phantom case {index + 1 - first_case}/{cases} (index {index})", flush=True)
         case = simulate_dsc(seed=seed, case_index=index, **PHANTOM_GEOMETRY)
         series, truth_maps = case.series[0], case.truth_maps
         maps = compute_maps(series.pixels, series.times_s, case.truth["constants"]["te_s"])
@@ -138,8 +148,30 @@ def _factory(kind: ClassifierKind) -> Any:
 def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], out: Path, *,
           features: Sequence[str], kind: ClassifierKind, name: str, version: str, seed: int = 0,
           folds: int = 5, n_trials: int = 20, n_boot: int = 2000, data_note: str = "",
-          ) -> DscClassifier:
-    """Nested-CV comparison and evaluation, then the final model, card and report in ``out``."""
+          holdout: tuple[NDArray[np.float64], NDArray[np.int64], NDArray[Any]] | None = None,
+          holdout_note: str = "",
+          ) -> tuple[DscClassifier, Any]:
+    """Nested-CV comparison and evaluation, then the final model, card and report in ``out``.
+
+    Parameters
+    ----------
+    holdout:
+        ``(features, labels, patients)`` of a held-out cohort (patients not in
+        ``groups``); the final model and its training threshold are applied to it once.
+    holdout_note:
+        Description of the held-out cohort for the model card.
+
+    Returns
+    -------
+    model, holdout_evaluation:
+        The fitted classifier, and the :class:`~analyzers._shared.stats.Evaluation`
+        of the held-out cohort (None without one).
+
+    Raises
+    ------
+    DscModelError
+        The held-out cohort shares patients with the training cohort or has one class only.
+    """
     from analyzers._shared import stats
     from analyzers._shared.modelcard import (
         DataDescription,
@@ -169,6 +201,17 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         c_value = float(tuned.best_params["C"])
     model = fit_classifier(x, y, features, kind=kind, groups=codes, c_value=c_value, seed=seed)
     model.save(out)
+    held_out = None
+    if holdout is not None:
+        hx, hy, hgroups = holdout
+        shared = set(hgroups.astype(str)) & set(groups.astype(str))
+        if shared:
+            raise DscModelError(f"held-out patients also in the training cohort: {sorted(shared)[:5]}")
+        if np.unique(hy).size < 2:
+            raise DscModelError("the held-out cohort needs lesions of both classes")
+        _, hcodes = np.unique(hgroups.astype(str), return_inverse=True)
+        held_out = stats.evaluate_predictions(hy, model.probability(hx), hcodes,
+                                              threshold=model.threshold, n_boot=n_boot, seed=seed)
     data = DataDescription(source=data_note, n_cases=int(y.size),
                            n_patients=int(np.unique(codes).size), n_positive=int(y.sum()),
                            positive_label="dural metastasis", negative_label="meningioma",
@@ -184,8 +227,12 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         data=data,
         validation=(f"nested CV, outer {folds}-fold StratifiedGroupKFold by patient, inner "
                     f"grouped CV with {n_trials} Optuna trials, seed {seed}; pooled out-of-fold "
-                    f"probabilities; {n_boot} patient-level bootstrap resamples"),
-        metrics=metrics_from_evaluation(evaluation),
+                    f"probabilities; {n_boot} patient-level bootstrap resamples"
+                    + ("" if held_out is None else
+                       f"; held-out test ({holdout_note}; {held_out.n_cases} lesions): the final model "
+                       "and its training threshold applied once, metrics prefixed 'held-out:'")),
+        metrics=metrics_from_evaluation(evaluation)
+        + (() if held_out is None else metrics_from_evaluation(held_out, "held-out: ")),
         references=("Dural metastasis vs meningioma with DSC perfusion and machine learning "
                     "(../shared/papers/dsc-dural-metastasis-vs-meningioma.txt)",
                     "Boxerman et al., AJNR 2006 (leakage correction)",
@@ -198,11 +245,14 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
                "C": c_value},
     )
     write_model_card(card, out)
+    evaluations = {f"{key} (nested CV, out-of-fold)": evaluation}
+    if held_out is not None:
+        evaluations[f"{key} (held-out test)"] = held_out
     write_report(out, title=f"pacsnode dsc: {name} {version}",
-                 evaluations={key: evaluation}, comparison_table=comparison.table(),
+                 evaluations=evaluations, comparison_table=comparison.table(),
                  cv_results=comparison.results, univariate=univariate, model_card=card,
                  n_boot=min(n_boot, 500), seed=seed)
-    return model
+    return model, held_out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--cohort", type=Path, help="lesion CSV (see the module documentation)")
     source.add_argument("--phantom", action="store_true", help="train on DSC phantom cases")
     parser.add_argument("--cases", type=int, default=120, help="phantom cases (with --phantom)")
+    parser.add_argument("--holdout", type=Path, help="held-out lesion CSV (with --cohort)")
+    parser.add_argument("--holdout-cases", type=int, default=0,
+                        help="held-out phantom cases after the training cases (with --phantom)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--model", choices=("lda", "logistic", "linear_svm"), default="lda")
     parser.add_argument("--features", choices=tuple(FEATURE_SETS), default="reduced")
@@ -222,28 +275,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--n-boot", type=int, default=2000)
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.holdout is not None and args.cohort is None:
+        parser.error("--holdout goes with --cohort (use --holdout-cases with --phantom)")
+    if args.holdout_cases and not args.phantom:
+        parser.error("--holdout-cases goes with --phantom (use --holdout with --cohort)")
     features = FEATURE_SETS[args.features]
+    holdout = None
+    holdout_note = ""
     if args.cohort is not None:
         x, y, groups = load_cohort_csv(args.cohort, features)
         note = f"site cohort {args.cohort.name}"
+        if args.holdout is not None:
+            holdout = load_cohort_csv(args.holdout, features)
+            holdout_note = f"site cohort {args.holdout.name}"
     else:
-        rows = phantom_cohort(args.cases, args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
-        with (args.out / "features.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        x = np.array([[row[name] for name in features] for row in rows], dtype=np.float64)
-        y = np.array([_LABELS[row["label"]] for row in rows], dtype=np.int64)
-        groups = np.array([row["patient"] for row in rows], dtype=object)
+        rows = phantom_cohort(args.cases, args.seed, progress=True)
+        x, y, groups = _phantom_arrays(rows, features, args.out / "features.csv")
         note = (f"pacsnode DSC phantom, {args.cases} cases, seed {args.seed}, "
                 f"{PHANTOM_GEOMETRY}; lesion truth masks as ROIs")
-    model = train(x, y, groups, args.out, features=features, kind=args.model, name=args.name,
-                  version=args.version, seed=args.seed, folds=args.folds, n_trials=args.trials,
-                  n_boot=args.n_boot, data_note=note)
+        if args.holdout_cases > 0:
+            held = phantom_cohort(args.holdout_cases, args.seed, first_case=args.cases, progress=True)
+            holdout = _phantom_arrays(held, features, args.out / "holdout_features.csv")
+            holdout_note = (f"pacsnode DSC phantom cases {args.cases + 1}-{args.cases + args.holdout_cases} "
+                            f"of seed {args.seed}, other patients")
+    model, held_out = train(x, y, groups, args.out, features=features, kind=args.model, name=args.name,
+                            version=args.version, seed=args.seed, folds=args.folds, n_trials=args.trials,
+                            n_boot=args.n_boot, data_note=note, holdout=holdout, holdout_note=holdout_note)
     print(f"wrote {args.out}: {model.kind} on {', '.join(model.features)}, "
           f"threshold {model.threshold:.3f}")
+    if held_out is not None:
+        auc, at = held_out.auc, held_out.at_threshold
+        print(f"held-out: {held_out.n_cases} lesions of {held_out.n_patients} patients, ROC-AUC "
+              f"{auc.estimate:.3f} (95% CI {auc.lower:.3f}-{auc.upper:.3f}, patient-level bootstrap), "
+              f"sensitivity {at.sensitivity:.3f}, specificity {at.specificity:.3f} "
+              f"at the training threshold")
     return 0
+
+
+def _phantom_arrays(rows: Sequence[dict[str, Any]], features: Sequence[str], path: Path,
+                    ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[Any]]:
+    """Write the lesion rows to ``path`` and return (features, labels, patients)."""
+    if not rows:
+        raise DscModelError("the phantom cohort produced no lesion rows")
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    x = np.array([[row[name] for name in features] for row in rows], dtype=np.float64)
+    y = np.array([_LABELS[row["label"]] for row in rows], dtype=np.int64)
+    return x, y, np.array([row["patient"] for row in rows], dtype=object)
 
 
 if __name__ == "__main__":
