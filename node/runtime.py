@@ -86,7 +86,10 @@ class Node:
             self.dimse.handlers.operations = operations
             self.dimse.start(operations.audit.dimse_bindings() if operations is not None else ())
         if app is not None:
-            self.http = HttpServer(app, self.settings.http)
+            from node.ui import mount_ui  # the status pages at /ui
+
+            self.http = HttpServer(mount_ui(app, self.settings, index=self.index, store=self.store,
+                                            ingestor=self.ingestor, pipeline=self.pipeline), self.settings.http)
             try:
                 self.http.start()
             except OSError:
