@@ -53,13 +53,13 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     series = {name: _series(folder / name) for name in ("t1", "t2", "stir")}
     scratch = tmp_path_factory.mktemp("scratch")
 
-    def run(own: str, related: dict[str, list[SeriesInput]]) -> Any:
-        job = AnalysisInput(f"job-{own}", series[own], related, (), SpineSettings(), scratch)
+    def run(own: str, related: dict[str, list[SeriesInput]], **settings: Any) -> Any:
+        job = AnalysisInput(f"job-{own}", series[own], related, (), SpineSettings(**settings), scratch)
         return SpineAnalyzer().analyze(job)
 
     # Siblings arrive under either spine route; the analyzer reads their sequence itself.
     lead = run("t1", {"spine_bodypart": [series["t2"], series["stir"]]})
-    stir = run("stir", {"spine": [series["t1"]], "spine_bodypart": [series["t2"]]})
+    stir = run("stir", {"spine": [series["t1"]], "spine_bodypart": [series["t2"]]}, sequence_reports=True)
     return {"case": case, "series": series, "lead": lead, "stir": stir, "run": run, "folder": folder}
 
 
@@ -150,7 +150,17 @@ def test_sr_is_valid_and_reads_back(study: dict[str, Any], tmp_path: Path) -> No
     assert "pacsnode-spine-reference" in text
 
 
-def test_other_sequence_reports_itself_only(study: dict[str, Any]) -> None:
+def test_other_sequence_has_findings_and_no_second_report(study: dict[str, Any]) -> None:
+    series = study["series"]
+    result = study["run"]("t2", {"spine": [series["stir"], series["t1"]]})
+    assert result.datasets == []  # the T1 (lead) job writes the study's one SR
+    findings = result.findings
+    assert not findings["combined_report"] and findings["lead_series"] == study["case"].series[0].series_uid
+    assert findings["lesions"] and all(set(row["p_hemangioma"]) == {"t2"} for row in findings["lesions"])
+    assert any("combined SR of the T1 series" in note for note in findings["notes"])
+
+
+def test_other_sequence_reports_itself_only_when_asked(study: dict[str, Any]) -> None:
     findings = study["stir"].findings
     assert not findings["combined_report"] and findings["sequence"] == "stir"
     assert all(set(row["p_hemangioma"]) == {"stir"} for row in findings["lesions"])

@@ -19,10 +19,11 @@ contract (``analyzers.contract``):
    when lesions were found automatically, a binary SEG of them.
 
 Several series of one study each start a job. The job of the *lead* series (T1, else
-T2, else STIR, else T1C, among the series present) writes the combined report; a job
-of another sequence reports that sequence alone and names the lead series, so one
-combined SR exists per study and a study missing a sequence still gets its results.
-Everything it writes says "not for clinical use".
+T2, else STIR, else T1C, among the series present) writes the combined report, the
+study's one SR; a job of another sequence records that sequence's probabilities in its
+findings and names the lead series (with ``sequence_reports = true`` it also writes an
+SR of that sequence alone). A study missing a sequence gets its report from the series
+present. Everything it writes says "not for clinical use".
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class SpineSettings(AnalyzerSettings):
 
     model: str | None = Field(None, description="model folder of a site; the reference models when unset")
     automatic_detection: bool = Field(True, description="find lesions when the study has no SEG")
+    sequence_reports: bool = Field(
+        False, description="also write an SR for each series that is not the lead (its own sequence only); "
+                           "by default the lead series' combined SR is the study's one report")
     series_number: int = Field(9500, ge=1)
 
 
@@ -157,7 +161,7 @@ class SpineAnalyzer:
     """Vertebral hemangioma vs metastasis analyzer (see the module docstring)."""
 
     name: ClassVar[str] = "spine"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     needs: ClassVar[Mapping[str, str]] = {
         "spine": "spine?",
         "spine_bodypart": "spine_bodypart?",
@@ -228,7 +232,11 @@ class SpineAnalyzer:
         if missing:
             notes.append(f"no model for {', '.join(missing)} in {models.folder}")
         findings = self._findings(lesions, models, own_sequence, lead, reference, source, notes, volumes)
-        datasets = self._outputs(job, own, lesions, models, findings, source, settings)
+        if own_sequence == lead or settings.sequence_reports:
+            datasets = self._outputs(job, own, lesions, models, findings, source, settings)
+        else:  # the lead series' job writes the study's combined SR, with this sequence in it
+            datasets = []
+            notes.append(f"reported in the combined SR of the {lead.upper()} series {reference.series_instance_uid}")
         return AnalysisResult(datasets=datasets, findings=findings)
 
     # ------------------------------------------------------------------ lesions
