@@ -74,6 +74,12 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_patient ON jobs (patient_id, analyzer, state)
 """
 
+# Columns added after the first schema: (name, declaration); added to older index files on open.
+_ADDED_COLUMNS = (
+    ("inputs", "TEXT"),       # JSON {role: {series_uid: instance count}} the job was built with
+    ("supersedes", "TEXT"),   # id of the earlier job of the same series and route this one replaces
+)
+
 
 def ensure_schema(index: Index, script: str) -> None:
     """Create tables and indexes (``CREATE ... IF NOT EXISTS`` statements) in the index file."""
@@ -175,18 +181,28 @@ class JobLedger:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         ensure_schema(index, _SCHEMA)
+        with index.transaction() as conn:
+            present = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in _ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     # -- writes ------------------------------------------------------------------------------
 
     def enqueue(self, *, series_uid: str, study_uid: str, patient_id: str | None, route: str, analyzer: str,
-                send_to: Sequence[str], generation: int = 0,
+                send_to: Sequence[str], generation: int = 0, supersedes: str | None = None,
                 conn: sqlite3.Connection | None = None) -> str:
-        """Queue the job of ``route`` on a series (no-op when it exists); returns its id."""
+        """Queue the job of ``route`` on a series (no-op when it exists); returns its id.
+
+        ``supersedes`` names the earlier job of the same series and route whose outputs this
+        job's outputs replace (a re-run with new related input).
+        """
         job_id = job_id_for(series_uid, route, generation)
         params = (job_id, series_uid, study_uid, patient_id, route, analyzer, generation, self.max_attempts,
-                  time.time(), json.dumps(list(send_to)))
+                  time.time(), json.dumps(list(send_to)), supersedes)
         sql = ("INSERT OR IGNORE INTO jobs (id, series_uid, study_uid, patient_id, route, analyzer, generation, "
-               "state, max_attempts, created_at, send_to) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)")
+               "state, max_attempts, created_at, send_to, supersedes) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)")
         if conn is not None:
             conn.execute(sql, params)
         else:
@@ -250,6 +266,21 @@ class JobLedger:
                          (time.time(), error, job_id))
             return "failed"
 
+    def defer(self, job_id: str, delay: float, note: str) -> None:
+        """Put a claimed job back in the queue for ``delay`` seconds without spending an attempt.
+
+        Used while a job waits for something it needs first (a related series still arriving,
+        the patient's prior study being fetched or analysed); ``note`` says what, in ``error``.
+        """
+        with self.index.transaction() as conn:
+            conn.execute("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), not_before = ?, "
+                         "error = ? WHERE id = ? AND state = 'running'", (time.time() + delay, note, job_id))
+
+    def record_inputs(self, job_id: str, inputs: dict[str, dict[str, int]]) -> None:
+        """Remember the related series (role → series UID → instance count) a job was built with."""
+        with self.index.transaction() as conn:
+            conn.execute("UPDATE jobs SET inputs = ? WHERE id = ?", (json.dumps(inputs, sort_keys=True), job_id))
+
     def requeue_running(self) -> int:
         """Queue again the jobs a crash left ``running``; returns how many."""
         with self.index.transaction() as conn:
@@ -280,6 +311,23 @@ class JobLedger:
             f"SELECT {_COLUMNS} FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*params, limit))
         return [_job(r) for r in cur]
 
+    def inputs(self, job_id: str) -> dict[str, dict[str, int]] | None:
+        """The related inputs recorded by :meth:`record_inputs` (None: the job was never built)."""
+        row = self.index.reader().execute("SELECT inputs FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def supersedes(self, job_id: str) -> str | None:
+        """The id of the job whose outputs this job's outputs replace, if any."""
+        row = self.index.reader().execute("SELECT supersedes FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def latest(self, series_uid: str, route: str) -> Job | None:
+        """The job of the highest generation of ``route`` on a series."""
+        row = self.index.reader().execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE series_uid = ? AND route = ? ORDER BY generation DESC LIMIT 1",
+            (series_uid, route)).fetchone()
+        return _job(row) if row else None
+
     def counts(self) -> dict[str, int]:
         cur = self.index.reader().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         found = dict.fromkeys(JOB_STATES, 0)
@@ -291,12 +339,18 @@ class JobLedger:
         return float(row[0]) if row and row[0] is not None else None
 
     def priors(self, *, patient_id: str | None, analyzer: str, exclude_study: str) -> list[PriorRow]:
-        """Findings of this patient's finished jobs of ``analyzer`` in other studies, oldest first."""
+        """Findings of this patient's finished jobs of ``analyzer`` in other studies, oldest first.
+
+        Of the rounds of one series and route, only the latest finished one counts (a re-run
+        with new related input supersedes the earlier findings).
+        """
         if not patient_id:
             return []
         cur = self.index.reader().execute(
             "SELECT j.id, j.study_uid, j.series_uid, st.study_date, j.findings, j.analyzer_version "
             "FROM jobs j LEFT JOIN studies st ON st.study_uid = j.study_uid "
             "WHERE j.patient_id = ? AND j.analyzer = ? AND j.state = 'done' AND j.study_uid != ? "
+            "AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.series_uid = j.series_uid AND k.route = j.route "
+            "AND k.state = 'done' AND k.generation > j.generation) "
             "ORDER BY st.study_date, j.finished_at", (patient_id, analyzer, exclude_study))
         return [PriorRow(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5] or "") for r in cur]

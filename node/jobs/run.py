@@ -6,6 +6,13 @@ listener :class:`~node.routing.completion.CompletionTracker` completes series, t
 :class:`~node.jobs.ledger.JobLedger` records one job per route, the :class:`JobRunner`
 runs queued jobs on an executor, stores their checked outputs through the ingestor, and
 hands them to the :class:`~node.outbox.Outbox` in the transaction that marks the job done.
+
+Before a job runs it may wait (back in the queue, no attempt spent): while a series of a
+role it needs is still arriving in the study (at most :data:`RELATED_WAIT_S`), and, for
+analyzers that want priors, while the patient's earlier study is fetched or analysed
+(:class:`~node.jobs.priors.PriorResolver`). A related series that completes after a job
+of its study has run makes a new round of that job (:meth:`Pipeline.rerun_dependents`):
+the new job's outputs supersede the earlier ones.
 """
 
 from __future__ import annotations
@@ -26,17 +33,25 @@ from analyzers.registry import UnknownAnalyzer, load_analyzer
 from node.config import ConfigError, Settings
 from node.ingest import Ingestor
 from node.jobs.executors import Executor, make_executor
-from node.jobs.ledger import Job, JobLedger
+from node.jobs.ledger import Job, JobLedger, is_output_uid
+from node.jobs.priors import PriorResolver
 from node.jobs.work import JobOutcome
+from node.ops.logs import log_context
 from node.outbox import Outbox
 from node.routing.completion import CompletionTracker
 from node.routing.rules import RouteError, RouteTable, load_routes
 from node.storage.index import Index
 from node.storage.store import InstanceStore
 
-__all__ = ["JobRunner", "Pipeline", "reprocess", "series_attributes"]
+__all__ = ["RELATED_WAIT_S", "JobRunner", "Pipeline", "reprocess", "series_attributes"]
 
 log = logging.getLogger(__name__)
+
+RELATED_WAIT_S = 300.0
+"""How long a job waits (from its creation) for a series of a needed role still arriving in
+its study; after that it runs with the complete ones, and the late series re-runs it."""
+
+_WAIT_POLL_S = 2.0
 
 
 def series_attributes(index: Index, series_uid: str) -> dict[str, Any] | None:
@@ -72,11 +87,14 @@ class JobRunner:
         Where local jobs get their scratch folders.
     calling_ae:
         Recorded as the source of stored outputs.
+    priors:
+        Makes jobs of analyzers that want priors wait for the patient's earlier study
+        (None: they run at once with the findings there are).
     """
 
     def __init__(self, ledger: JobLedger, index: Index, store: InstanceStore, ingestor: Ingestor, outbox: Outbox,
                  table: RouteTable, executor_factory: Callable[[], Executor], scratch_root: Path,
-                 calling_ae: str = "PACSNODE") -> None:
+                 calling_ae: str = "PACSNODE", priors: PriorResolver | None = None) -> None:
         self.ledger = ledger
         self.index = index
         self.store = store
@@ -86,6 +104,7 @@ class JobRunner:
         self.executor_factory = executor_factory
         self.scratch_root = scratch_root
         self.calling_ae = calling_ae
+        self.priors = priors
         self.executor: Executor | None = None
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
@@ -139,6 +158,15 @@ class JobRunner:
 
     def _submit(self, executor: Executor, job: Job) -> None:
         try:
+            note = self.wait_reason(job)
+        except Exception:  # a broken wait check must not stop the job; logged
+            log.exception("checking what job %s waits for failed; it runs now", job.id)
+            note = None
+        if note is not None:
+            self.ledger.defer(job.id, _WAIT_POLL_S, note)
+            log.debug("job %s (%s) %s", job.id, job.route, note)
+            return
+        try:
             job_input = self.build_input(job)
         except UnsuitableInput as exc:
             self.ledger.reject(job.id, exc.reason)
@@ -158,21 +186,58 @@ class JobRunner:
             return
         future.add_done_callback(lambda f: self._finisher.submit(self._finish, job, job_input, f))
 
+    def wait_reason(self, job: Job) -> str | None:
+        """What ``job`` waits for before it can run, or ``None`` when it can run now."""
+        needs = self.table.needs.get(job.route, {})
+        if needs and time.time() - job.created_at < RELATED_WAIT_S:
+            wanted = {w.rstrip("?") for w in needs.values()}
+            for uid, state in self._series_states(job.study_uid, exclude=job.series_uid):
+                if state != "open":
+                    continue
+                attributes = series_attributes(self.index, uid)
+                if attributes is not None and wanted & {r.name for r in self.table.select(attributes)}:
+                    return f"waiting: related series {uid} of the study is still arriving"
+        if self.priors is not None:
+            return self.priors.check(job, self.table.wants_priors.get(job.route, False))
+        return None
+
+    def _series_states(self, study_uid: str, exclude: str) -> list[tuple[str, str | None]]:
+        """The study's other series (not the node's outputs) with their completion state (None: untracked)."""
+        reader = self.index.reader()
+        tracked = reader.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'series_state'"
+                                 ).fetchone() is not None
+        sql = ("SELECT se.series_uid, ss.state FROM series se LEFT JOIN series_state ss "
+               "ON ss.series_uid = se.series_uid WHERE se.study_uid = ? AND se.series_uid != ?" if tracked else
+               "SELECT series_uid, NULL FROM series WHERE study_uid = ? AND series_uid != ?")
+        rows = reader.execute(sql, (study_uid, exclude)).fetchall()
+        return [(str(uid), state) for uid, state in rows if not is_output_uid(uid)]
+
     def build_input(self, job: Job) -> AnalysisInput:
-        """The :class:`AnalysisInput` of a job, from the index and the store."""
+        """The :class:`AnalysisInput` of a job, from the index and the store.
+
+        Related series are the complete series of the study (never the node's own outputs)
+        that take the route a role names; what was used is recorded in the ledger, so a
+        related series that completes later re-runs the job (:meth:`Pipeline.rerun_dependents`).
+        """
         series = self._series_input(job.series_uid)
         if series is None or not series.files:
             raise UnsuitableInput(f"series {job.series_uid} has no stored instances")
         related: dict[str, list[SeriesInput]] = {}
+        used: dict[str, dict[str, int]] = {}
+        complete = {uid for uid, state in self._series_states(job.study_uid, exclude=job.series_uid)
+                    if state != "open"}
         for role, wanted in self.table.needs.get(job.route, {}).items():
             route_name = wanted.rstrip("?")
             found = [s for s in self._study_series(job.study_uid, exclude=job.series_uid)
-                     if route_name in {r.name for r in self.table.select(s.attributes)}]
+                     if s.series_instance_uid in complete
+                     and route_name in {r.name for r in self.table.select(s.attributes)}]
             if not found and not wanted.endswith("?"):
                 raise UnsuitableInput(f"the {job.analyzer} analyzer needs a series of route {route_name!r} "
-                                      f"(role {role!r}) in the same study; none arrived. Send it, then run "
-                                      f"`pacsnode reprocess {job.series_uid}`")
+                                      f"(role {role!r}) in the same study; none arrived. When it arrives, "
+                                      f"the job runs again")
             related[role] = found
+            used[role] = {s.series_instance_uid: len(s.files) for s in found}
+        self.ledger.record_inputs(job.id, used)
         priors: list[PriorFinding] = []
         if self.table.wants_priors.get(job.route):
             priors = [PriorFinding(p.job_id, p.study_uid, p.series_uid, p.study_date, p.findings, p.analyzer_version)
@@ -193,12 +258,13 @@ class JobRunner:
     def _study_series(self, study_uid: str, exclude: str) -> list[SeriesInput]:
         uids = [r[0] for r in self.index.reader().execute(
             "SELECT series_uid FROM series WHERE study_uid = ? AND series_uid != ? ORDER BY series_number",
-            (study_uid, exclude))]
+            (study_uid, exclude)) if not is_output_uid(r[0])]
         return [s for s in (self._series_input(u) for u in uids) if s is not None]
 
     def _finish(self, job: Job, job_input: AnalysisInput, future: concurrent.futures.Future[JobOutcome]) -> None:
         try:
-            self._record(job, future)
+            with log_context(job_id=job.id, series_uid=job.series_uid, study_uid=job.study_uid):
+                self._record(job, future)
         except Exception:  # never lose the job: recorded as a failure below
             log.exception("recording job %s failed", job.id)
             self.ledger.fail(job.id, traceback.format_exc(limit=5))
@@ -268,9 +334,16 @@ class Pipeline:
         self.ledger = JobLedger(index, max_attempts=settings.jobs.max_attempts,
                                 backoff_seconds=settings.jobs.backoff_seconds)
         self.outbox = Outbox(index, store, settings.destinations, calling_ae=settings.dicom.ae_title)
+        destination = settings.destination(settings.priors.destination)
+        if settings.priors.source == "pacs" and destination is None:
+            raise ConfigError(f"[priors] destination = {settings.priors.destination!r} is not the name of a "
+                              f"[[destinations]] entry; name one (e.g. \"pacs\") or set source = \"store\"")
+        self.priors = PriorResolver(settings.priors, destination, index, self.ledger, self.table, ingestor,
+                                    series_attributes, settings.dicom.ae_title)
         self.runner = JobRunner(self.ledger, index, store, ingestor, self.outbox, self.table,
                                 executor_factory or (lambda: make_executor(settings, self._analyzers())),
-                                Path(settings.storage.path) / "scratch", calling_ae=settings.dicom.ae_title)
+                                Path(settings.storage.path) / "scratch", calling_ae=settings.dicom.ae_title,
+                                priors=self.priors)
         self.completion = CompletionTracker(index, self.table.select, settings.routing.stable_after,
                                             self.on_series_complete)
         ingestor.listeners.append(self.completion)
@@ -286,6 +359,7 @@ class Pipeline:
 
     def stop(self) -> None:
         self.completion.stop()
+        self.priors.close()
         self.runner.stop()
         self.outbox.stop()
 
@@ -294,6 +368,11 @@ class Pipeline:
         attributes = series_attributes(self.index, series_uid)
         if attributes is None:
             return
+        with log_context(series_uid=series_uid, study_uid=str(attributes["StudyInstanceUID"])):
+            self._queue_jobs(series_uid, attributes, generation, only_routes)
+
+    def _queue_jobs(self, series_uid: str, attributes: dict[str, Any], generation: int,
+                    only_routes: Sequence[str] | None) -> None:
         for route in self.table.select(attributes):
             if route.analyzer is not None and route.name in self.table.unavailable:
                 log.warning("series %s matches route %r, but %s; not analyzed", series_uid, route.name,
@@ -305,11 +384,60 @@ class Pipeline:
                 self.ledger.enqueue(series_uid=series_uid, study_uid=str(attributes["StudyInstanceUID"]),
                                     patient_id=attributes.get("PatientID"), route=route.name, analyzer=route.analyzer,
                                     send_to=route.send_to, generation=generation, conn=conn)
+        rerun = self.rerun_dependents(series_uid, attributes)
         if routes:
             log.info("series %s → %s", series_uid, ", ".join(r.name for r in routes))
-            self.runner.wake()
-        else:
+        elif not rerun:
             log.info("series %s complete; no route applies", series_uid)
+        if routes or rerun:
+            self.runner.wake()
+
+    def rerun_dependents(self, series_uid: str, attributes: dict[str, Any]) -> list[str]:
+        """New rounds of the jobs of the study that need this just-completed series; returns their ids.
+
+        A route whose analyzer names the series' route in ``needs`` (``dce``: ``vfa`` and ``roi``)
+        re-runs on every series of the study it already ran on without this series (or with
+        fewer of its instances). A job still queued picks the series up when it runs, so it is
+        left alone; so is a job that used the series as it is now (idempotent: completing the
+        same series again makes nothing new). The new job records which job it supersedes.
+        """
+        labels = {r.name for r in self.table.select(attributes)}
+        study_uid = str(attributes["StudyInstanceUID"])
+        dependents = [r for r in self.table.routes
+                      if r.analyzer is not None and r.enabled and r.name not in self.table.unavailable
+                      and labels & {w.rstrip("?") for w in self.table.needs.get(r.name, {}).values()}]
+        if not dependents:
+            return []
+        count = int(self.index.reader().execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
+                                                (series_uid,)).fetchone()[0])
+        created: list[str] = []
+        for route in dependents:
+            roles = [role for role, w in self.table.needs[route.name].items() if w.rstrip("?") in labels]
+            rows = self.index.reader().execute(
+                "SELECT DISTINCT series_uid FROM jobs WHERE study_uid = ? AND route = ? AND series_uid != ?",
+                (study_uid, route.name, series_uid)).fetchall()
+            for (main_uid,) in rows:
+                latest = self.ledger.latest(main_uid, route.name)
+                if latest is None or latest.state == "queued":
+                    continue
+                used = self.ledger.inputs(latest.id) or {}
+                if all(used.get(role, {}).get(series_uid, -1) >= count for role in roles):
+                    continue
+                with self.index.transaction() as conn:
+                    row = conn.execute("SELECT generation FROM series_state WHERE series_uid = ?",
+                                       (main_uid,)).fetchone()
+                    generation = max((int(row[0]) if row else 0) + 1, latest.generation + 1)
+                    conn.execute("UPDATE series_state SET generation = ? WHERE series_uid = ?",
+                                 (generation, main_uid))
+                    job_id = self.ledger.enqueue(
+                        series_uid=main_uid, study_uid=study_uid, patient_id=latest.patient_id, route=route.name,
+                        analyzer=route.analyzer or latest.analyzer, send_to=route.send_to, generation=generation,
+                        supersedes=latest.id, conn=conn)
+                created.append(job_id)
+                log.info("series %s (%s) completed after job %s of route %r ran on series %s without it: "
+                         "job %s runs again with it and supersedes it", series_uid, "/".join(roles), latest.id,
+                         route.name, main_uid, job_id)
+        return created
 
     def reprocess(self, series_uid: str, analyzer: str | None = None) -> list[str]:
         """Queue a new round of the series' routes (of one analyzer, if named); returns the job ids."""
