@@ -17,6 +17,7 @@ split is 60/40, stratified by class and grouped by patient (:func:`grouped_split
 from __future__ import annotations
 
 import csv
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,16 @@ def phantom_cohort(
     """Lesion ROIs of ``cases`` spine phantom cases (``analyzers.phantoms.spine``), per sequence.
 
     Cases alternate hemangioma and metastasis patients (a case-control cohort), so
-    even a small cohort holds both classes. Lesion masks are the phantom's truth. A
-    sequence the phantom does not simulate (its series folders name the sequences)
-    raises :class:`SpineDataError`.
+    even a small cohort holds both classes. Lesion masks are the phantom's truth. The
+    post-contrast series (``t1c``) is asked for with the phantom's ``post_contrast``
+    option when it has one; a sequence the phantom does not simulate (its series
+    folders name the sequences) raises :class:`SpineDataError`.
     """
     from analyzers.phantoms.spine import simulate_spine
+
+    options: dict[str, Any] = {}
+    if "t1c" in sequences and "post_contrast" in inspect.signature(simulate_spine).parameters:
+        options["post_contrast"] = True
 
     unknown = [s for s in sequences if s not in SEQUENCES]
     if unknown:
@@ -153,7 +159,7 @@ def phantom_cohort(
         raise SpineDataError("a phantom cohort needs at least 2 cases")
     rows: dict[str, list[tuple[NDArray[np.float32], int, str, str]]] = {s: [] for s in sequences}
     for index in range(cases):
-        case = simulate_spine(seed=seed, case_index=index, label=CLASSES[index % 2])
+        case = simulate_spine(seed=seed, case_index=index, label=CLASSES[index % 2], **options)
         labels = case.truth_maps["lesion_labels"]
         images = {s.folder: s.pixels[0] for s in case.series}
         absent = [s for s in sequences if s not in images]
