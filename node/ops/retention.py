@@ -6,7 +6,8 @@ these hold:
 * its last instance arrived more than ``retention_days`` ago: the largest
   ``retention_days`` of the routes that took it (``routes.toml``), else
   ``[storage] retention_days``; a result series (the node's own SEG/SR/Parametric Maps)
-  follows the routes of the job that made it. No value anywhere: the series is kept;
+  follows the routes of its source series and of the job that made it. No value anywhere:
+  the series is kept;
 * it is not still arriving or being completed (``series_state`` is ``complete``);
 * none of its jobs is queued or running, and no delivery of its instances or of its
   jobs' results is pending or dead-lettered (an operator resends or gives those up first);
@@ -32,7 +33,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,11 +120,15 @@ class Retention:
         want them (the safe side: its series are kept while a later study of the patient is).
     audit:
         Where removals are recorded; by default an :class:`AuditTrail` on the same index.
+    select:
+        Series attributes → the names of the routes that take the series (labelling routes
+        included); with it a route's ``retention_days`` applies to series it took without a job.
     """
 
     def __init__(self, settings: Settings, index: Index, store: InstanceStore, *,
                  route_retention: Mapping[str, int] | None = None, wants_priors: Mapping[str, bool] | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None,
+                 select: Callable[[Mapping[str, Any]], Iterable[str]] | None = None) -> None:
         self.settings = settings
         self.index = index
         self.store = store
@@ -131,6 +136,7 @@ class Retention:
         self.route_retention = dict(route_retention or {})
         self.wants_priors = dict(wants_priors or {})
         self.audit = audit if audit is not None else AuditTrail(index, source_id=settings.dicom.ae_title)
+        self.select = select
         self._lock = threading.Lock()
 
     @classmethod
@@ -142,13 +148,16 @@ class Retention:
         overrides and every analyzer counted as wanting priors).
         """
         if table is None:
+            from analyzers.registry import UnknownAnalyzer, load_analyzer
             from node.routing.rules import RouteError, load_routes
 
             try:
                 table = load_routes(settings.routing.routes)
+                table.validate(load_analyzer, [d.name for d in settings.destinations], missing=UnknownAnalyzer)
             except (RouteError, OSError) as exc:
                 log.warning("retention: routes not read (%s); [storage] retention_days applies to every series",
                             exc)
+                table = None
         route_retention: dict[str, int] = {}
         wants: dict[str, bool] = {}
         if table is not None:
@@ -156,7 +165,15 @@ class Retention:
             for route in table.routes:
                 if route.analyzer is not None and route.name in table.wants_priors:
                     wants[route.analyzer] = wants.get(route.analyzer, False) or table.wants_priors[route.name]
-        return cls(settings, index, store, route_retention=route_retention, wants_priors=wants, audit=audit)
+        select = None
+        if table is not None and route_retention:
+            routes = table
+
+            def select(attributes: Mapping[str, Any]) -> list[str]:
+                return [r.name for r in routes.select(attributes)]
+
+        return cls(settings, index, store, route_retention=route_retention, wants_priors=wants, audit=audit,
+                   select=select)
 
     @property
     def configured(self) -> bool:
@@ -205,12 +222,20 @@ class Retention:
                         if sop in sop_series:
                             source_job.setdefault(sop_series[sop], job)
 
+        def routes_of(series_uid: str) -> set[str]:
+            routes = {j[4] for j in jobs_of.get(series_uid, [])}
+            if self.select is not None and not is_output_uid(series_uid):
+                from node.jobs.run import series_attributes  # here: node.jobs.run imports node.ops
+
+                attributes = series_attributes(self.index, series_uid)
+                routes.update(self.select(attributes) if attributes is not None else ())
+            return routes
+
         expired: dict[str, tuple[str, float, int, int, int]] = {}
         for series_uid, study_uid, last_received, count, size in series:
-            routes = {j[4] for j in jobs_of.get(series_uid, [])}
             made_by = source_job.get(series_uid)
-            if made_by is not None:
-                routes.add(made_by[4])
+            # a result series is kept as long as the routes of its source series say
+            routes = routes_of(series_uid) if made_by is None else {made_by[4], *routes_of(made_by[1])}
             days = self._days_for(routes)
             if days is None or last_received is None or now - float(last_received) < days * _DAY:
                 continue
