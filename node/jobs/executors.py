@@ -32,7 +32,7 @@ from analyzers.contract import AnalysisInput
 from node.config import JobsSettings, LoggingSettings, Settings
 from node.jobs.work import JobOutcome, execute_job
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor"]
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "die_with_parent", "make_executor"]
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,41 @@ def _limit_threads() -> None:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> bool:
-    """Ask the kernel to SIGKILL this process when its parent exits (Linux ``prctl``); False elsewhere."""
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux ``prctl``).
+
+    Returns False where that is not available. Exits at once when the parent has already
+    gone (the process was re-parented before the call took effect).
+    """
     if not sys.platform.startswith("linux"):
         return False
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
+        done = int(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+    if done and os.getppid() != parent:
+        os._exit(1)
+    return done
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver now, from the main thread, preloading :mod:`node.jobs.parent_death`.
+
+    The kernel's parent-death signal follows the thread that forked a process, so only a
+    forkserver forked by the main thread (which lives as long as the node) may carry it;
+    from another thread, or when the forkserver already runs, nothing changes (the workers'
+    watchdog still ends them).
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    running = getattr(forkserver._forkserver, "_forkserver_pid", None)  # no public query
+    if running is None:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "node.jobs.parent_death"])
+    forkserver.ensure_running()
 
 
 def _watch_parent(node_pid: int, parent_pid: int, interval: float) -> None:
@@ -89,16 +115,15 @@ def _watch_parent(node_pid: int, parent_pid: int, interval: float) -> None:
 def _init_worker(node_pid: int, logging_settings: LoggingSettings | None = None, watch_interval: float = 1.0) -> None:
     """Initializer of a local pool worker: one thread per library, the node's log, die with the node.
 
-    A worker outlives a SIGKILLed node unless told otherwise (the forkserver that forked it
-    exits, the worker is re-parented and keeps waiting for work). The kernel kills it when
-    its parent exits (``PR_SET_PDEATHSIG``), and a watchdog thread exits it within
-    ``watch_interval`` seconds of the node's or its parent's end where prctl is missing.
+    A worker outlives a SIGKILLed node unless told otherwise: it waits for work on a pipe
+    that other workers keep open, and holds the forkserver alive. The kernel kills it when
+    its parent (the forkserver, itself killed with the node: :func:`_start_forkserver`)
+    exits (``PR_SET_PDEATHSIG``), and a watchdog thread exits it within ``watch_interval``
+    seconds of the node's or its parent's end where that is missing.
     """
     _limit_threads()
     parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent exited before prctl took effect
-        os._exit(1)
+    die_with_parent()
     threading.Thread(target=_watch_parent, args=(node_pid, parent, watch_interval),
                      name="pacsnode-parent-watchdog", daemon=True).start()
     if logging_settings is not None:
@@ -145,6 +170,7 @@ class LocalExecutor:
         self.workers = workers
         self.warm_analyzers = tuple(warm_analyzers)
         self.logging_settings = logging_settings
+        _start_forkserver()
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
