@@ -69,6 +69,8 @@ class LogLine:
     level: str
     logger: str
     message: str
+    ids: str = ""
+    """Job and series ids the record carries as attributes (``job_id``, ``series_uid``), if any."""
 
     @property
     def time(self) -> str:
@@ -94,7 +96,8 @@ class LogBuffer(logging.Handler):
             message = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
                 message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
-            self.lines.append(LogLine(record.created, record.levelname, record.name, message))
+            ids = " ".join(str(getattr(record, key)) for key in ("job_id", "series_uid") if getattr(record, key, None))
+            self.lines.append(LogLine(record.created, record.levelname, record.name, message, ids))
         except (TypeError, ValueError):  # a malformed record must not break the logging call
             self.handleError(record)
 
@@ -113,7 +116,7 @@ class LogBuffer(logging.Handler):
     def mentioning(self, *needles: str, limit: int = 200) -> list[LogLine]:
         """The most recent lines that mention any of ``needles`` (a job id, a series UID), oldest first."""
         wanted = [n for n in needles if n]
-        found = [line for line in list(self.lines) if any(n in line.message for n in wanted)]
+        found = [line for line in list(self.lines) if any(n in line.message or n in line.ids for n in wanted)]
         return found[-limit:]
 
     def problems(self, limit: int = 10) -> list[LogLine]:

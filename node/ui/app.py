@@ -301,7 +301,7 @@ class StatusPages:
         if page is None:
             return self._not_found(request, grant, "job")
         job = page["job"]
-        page["log_lines"] = self.logs.mentioning(job.id, job.id[:12])
+        page["log_lines"] = self.logs.mentioning(job.id, job.series_uid)
         return self._page(request, grant, "job.html", page)
 
     def routes_page(self, request: Request) -> Response:
