@@ -233,8 +233,8 @@ class JobRunner:
                      and route_name in {r.name for r in self.table.select(s.attributes)}]
             if not found and not wanted.endswith("?"):
                 raise UnsuitableInput(f"the {job.analyzer} analyzer needs a series of route {route_name!r} "
-                                      f"(role {role!r}) in the same study; none arrived. When it arrives, "
-                                      f"the job runs again")
+                                      f"(role {role!r}) in the same study; none arrived. The job runs again "
+                                      f"when one completes (or: `pacsnode reprocess {job.series_uid}`)")
             related[role] = found
             used[role] = {s.series_instance_uid: len(s.files) for s in found}
         self.ledger.record_inputs(job.id, used)
