@@ -167,6 +167,11 @@ def test_studies_series_job_outputs(running) -> None:
     assert Image.open(io.BytesIO(thumbnail.content)).size == (24, 24)
     made_by = client.get(sr_series).text
     assert job_link in made_by  # the result series links back to the job that made it
+    sr_render = client.get(downloads[0].replace("/file", "/rendered.png"))
+    assert sr_render.status_code == 404 and "no Pixel Data" in sr_render.text
+    assert client.get("/ui/studies", params={"offset": "x"}).status_code == 200
+    assert client.get("/ui/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/ui/series/1.2.3").status_code == 404
     assert client.get(sr_series + "/thumbnail.png").status_code == 404  # an SR has no image
 
 

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from urllib.parse import quote, urlencode
 
 import anyio.to_thread
 import jinja2
+from pydicom.errors import InvalidDicomError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -101,6 +103,12 @@ def _fmt_bytes(value: float | None) -> str:
     return f"{size:.1f} TB"
 
 
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter clipped to ``[low, high]`` (``default`` when absent or not a number)."""
+    text = request.query_params.get(name, "")
+    return min(max(int(text), low), high) if text.isdigit() else default
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -146,6 +154,8 @@ class StatusPages:
         self._open_key = secrets.token_bytes(32)
         self._tokens = [(t.token, t.scope, t.name or f"token {n + 1}") for n, t in enumerate(settings.http.tokens)]
         self._curves: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._dashboard_lock = threading.Lock()
+        self._dashboard_cache: tuple[float, dict[str, Any]] = (-1e9, {})
 
     def close(self) -> None:
         """Stop listening to the logs and the ingestor."""
@@ -229,8 +239,14 @@ class StatusPages:
     # -- pages -------------------------------------------------------------------------------
 
     def _dashboard_context(self) -> dict[str, Any]:
-        data = queries.dashboard(self.index, self.ledger, Path(self.settings.storage.path),
-                                 self.settings.storage.min_free_gb)
+        # Several open dashboards refresh every 2 s: they share one reading of the index a second.
+        with self._dashboard_lock:
+            at, data = self._dashboard_cache
+            if time.monotonic() - at > 1.0:
+                data = queries.dashboard(self.index, self.ledger, Path(self.settings.storage.path),
+                                         self.settings.storage.min_free_gb)
+                self._dashboard_cache = (time.monotonic(), data)
+        data = dict(data)
         history = self.rate.per_second(120)
         data.update(rate10=self.rate.rate(10), rate60=self.rate.rate(60), last60=sum(history[-60:]),
                     spark=sparkline(history), problems=self.logs.problems(10), now=time.time(),
@@ -254,7 +270,7 @@ class StatusPages:
         if isinstance(grant, Response):
             return grant
         query = request.query_params.get("q", "").strip()
-        offset = max(int(request.query_params.get("offset", "0") or 0), 0)
+        offset = _int_param(request, "offset", 0, 0, 10**9)
         rows, total = queries.studies_page(self.index, query=query, limit=50, offset=offset)
         return self._page(request, grant, "studies.html", {"studies": rows, "total": total, "q": query,
                                                            "offset": offset, "limit": 50})
@@ -361,12 +377,14 @@ class StatusPages:
         path = self._instance_path(request.path_params["sop"])
         if path is None:
             return Response("no such instance", status_code=404)
-        frame_text = request.query_params.get("frame", "")
-        size = min(max(int(request.query_params.get("size", "256") or 256), 16), 1024)
+        frame = _int_param(request, "frame", 0, 0, 1_000_000) or None
+        size = _int_param(request, "size", 256, 16, 1024)
         try:
-            data = render_png(path, frame=int(frame_text) if frame_text.isdigit() else None, size=size)
+            data = render_png(path, frame=frame, size=size)
         except NodeError as exc:
             return Response(exc.message, status_code=http_status(exc), media_type="text/plain")
+        except (OSError, InvalidDicomError) as exc:
+            return Response(f"the stored file cannot be read: {exc}", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     def thumbnail(self, request: Request) -> Response:
@@ -381,6 +399,8 @@ class StatusPages:
             data = render_png(path, size=128)
         except NodeError as exc:
             return Response(exc.message, status_code=http_status(exc), media_type="text/plain")
+        except (OSError, InvalidDicomError) as exc:
+            return Response(f"the stored file cannot be read: {exc}", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
     def curve(self, request: Request) -> Response:
@@ -397,6 +417,8 @@ class StatusPages:
                 data = time_curve_png(self.index, self.store, series_uid)
             except NodeError as exc:
                 return Response(exc.message, status_code=http_status(exc), media_type="text/plain")
+            except (OSError, InvalidDicomError, ValueError) as exc:
+                return Response(f"the time curve cannot be drawn: {exc}", status_code=422, media_type="text/plain")
             self._curves[key] = data
             while len(self._curves) > 64:
                 self._curves.popitem(last=False)

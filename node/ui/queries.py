@@ -72,9 +72,11 @@ class DiskUse:
         return self.free < self.min_free_bytes
 
 
-def disk_use(index: Index, storage_root: Path, min_free_gb: float) -> DiskUse:
+def disk_use(index: Index, storage_root: Path, min_free_gb: float, stored: int | None = None) -> DiskUse:
+    """The storage volume's use; ``stored`` (bytes of indexed files) is summed from the index when not given."""
     usage = shutil.disk_usage(storage_root)
-    stored = int(index.reader().execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0])
+    if stored is None:
+        stored = int(index.reader().execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0])
     index_bytes = sum(p.stat().st_size for p in (index.path, index.path.with_name(index.path.name + "-wal"))
                       if p.exists())
     return DiskUse(usage.total, usage.used, usage.free, stored, index_bytes, int(min_free_gb * 1e9))
@@ -130,7 +132,7 @@ def dashboard(index: Index, ledger: JobLedger, storage_root: Path, min_free_gb: 
         "pending_total": sum(d.get("pending", 0) for d in deliveries.values()),
         "dead_total": sum(d.get("dead", 0) for d in deliveries.values()),
         "completion": completion,
-        "disk": disk_use(index, storage_root, min_free_gb),
+        "disk": disk_use(index, storage_root, min_free_gb, stored=counts.bytes),
         "failed_jobs": failed_jobs,
         "dead_letters": dead,
         "recent_series": recent,
