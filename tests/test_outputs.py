@@ -17,7 +17,7 @@ from analyzers._shared.volume import Volume, load_segmentation, load_series
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from sr_templates import ANALYZERS, Quantity, report_template
 from sr_templates import codes as c
-from tests.test_volume import AXIAL, enhanced_mr, stored_values, write_series
+from tests.test_volume import AXIAL, stored_values, write_series
 
 ALGORITHM = out.Algorithm("brainmets", "1.2.3")
 
@@ -172,12 +172,12 @@ def test_parametric_map_roundtrip(
     assert float(mapping.RealWorldValueSlope) == 1.0
     pixels = dataset.pixel_array
     assert pixels.dtype == np.float32
-    expected = np.where(np.isfinite(values), values, 0.0)
+    expected = np.where(np.isfinite(values), values, np.float32(np.nan))  # failed fits stay NaN
     headers = volume.headers
     for frame, position in zip(pixels, _frames_by_position(dataset), strict=True):
         k = next(k for k, h in enumerate(headers)
                  if np.allclose([float(v) for v in h.ImagePositionPatient], position, atol=1e-4))
-        np.testing.assert_array_equal(frame, expected[k])
+        np.testing.assert_array_equal(frame, expected[k])  # NaN where NaN
     referenced = {str(i.ReferencedSOPInstanceUID)
                   for i in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     first_time_point = volume.sop_instance_uids[0] if volume.is_dynamic else volume.sop_instance_uids
@@ -369,14 +369,125 @@ def test_segmentation_on_oblique_dynamic_series(oblique_dynamic: Volume, tmp_pat
     np.testing.assert_array_equal(masks["Enhancing lesion"], mask)
 
 
-def test_multiframe_source_is_refused() -> None:
-    volume = load_series([enhanced_mr(stored_values((4, 3, 5)), np.zeros(3), 2.0)])
+@pytest.fixture(scope="module")
+def enhanced_phantom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Volume, Volume, Path]:
+    """A t1c phantom series as classic MR and as its Legacy Converted Enhanced MR (one multi-frame file)."""
+    from analyzers.phantoms import simulate_t1c
+    from analyzers.phantoms.dicomio import write_series as write_phantom_series
+
+    case = simulate_t1c(seed=4, case_index=0, matrix=48, slices=12, pixel_mm=4.0, slice_mm=4.0)
+    folder = tmp_path_factory.mktemp("enhanced")
+    series = case.series[0]
+    paths = write_phantom_series(folder / "classic", series, case.patient, case.scanner)
+    legacy = [pydicom.dcmread(p) for p in paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy, series_instance_uid=out.derive_uid("enhanced", series.series_uid), series_number=99,
+        sop_instance_uid=out.derive_uid("enhanced", series.series_uid, "1"), instance_number=1,
+    )
+    path = folder / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    return load_series(paths), load_series([path]), path
+
+
+def _frame_positions(path: Path) -> dict[int, np.ndarray]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {n + 1: np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+            for n, item in enumerate(ds.PerFrameFunctionalGroupsSequence)}
+
+
+def pm_on_grid(parametric: pydicom.Dataset, volume: Volume) -> np.ndarray:
+    """The float frames of a Parametric Map placed at their slices of ``volume`` (by plane position)."""
+    frames = np.frombuffer(parametric.FloatPixelData, dtype="<f4").reshape(-1, *volume.shape3d[1:])
+    grid = np.full(volume.shape3d, -12345.0, dtype=np.float32)
+    for index, frame in enumerate(parametric.PerFrameFunctionalGroupsSequence):
+        here = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        column, row, k = np.ravel(volume.patient_to_index(here))
+        assert abs(column) < 1e-3 and abs(row) < 1e-3 and abs(k - round(k)) < 1e-3
+        grid[round(k)] = frames[index]
+    return grid
+
+
+def test_seg_and_pm_on_enhanced_mr_source(
+    enhanced_phantom: tuple[Volume, Volume, Path], tmp_path: Path
+) -> None:
+    classic, volume, source_path = enhanced_phantom
+    assert int(volume.headers[0].NumberOfFrames) == volume.shape3d[0] > 1
+    np.testing.assert_allclose(volume.affine, classic.affine, atol=1e-4)
+    positions = _frame_positions(source_path)
+    mask = np.zeros(volume.shape3d, dtype=bool)
+    mask[3:7, 10:20, 12:22] = True
+    seg = out.build_segmentation(
+        volume, [out.Segment(report_template("brainmets").segment_classes["metastasis"], mask, "lesion 1")],
+        ALGORITHM,
+    )
+    seg_path = written(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(seg_path) == []
+    back = hd.seg.segread(seg_path)
+    referenced = back.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [str(i.ReferencedSOPInstanceUID) for i in referenced] == [volume.headers[0].SOPInstanceUID]
+    # Every SEG frame references the source frame at its own position.
+    for frame in back.PerFrameFunctionalGroupsSequence:
+        here = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        source_image = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        number = int(source_image.ReferencedFrameNumber)
+        np.testing.assert_allclose(positions[number], here, atol=1e-3)
+    masks = load_segmentation(seg_path, onto=volume)
+    np.testing.assert_array_equal(masks["Metastasis"], mask)
+    # The same SEG lies on the classic series too (same frame of reference and geometry).
+    np.testing.assert_array_equal(load_segmentation(seg_path, onto=classic)["Metastasis"], mask)
+
+    values = np.linspace(0.0, 3.0, mask.size, dtype=np.float32).reshape(volume.shape3d)
+    pm = out.build_parametric_map(volume, values, report_template("dce").quantity("ktrans"),
+                                  out.Algorithm("dce", "0.4"))
+    pm_path = written(pm, tmp_path / "pm.dcm")
+    assert dciodvfy_errors(pm_path) == []
+    parametric = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(pm_path))
+    assert str(parametric.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+               .ReferencedSOPInstanceUID) == volume.headers[0].SOPInstanceUID
+    np.testing.assert_array_equal(pm_on_grid(parametric, volume), values)
+    for frame in parametric.PerFrameFunctionalGroupsSequence:
+        here = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        number = int(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        np.testing.assert_allclose(positions[number], here, atol=1e-3)
+
+
+def test_enhanced_source_not_from_a_file_needs_its_dataset() -> None:
+    from tests.test_volume import enhanced_mr as minimal_enhanced  # a dataset, not a file
+
+    dataset = minimal_enhanced(stored_values((4, 3, 5)), np.zeros(3), 2.0)
+    volume = load_series([dataset])
     mask = np.ones(volume.shape3d, dtype=bool)
-    with pytest.raises(out.OutputError, match="multi-frame"):
-        out.build_segmentation(
-            volume, [out.Segment(report_template("brainmets").segment_classes["metastasis"],
-                                 mask)], ALGORITHM,
-        )
+    segment = out.Segment(report_template("brainmets").segment_classes["metastasis"], mask)
+    with pytest.raises(out.OutputError, match="source_datasets"):
+        out.build_segmentation(volume, [segment], ALGORITHM)
+
+
+def test_parametric_map_keeps_nan_for_failed_fits(axial: Volume, tmp_path: Path) -> None:
+    values = np.linspace(0.01, 0.4, int(np.prod(axial.shape3d)), dtype=np.float32).reshape(axial.shape3d)
+    failed = np.zeros(axial.shape3d, dtype=bool)
+    failed[2, 4:7, 5:9] = True
+    values[failed] = np.nan
+    values[0, 0, 0] = np.inf  # not a value either: stored as NaN
+    quantity = report_template("dce").quantity("ktrans")
+    pm = out.build_parametric_map(axial, values, quantity, out.Algorithm("dce", "0.4"))
+    path = written(pm, tmp_path / "pm.dcm")
+    assert dciodvfy_errors(path) == []
+    parametric = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(path))
+    stored = pm_on_grid(parametric, axial)
+    expected_nan = failed.copy()
+    expected_nan[0, 0, 0] = True
+    np.testing.assert_array_equal(np.isnan(stored), expected_nan)
+    np.testing.assert_array_equal(stored[~expected_nan], values[~expected_nan])
+    mapping = parametric.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    finite = values[np.isfinite(values)]
+    assert float(mapping.DoubleFloatRealWorldValueFirstValueMapped) == pytest.approx(float(finite.min()))
+    assert float(mapping.DoubleFloatRealWorldValueLastValueMapped) == pytest.approx(float(finite.max()))
+    window = parametric.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert np.isfinite(float(window.WindowCenter)) and float(window.WindowWidth) > 0
+    # A site whose viewer cannot show NaN asks for a fill value instead.
+    filled = out.build_parametric_map(axial, values, quantity, out.Algorithm("dce", "0.4"), fill_value=-1.0)
+    data = pm_on_grid(filled, axial)
+    assert not np.isnan(data).any() and np.all(data[expected_nan] == -1.0)
 
 
 def test_feature_and_per_sequence_measurements(axial: Volume, tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
@@ -176,14 +178,59 @@ def _stamp(dataset: Dataset, description: str, body_part: str | None) -> None:
             ]
 
 
-def _source_images(source: Volume) -> list[Dataset]:
+def _full_multiframe(header: Dataset, given: Sequence[Dataset]) -> Dataset:
+    """The multi-frame source instance of ``header`` with its per-frame functional groups."""
+    uid = str(header.SOPInstanceUID)
+    for dataset in given:
+        if str(dataset.SOPInstanceUID) == uid:
+            return dataset
+    if "PerFrameFunctionalGroupsSequence" in header:
+        return header
+    # load_series keeps one header per instance without the per-frame groups; read them again
+    # from the file it came from (without pixel data: the builders need only the metadata).
+    filename = getattr(header, "filename", None)
+    if isinstance(filename, str) and filename:
+        try:
+            return pydicom.dcmread(filename, stop_before_pixels=True)
+        except (OSError, InvalidDicomError) as exc:
+            raise OutputError(f"cannot re-read the multi-frame source {filename}: {exc}") from exc
+    raise OutputError(
+        f"the multi-frame source {uid} was not read from a file; pass it as source_datasets"
+    )
+
+
+def _source_images(
+    source: Volume, source_datasets: Sequence[Dataset] = ()
+) -> tuple[list[Dataset], list[hd.PlanePositionSequence] | None]:
+    """The source images for highdicom and, for a multi-frame source, the output's plane positions.
+
+    Classic sources (one instance per slice) are referenced slice by slice. For an
+    Enhanced MR (multi-frame) source, the instance holding the first time point's
+    frames is the source image and each output plane gets the patient position
+    of its slice; highdicom matches these to the source frames and references
+    them by frame number (Derivation Image Sequence, Referenced Frame Number).
+    """
     if not source.headers:
         raise OutputError("the source volume has no headers to reference")
-    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in source.headers):
-        # Frame-level references (and the per-frame groups highdicom needs) are not
-        # kept by load_series for Enhanced MR; refuse rather than write wrong references.
-        raise OutputError("outputs on multi-frame (Enhanced MR) source series are not supported")
-    return list(source.headers)
+    if all(int(h.get("NumberOfFrames", 1) or 1) <= 1 for h in source.headers):
+        return list(source.headers), None
+    first = source.sop_instance_uids[0] if source.is_dynamic else source.sop_instance_uids
+    uids = list(dict.fromkeys(str(u) for u in np.ravel(first)))
+    if len(uids) != 1:
+        raise OutputError(
+            f"the first time point of the multi-frame source spans {len(uids)} instances; "
+            "an output can reference one multi-frame source instance"
+        )
+    header = next(h for h in source.headers if str(h.SOPInstanceUID) == uids[0])
+    dataset = _full_multiframe(header, source_datasets)
+    positions = [
+        hd.PlanePositionSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            image_position=[float(v) for v in source.affine[:3, 2] * k + source.affine[:3, 3]],
+        )
+        for k in range(source.shape3d[0])
+    ]
+    return [dataset], positions
 
 
 # --------------------------------------------------------------------------- SEG
@@ -208,6 +255,7 @@ def build_segmentation(
     output: OutputSeries | None = None,
     *,
     body_part: str | None = "BRAIN",
+    source_datasets: Sequence[Dataset] = (),
 ) -> hd.seg.Segmentation:
     """A BINARY DICOM SEG with one segment per item of ``segments``.
 
@@ -225,6 +273,10 @@ def build_segmentation(
         UIDs, series number and description of the SEG.
     body_part:
         BodyPartExamined of the SEG series.
+    source_datasets:
+        Complete source instances, needed only for an Enhanced MR (multi-frame)
+        source whose volume was not read from files (otherwise they are re-read
+        from the files the volume came from).
     """
     if not segments:
         raise OutputError("a SEG needs at least one segment")
@@ -260,9 +312,11 @@ def build_segmentation(
     series_uid, sop_uid, number, description = (output or OutputSeries()).resolve(
         source, algorithm, "SEG", _SEG_SERIES_NUMBER
     )
+    source_images, plane_positions = _source_images(source, source_datasets)
     seg = hd.seg.Segmentation(
-        source_images=_source_images(source),
+        source_images=source_images,
         pixel_array=pixel_array,
+        plane_positions=plane_positions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
@@ -291,7 +345,8 @@ def build_parametric_map(
     output: OutputSeries | None = None,
     *,
     body_part: str | None = "BRAIN",
-    fill_value: float = 0.0,
+    fill_value: float | None = None,
+    source_datasets: Sequence[Dataset] = (),
 ) -> hd.pm.ParametricMap:
     """A float32 Parametric Map of one quantity on the source grid.
 
@@ -301,9 +356,10 @@ def build_parametric_map(
         Series the map was computed from (its first time point's slices are
         the source images and define the geometry).
     values:
-        Map of shape ``source.shape3d`` in the quantity's unit. Non-finite
-        values (outside the brain, failed fits) are written as ``fill_value``
-        because viewers do not handle NaN.
+        Map of shape ``source.shape3d`` in the quantity's unit. NaN marks
+        voxels without a value (failed fits, outside the analysed region) and
+        is stored as NaN (IEEE 754 in Float Pixel Data, which the standard
+        allows); ±inf is stored as NaN too.
     quantity:
         Concept, UCUM unit and labels (from :mod:`sr_templates`); stored in the
         Real World Value Mapping (identity slope/intercept, float values).
@@ -313,13 +369,20 @@ def build_parametric_map(
         BodyPartExamined; Laterality is copied from the source only when it
         has one (PS3.3 General Series: only for paired body parts).
     fill_value:
-        Value written where ``values`` is not finite.
+        When given, written instead of NaN where ``values`` is not finite, for
+        a site whose viewer cannot display NaN (the map then cannot tell a
+        failed fit from a true value of ``fill_value``).
+    source_datasets:
+        As for :func:`build_segmentation` (Enhanced MR sources).
     """
     data = np.asarray(values, dtype=np.float32)
     if data.shape != source.shape3d:
         raise OutputError(f"map has shape {data.shape}, the source {source.shape3d}")
-    data = np.where(np.isfinite(data), data, np.float32(fill_value)).astype(np.float32)
-    low, high = float(data.min()), float(data.max())
+    finite = np.isfinite(data)
+    missing = np.float32(np.nan) if fill_value is None else np.float32(fill_value)
+    data = np.where(finite, data, missing).astype(np.float32)
+    values_set = data[np.isfinite(data)]
+    low, high = (float(values_set.min()), float(values_set.max())) if values_set.size else (0.0, 1.0)
     if high <= low:
         high = low + 1.0
     mapping = hd.pm.RealWorldValueMapping(
@@ -334,16 +397,18 @@ def build_parametric_map(
     series_uid, sop_uid, number, description = (output or OutputSeries()).resolve(
         source, algorithm, quantity.label, _PM_SERIES_NUMBER
     )
-    # Window over the central 98 % of non-zero values so the map is readable at once.
-    informative = data[data != fill_value]
+    # Window over the central 98 % of the finite non-zero (or non-fill) values so the map is readable at once.
+    informative = values_set[values_set != (0.0 if fill_value is None else fill_value)]
     if informative.size:
         w_low, w_high = np.percentile(informative, [1.0, 99.0])
     else:
         w_low, w_high = low, high
     width = max(float(w_high - w_low), 1e-6)
+    source_images, plane_positions = _source_images(source, source_datasets)
     pm = hd.pm.ParametricMap(
-        source_images=_source_images(source),
+        source_images=source_images,
         pixel_array=data,
+        plane_positions=plane_positions,
         series_instance_uid=series_uid,
         series_number=number,
         sop_instance_uid=sop_uid,
@@ -640,7 +705,11 @@ def _report_document(
         evidence.source, algorithm, "SR",
         _SR_SERIES_NUMBER,
     )
-    documents = _source_images(evidence.source) + list(evidence.extra)
+    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in evidence.source.headers):
+        # The SCOORD on a referenced image would need the frame number of every slice,
+        # which the volume does not keep; refuse rather than reference the wrong frame.
+        raise OutputError("SR on a multi-frame (Enhanced MR) source series is not supported")
+    documents = list(_source_images(evidence.source)[0]) + list(evidence.extra)
     if evidence.segmentation is not None:
         documents.append(evidence.segmentation)
     sr = hd.sr.Comprehensive3DSR(

@@ -14,7 +14,10 @@ exactly as ImagePositionPatient / ImageOrientationPatient / PixelSpacing do.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +163,48 @@ def _template_dir() -> Path:
     return folder
 
 
+def _cache_dir() -> Path:
+    """Where derived template arrays are cached (``$PACSNODE_CACHE_DIR`` or ``$XDG_CACHE_HOME/pacsnode``)."""
+    explicit = os.environ.get("PACSNODE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pacsnode"
+
+
+def _outside_distance(folder: Path, brain: np.ndarray) -> np.ndarray:
+    """Distance (mm) outside the brain mask, from a cache file when one matches the template.
+
+    The Euclidean distance transform of the 197×233×189 template costs about 2
+    CPU-seconds; its result depends only on the packaged template files, so it
+    is computed once per machine and cached (keyed by the files' names, sizes
+    and modification times). An unwritable cache only costs the recomputation.
+    """
+    stamp = hashlib.sha256()
+    for name in sorted(_TEMPLATE_FILES.values()):
+        info = (folder / name).stat()
+        stamp.update(f"{name}|{info.st_size}|{info.st_mtime_ns}|edt-v1".encode())
+    cache = _cache_dir() / f"mni152_2009a_outside_mm_{stamp.hexdigest()[:16]}.npy"
+    try:
+        cached = np.load(cache)
+        if cached.shape == brain.shape and cached.dtype == np.float32:
+            return np.asarray(cached)
+    except (OSError, ValueError):
+        pass
+    outside = ndimage.distance_transform_edt(~brain).astype(np.float32)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npy", delete=False) as handle:
+            np.save(handle, outside)
+        os.replace(handle.name, cache)
+    except OSError:
+        pass
+    return outside
+
+
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
-    """Load the packaged MNI152 2009a template once per process (about 1 s)."""
+    """Load the packaged MNI152 2009a template once per process (under 1 s once the distance map is cached)."""
     import nibabel as nib
 
     folder = _template_dir()
@@ -176,7 +218,7 @@ def load_template() -> Template:
     # The brain mask includes sulcal and ventricular CSF: what is neither GM nor WM.
     csf = np.clip(brain.astype(np.float32) - arrays["gm"] - arrays["wm"], 0.0, 1.0)
     # Distance (mm) outside the brain mask gives dura, skull and scalp shells.
-    outside = ndimage.distance_transform_edt(~brain).astype(np.float32)
+    outside = _outside_distance(folder, brain)
     assert affine is not None
     return Template(t1=arrays["t1"], gm=arrays["gm"], wm=arrays["wm"], csf=csf, outside_mm=outside, affine_ras=affine)
 

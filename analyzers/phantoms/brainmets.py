@@ -402,7 +402,7 @@ def simulate_brainmets(
 
 
 def generate_brainmets(
-    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int = 1, **options: Any
+    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int | None = 1, **options: Any
 ) -> Path:
     """Write a brain-metastasis cohort to ``out/brainmets/case-XXXX/{space,mprage}``."""
     return generate_cohort("brainmets", simulate_brainmets, Path(out), seed, cases, options, progress, workers)

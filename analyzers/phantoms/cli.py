@@ -69,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument("--cases", type=int, default=1, help="number of cases (patients) per phantom")
     parser.add_argument("--case", type=int, default=1, help="case number to preview (1-based)")
-    parser.add_argument("--workers", type=int, default=1, help="processes writing cases in parallel")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes writing cases in parallel (default: one per CPU core, at most one per case)",
+    )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")

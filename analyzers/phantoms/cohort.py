@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import sys
 import time
 import zlib
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from analyzers.phantoms.anatomy import load_template
 from analyzers.phantoms.dicomio import make_uid, write_case
 from analyzers.phantoms.model import PhantomCase, PhantomError, Study
 
@@ -103,7 +105,7 @@ def generate_cohort(
     cases: int,
     options: dict[str, Any],
     progress: bool | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> Path:
     """Simulate and write ``cases`` cases under ``out/name`` with a cohort ``labels.csv``.
 
@@ -115,8 +117,11 @@ def generate_cohort(
     progress:
         Show a progress bar; ``None`` shows it only on a terminal.
     workers:
-        Processes writing cases in parallel (1 writes in this process).
+        Processes writing cases in parallel (1 writes in this process); None uses
+        one per CPU core, at most one per case.
     """
+    if workers is None:
+        workers = max(1, min(cases, os.cpu_count() or 1))
     if cases < 1:
         raise PhantomError(f"cases must be at least 1, got {cases}")
     if workers < 1:
@@ -133,6 +138,8 @@ def generate_cohort(
             rows.extend(case_rows)
             bar.advance()
     else:
+        # Load the template before the pool forks so every worker shares it instead of loading its own.
+        load_template()
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for case_rows in pool.map(_write_one, jobs):
                 rows.extend(case_rows)

@@ -460,7 +460,7 @@ def simulate_dce(
 
 
 def generate_dce(
-    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int = 1, **options: Any
+    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int | None = 1, **options: Any
 ) -> Path:
     """Write a DCE cohort to ``out/dce/case-XXXX/`` with ``labels.csv``; options go to :func:`simulate_dce`."""
     return generate_cohort("dce", simulate_dce, Path(out), seed, cases, options, progress, workers)

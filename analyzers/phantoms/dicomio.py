@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -301,14 +302,22 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """``numpy.savez_compressed`` at zlib level 1: the same archive format, read by ``numpy.load``, written
+    several times faster than at the default level 6 (the truth maps are mostly smooth or zero)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
 def write_case(case: PhantomCase, case_folder: Path) -> Path:
     """Write every series of ``case`` and its ``truth/`` folder (maps.npz, truth.json)."""
     for series in case.series:
         write_series(case_folder / series.folder, series, case.patient, case.scanner)
     truth_dir = case_folder / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    maps: dict[str, Any] = dict(case.truth_maps)
-    np.savez_compressed(truth_dir / "maps.npz", **maps)
+    _save_npz(truth_dir / "maps.npz", dict(case.truth_maps))
     info = {
         "phantom": case.phantom,
         "case": case.case_index,

@@ -386,7 +386,7 @@ def simulate_dsc(
 
 
 def generate_dsc(
-    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int = 1, **options: Any
+    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int | None = 1, **options: Any
 ) -> Path:
     """Write a DSC cohort to ``out/dsc/case-XXXX/`` with ``labels.csv``; options go to :func:`simulate_dsc`."""
     return generate_cohort("dsc", simulate_dsc, Path(out), seed, cases, options, progress, workers)

@@ -34,12 +34,33 @@ class Ellipsoid:
         local = (points - self.centre) @ self.rotation
         return np.sqrt(np.sum((local / self.radii) ** 2, axis=-1))
 
+    def bounding_box(self, grid: Grid, reach: float) -> tuple[slice, slice, slice]:
+        """Index box of ``grid`` holding every voxel whose normalised distance is below ``reach``."""
+        extent = reach * float(np.max(self.radii)) + 1e-6
+        corners = self.centre + extent * np.array(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64
+        )
+        index = np.array([grid.to_index(c) for c in corners])
+        lo = np.clip(np.floor(index.min(0)).astype(int) - 1, 0, grid.shape)
+        hi = np.clip(np.ceil(index.max(0)).astype(int) + 2, 0, grid.shape)
+        return (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
+
     def fraction(self, grid: Grid, coords: np.ndarray | None = None, edge_mm: float | None = None) -> np.ndarray:
-        """Partial-volume fraction (0–1) on ``grid`` with a linear edge about one voxel wide."""
-        pts = grid.patient_coordinates() if coords is None else coords
+        """Partial-volume fraction (0–1) on ``grid`` with a linear edge about one voxel wide.
+
+        Only the box around the ellipsoid where the fraction can be positive is
+        evaluated (the rest of the grid is 0 by construction).
+        """
         edge = min(grid.spacing[1:]) if edge_mm is None else edge_mm
-        d = self.normalised_distance(pts)
-        return np.clip(0.5 + (1.0 - d) * float(np.mean(self.radii)) / edge, 0.0, 1.0).astype(np.float32)
+        mean_radius = float(np.mean(self.radii))
+        # fraction > 0 exactly where d < 1 + edge / (2 * mean radius)
+        box = self.bounding_box(grid, 1.0 + 0.5 * edge / mean_radius)
+        pts = grid.patient_coordinates(box) if coords is None else coords[box]
+        out = np.zeros(grid.shape, dtype=np.float32)
+        if pts.size:
+            d = self.normalised_distance(pts)
+            out[box] = np.clip(0.5 + (1.0 - d) * mean_radius / edge, 0.0, 1.0).astype(np.float32)
+        return out
 
 
 def _slab_candidates(anatomy: Anatomy, mask: np.ndarray, margin_slices: int) -> np.ndarray:

@@ -395,7 +395,7 @@ def simulate_spine(
 
 
 def generate_spine(
-    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int = 1, **options: Any
+    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int | None = 1, **options: Any
 ) -> Path:
     """Write a spine cohort to ``out/spine/case-XXXX/{t1,t2,stir}``; options go to :func:`simulate_spine`."""
     return generate_cohort("spine", simulate_spine, Path(out), seed, cases, options, progress, workers)

@@ -238,7 +238,7 @@ def simulate_t1c(
 
 
 def generate_t1c(
-    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int = 1, **options: Any
+    out: Path, seed: int = 0, cases: int = 1, progress: bool | None = None, workers: int | None = 1, **options: Any
 ) -> Path:
     """Write a T1C meningioma cohort to ``out/t1c/case-XXXX/``; options go to :func:`simulate_t1c`."""
     return generate_cohort("t1c", simulate_t1c, Path(out), seed, cases, options, progress, workers)
