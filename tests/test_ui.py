@@ -126,6 +126,7 @@ def test_dashboard_counts_match_the_index(running) -> None:
     assert "no free-space threshold" in html and "free of" in html  # disk card (min_free_gb = 0)
     # every stored instance was counted for the instances-per-second history
     pages = node.http.app.pages  # type: ignore[union-attr]
+    time.sleep(1.05)  # the history holds complete seconds only
     assert sum(pages.rate.per_second(600)) == instances
     live = client.get("/ui/live/dashboard")
     assert live.status_code == 200 and "<html" not in live.text and 'data-testid="instances"' in live.text
@@ -278,3 +279,19 @@ name = "operator"
         assert by_script.status_code == 303  # a script with the header needs no CSRF field
         wrong = client.get("/ui/", headers={"Authorization": "Bearer " + "z" * 24}, follow_redirects=False)
         assert wrong.status_code == 303
+
+
+def test_audit_page_lists_what_the_trail_holds(running) -> None:
+    node, client = running
+    stored = _query(node, "SELECT COUNT(*) FROM audit_log WHERE event = 'instances-stored' AND actor = 'SCANNER'")[0][0]
+    assert stored > 0
+    rows = "SELECT COUNT(*) FROM audit_log WHERE event = 'instances-stored'"
+    before = _query(node, rows)[0][0]
+    page = client.get("/ui/audit", params={"since": "1h", "event": "instances-stored"}).text
+    table = page.split('data-testid="audit"')[1].split("</table>")[0]
+    assert before <= table.count("<tr><td") <= _query(node, rows)[0][0]  # the trail is flushed once a second
+    assert "SCANNER" in table and "association" not in table
+    associations = client.get("/ui/audit", params={"event": "association"}).text
+    assert "accepted" in associations or "released" in associations
+    wrong = client.get("/ui/audit", params={"since": "yesterday"}).text
+    assert "is not a duration" in wrong

@@ -350,6 +350,26 @@ class StatusPages:
         return self._page(request, grant, "outbox.html", {**queries.outbox_page(self.index),
                                                           "destinations": self.settings.destinations})
 
+    def audit(self, request: Request) -> Response:
+        grant = self._guard(request)
+        if isinstance(grant, Response):
+            return grant
+        from node.ops.audit import EVENT_KINDS, InvalidSince, parse_since, read_events
+
+        since_text = request.query_params.get("since", "1d").strip() or "1d"
+        event = request.query_params.get("event") or None
+        error = ""
+        try:
+            since = time.time() - parse_since(since_text)
+        except InvalidSince as exc:
+            error, since = str(exc), time.time() - 86400
+        if event not in EVENT_KINDS:
+            event = None
+        events = list(read_events(self.index, since=since, event=event))
+        return self._page(request, grant, "audit.html", {
+            "events": events[::-1][:500], "total": len(events), "since": since_text, "event": event,
+            "kinds": EVENT_KINDS, "error": error})
+
     def _not_found(self, request: Request, grant: Grant, what: str) -> HTMLResponse:
         return self._page(request, grant, "message.html", {"title": f"No such {what}",
                           "message": f"The index has no {what} with that UID."}, status=404)
@@ -521,6 +541,7 @@ class StatusPages:
             Route(p + "/routes", self.routes_page),
             Route(p + "/outbox", self.outbox),
             Route(p + "/outbox/retry", self.retry, methods=["POST"]),
+            Route(p + "/audit", self.audit),
             Route(p + "/instances/{sop}/file", self.download),
             Route(p + "/instances/{sop}/rendered.png", self.rendered),
             Route(p + "/login", self.login_form, methods=["GET"]),
