@@ -1,8 +1,10 @@
-"""The Dask executor: the same qc job on a ``distributed.LocalCluster`` with worker processes.
+"""The Dask executor: qc jobs on Dask workers that share no disk with the node.
 
-The worker shares no disk with the node: it fetches the series by WADO-RS from the node's
-DICOMweb service and stores the SR back by STOW-RS. The result equals what the local
-executor computes for the same job (same findings, same output UIDs).
+A worker fetches the series by WADO-RS from the node's DICOMweb service and stores the SR
+back by STOW-RS. On a ``distributed.LocalCluster`` the result equals what the local
+executor computes for the same job (same findings, same output UIDs); with a ``dask
+scheduler`` and two ``pacsnode worker`` processes, both workers take jobs of a running
+``pacsnode serve`` and every SR reaches the PACS exactly once.
 """
 
 from __future__ import annotations
@@ -74,21 +76,115 @@ workers = 1
         node.stop()
 
 
-def test_pacsnode_worker_joins_a_scheduler() -> None:
+def test_scheduler_and_two_pacsnode_workers_run_the_nodes_jobs(tmp_path: Path, orthanc) -> None:
+    """``dask scheduler`` and two ``pacsnode worker`` processes, a ``pacsnode serve`` with
+    executor = "dask": six qc jobs, both workers get some, each SR reaches Orthanc once."""
+    import json
+    import sqlite3
     import subprocess
 
-    from tests.peers import VENV_BIN
+    from pydicom import dcmread
 
-    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as scheduler_only, \
-            distributed.Client(scheduler_only) as client:
-        worker = subprocess.Popen([str(VENV_BIN / "pacsnode"), "worker", "--scheduler",
-                                   scheduler_only.scheduler_address, "--name", "pacsnode-test-worker"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            client.wait_for_workers(1, timeout=120)
-            assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
-            names = [w["name"] for w in client.scheduler_info()["workers"].values()]
-            assert names == ["pacsnode-test-worker"]
-        finally:
-            worker.terminate()
-            worker.wait(30)
+    from tests.peers import VENV_BIN, start_node, wait_for_port, write_node_config
+
+    scheduler_port = free_port()
+    address = f"tcp://127.0.0.1:{scheduler_port}"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(name: str, *command: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(list(command), stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+                                   cwd=cwd)
+        started.append(process)
+        return process
+
+    def worker_keys(dask_worker) -> list[str]:  # runs on each worker (client.run); local, so pickled by value
+        return sorted({entry[0] for entry in dask_worker.state.log
+                       if isinstance(entry[0], str) and entry[0].startswith("pacsnode-job-")
+                       and "executing" in entry})
+
+    node = None
+    try:
+        scheduler = launch("scheduler", str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                           str(scheduler_port), "--no-dashboard")
+        wait_for_port(scheduler_port, timeout=60, process=scheduler)
+        for n in (1, 2):  # no shared folder: each worker runs in its own empty directory
+            (tmp_path / f"w{n}").mkdir()
+            launch(f"worker{n}", str(VENV_BIN / "pacsnode"), "worker", "--scheduler", address, "--name", f"w{n}",
+                   cwd=tmp_path / f"w{n}")
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            assert sorted(w["name"] for w in client.scheduler_info()["workers"].values()) == ["w1", "w2"]
+            folder = tmp_path / "node"
+            folder.mkdir()
+            (folder / "routes.toml").write_text(
+                '[[route]]\nname = "qc"\nanalyzer = "qc"\nmatch = { Modality = "^MR$" }\nsend_to = ["pacs"]\n',
+                encoding="utf-8")
+            port, http_port = free_port(), free_port()
+            config = write_node_config(folder, port=port, http_port=http_port, extra=f"""stable_after = 1
+
+[jobs]
+executor = "dask"
+scheduler = "{address}"
+workers = 4
+
+[[destinations]]
+name = "pacs"
+kind = "dimse"
+ae_title = "{orthanc.ae_title}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+""")
+            node = start_node(config, storage=folder / "var", port=port, http_port=http_port, log=folder / "node.log")
+            for n in range(6):
+                files = write_mr_series(tmp_path / f"in{n}", SeriesSpec(
+                    series_description=f"t1 {n}", patient_id=f"P{n}", slices=4, rows=16, columns=16, seed=n))
+                for path in files:  # no expected count: the six series complete together after 1 s of quiet,
+                    ds = dcmread(path)  # so six jobs are in flight at once and both workers are offered work
+                    del ds.ImagesInAcquisition
+                    ds.save_as(path, enforce_file_format=True)
+                assert send_files(files, ae_title="PACSNODE", host="127.0.0.1", port=port).sent == 4
+            index = folder / "var" / "index.sqlite"
+
+            def rows(sql: str) -> list[tuple]:
+                conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
+                try:
+                    return conn.execute(sql).fetchall()
+                except sqlite3.OperationalError:
+                    return []
+                finally:
+                    conn.close()
+
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if rows("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'") == [(6,)]:
+                    break
+                time.sleep(0.3)
+            else:
+                raise AssertionError(f"jobs: {rows('SELECT state, error FROM jobs')}\n"
+                                     + (folder / "node.log").read_text(errors="replace")[-3000:])
+            per_worker = client.run(worker_keys)
+        time.sleep(1.0)  # a duplicate delivery would arrive within this
+        jobs = rows("SELECT id, state, outputs FROM jobs")
+        assert len(jobs) == 6 and {state for _, state, _ in jobs} == {"done"}
+        ran = {key.split("-")[2]: worker for worker, keys in per_worker.items() for key in keys}
+        assert sorted(ran) == sorted(job_id for job_id, _, _ in jobs)  # every job ran on a worker
+        assert len(per_worker) == 2 and all(per_worker.values()), per_worker  # both got work
+        assert sum(len(keys) for keys in per_worker.values()) == 6  # each job once
+        outputs = sorted(json.loads(o)[0] for _, _, o in jobs)
+        assert rows("SELECT COUNT(*), SUM(attempts) FROM deliveries") == [(6, 6)]
+        in_orthanc = sorted(orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+                            for i in orthanc.get("/instances"))
+        assert in_orthanc == outputs  # each SR once, stored back by STOW-RS and delivered by the node
+    finally:
+        if node is not None:
+            node.stop()
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
