@@ -130,3 +130,24 @@ def test_pacs_path_fetches_the_pre_treatment_study_then_analyses_both(hyper_case
         finally:
             node.node.stop()
     print(f"\npacs path ({kind}): {time.monotonic() - started:.1f} s")
+
+
+def test_only_the_latest_round_of_a_series_is_a_prior(tmp_path: Path) -> None:
+    from node.jobs.ledger import JobLedger
+    from node.storage.index import Index
+
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        ledger = JobLedger(index)
+        ids = [ledger.enqueue(series_uid="1.2.3", study_uid="1.2", patient_id="P1", route="dce", analyzer="dce",
+                              send_to=[], generation=g, supersedes=None if g == 0 else f"round {g - 1}")
+               for g in (0, 1, 2)]
+        for n, job_id in enumerate(ids[:2]):  # rounds 0 and 1 done, round 2 still queued
+            ledger.claim(1)
+            ledger.finish(job_id, outputs=[], findings={"round": n}, analyzer_version="1")
+        priors = ledger.priors(patient_id="P1", analyzer="dce", exclude_study="9.9")
+        assert [p.findings for p in priors] == [{"round": 1}]
+        assert ledger.supersedes(ids[1]) == "round 0" and ledger.latest("1.2.3", "dce").id == ids[2]
+        assert ledger.priors(patient_id="P1", analyzer="dce", exclude_study="1.2") == []
+    finally:
+        index.close()
