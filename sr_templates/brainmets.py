@@ -34,7 +34,7 @@ TEMPLATE = ReportTemplate(
     diagnoses=MappingProxyType({"metastasis": c.METASTASIS}),
     segment_classes=by_key(
         SegmentClass("metastasis", "Metastasis", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                     c.NEOPLASM_METASTATIC, c.BRAIN),
+                     c.SECONDARY_MALIGNANT_NEOPLASM, c.BRAIN),
     ),
     body_part="BRAIN",
 )

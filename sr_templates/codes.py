@@ -94,7 +94,11 @@ NEOPLASM = Code("108369006", "SCT", "Neoplasm")
 LESION = Code("52988006", "SCT", "Lesion")
 LESION_OF_BRAIN = Code("301766008", "SCT", "Lesion of Brain")
 MASS = Code("4147007", "SCT", "Mass")
-METASTASIS = Code("128462008", "SCT", "Metastasis")
+SECONDARY_MALIGNANT_NEOPLASM = Code("128462008", "SCT", "Secondary malignant neoplasm")
+#: The metastasis concept every analyzer uses (finding type, SEG property type, diagnosis):
+#: SCT 128462008, the same concept as :data:`SECONDARY_MALIGNANT_NEOPLASM`.
+METASTASIS = SECONDARY_MALIGNANT_NEOPLASM
+#: SCT 14799000 (a morphology); kept for reading older objects, not used in new outputs.
 NEOPLASM_METASTATIC = Code("14799000", "SCT", "Neoplasm, metastatic")
 RECURRENT_TUMOR = Code("25173007", "SCT", "Recurrent tumor")
 NECROSIS = Code("6574001", "SCT", "Necrosis")
@@ -119,6 +123,7 @@ MENINGES = Code("1231004", "SCT", "Meninges")
 SPINE = Code("421060004", "SCT", "Spine")
 THORACOLUMBAR_SPINE = Code("1217256009", "SCT", "Thoraco-lumbar spine")
 VERTEBRA = Code("51282000", "SCT", "Vertebra")
+ARTERY = Code("51114001", "SCT", "Artery")
 
 VERTEBRAE: MappingProxyType[str, Code] = MappingProxyType({
     "T1": Code("64864005", "SCT", "T1 vertebra"),
@@ -180,5 +185,16 @@ CLASSIFIER_T1 = private_code("CNNT1", "Classifier on T1-weighted series")
 CLASSIFIER_T2 = private_code("CNNT2", "Classifier on T2-weighted series")
 CLASSIFIER_STIR = private_code("CNNSTIR", "Classifier on STIR series")
 CLASSIFIER_COMBINED = private_code("CNNCOMBINED", "Combined classifier over sequences")
+CLASSIFIER_T1C = private_code("CNNT1C", "Classifier on post-contrast T1 series")
+# DSC: leakage and timing quantities without a PS3.16 concept.
+LEAKAGE_COEFFICIENT_K2 = private_code("BSWK2", "Leakage coefficient K2")
+RELATIVE_WASH_IN_TIME = private_code("RWASHINTIME", "Relative wash-in time")
+# Meningioma grading nomogram: deep-feature score and the semantic features it uses.
+DEEP_TRANSFER_LEARNING_SCORE = private_code("DTLSCORE", "Deep transfer learning score")
+TUMOUR_SHAPE = private_code("TUMSHAPE", "Tumour shape")
+REGULAR_SHAPE = private_code("REGULAR", "Regular (round or round-like)")
+IRREGULAR_SHAPE = private_code("IRREGULAR", "Irregular")
+INDISTINCT_MARGIN = private_code("INDISTMARGIN", "Indistinct margin")
+PERITUMORAL_EDEMA = private_code("PERITUMEDEMA", "Peritumoral edema")
 LESION_COUNT = private_code("LESIONCOUNT", "Number of lesions")
 NOT_FOR_CLINICAL_USE_FLAG = private_code("NOTCLINICAL", "Not for clinical use")

@@ -43,6 +43,10 @@ TEMPLATE = ReportTemplate(
                  "CBF relative to contralateral normal white matter"),
         Quantity("rpsr", c.RELATIVE_PSR, c.RATIO_UNIT, "rPSR",
                  "PSR relative to contralateral normal white matter"),
+        Quantity("k2", c.LEAKAGE_COEFFICIENT_K2, c.PER_SECOND, "K2",
+                 "Boxerman-Schmainda-Weisskoff leakage coefficient K2 (1/s)"),
+        Quantity("rwit", c.RELATIVE_WASH_IN_TIME, c.RATIO_UNIT, "rWiT",
+                 "Wash-in time relative to contralateral white matter"),
         Quantity("volume", c.VOLUME, c.CUBIC_MILLIMETER, "Volume", "Lesion volume (mm3)"),
         Quantity("probability", c.PROBABILITY, c.PERCENT, "Probability",
                  "Probability of the stated impression (%)"),
@@ -55,6 +59,7 @@ TEMPLATE = ReportTemplate(
         SegmentClass("lesion", "Dural lesion", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, c.MASS,
                      c.DURA_MATER),
         SegmentClass("reference_wm", "Contralateral NAWM", c.TISSUE, c.WHITE_MATTER, c.BRAIN),
+        SegmentClass("aif", "Arterial input function voxels", c.ANATOMICAL_STRUCTURE, c.ARTERY, c.BRAIN),
     ),
     body_part="BRAIN",
 )

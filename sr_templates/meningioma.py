@@ -17,7 +17,8 @@ from pydicom.sr.coding import Code
 from sr_templates import Quantity, ReportTemplate, SegmentClass, by_key
 from sr_templates import codes as c
 
-__all__ = ["TEMPLATE", "feature_concept", "feature_quantity"]
+__all__ = ["PRESENCE_VALUES", "SEMANTIC_FEATURES", "SHAPE_VALUES", "TEMPLATE", "feature_concept",
+           "feature_quantity"]
 
 TEMPLATE = ReportTemplate(
     analyzer="meningioma",
@@ -29,6 +30,8 @@ TEMPLATE = ReportTemplate(
     quantities=by_key(
         Quantity("rad_score", c.RADIOMICS_SCORE, c.NO_UNITS, "Rad-score",
                  "Linear radiomics score of the grading nomogram"),
+        Quantity("dtl_score", c.DEEP_TRANSFER_LEARNING_SCORE, c.NO_UNITS, "DTL-score",
+                 "Linear deep-feature score of the grading nomogram"),
         Quantity("volume", c.VOLUME, c.CUBIC_MILLIMETER, "Volume", "Tumour volume (mm3)"),
         Quantity("probability", c.PROBABILITY, c.PERCENT, "Probability",
                  "Probability of the stated impression (%)"),
@@ -43,6 +46,18 @@ TEMPLATE = ReportTemplate(
     ),
     body_part="BRAIN",
 )
+
+
+#: Semantic features of the nomogram, reported as qualitative evaluations (name -> concept).
+SEMANTIC_FEATURES = MappingProxyType({
+    "shape": c.TUMOUR_SHAPE,
+    "margin": c.INDISTINCT_MARGIN,
+    "edema": c.PERITUMORAL_EDEMA,
+})
+#: Values of the shape evaluation.
+SHAPE_VALUES = MappingProxyType({"regular": c.REGULAR_SHAPE, "irregular": c.IRREGULAR_SHAPE})
+#: Values of the margin and edema evaluations (indistinct margin / peritumoral edema present or absent).
+PRESENCE_VALUES = MappingProxyType({"present": c.PRESENT, "absent": c.ABSENT})
 
 
 def feature_concept(feature_name: str) -> Code:

@@ -36,6 +36,7 @@ TEMPLATE = ReportTemplate(
         "t1": c.CLASSIFIER_T1,
         "t2": c.CLASSIFIER_T2,
         "stir": c.CLASSIFIER_STIR,
+        "t1c": c.CLASSIFIER_T1C,
         "combined": c.CLASSIFIER_COMBINED,
     }),
     body_part="SPINE",

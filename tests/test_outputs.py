@@ -92,7 +92,8 @@ def test_segmentation_roundtrip(axial: Volume, tmp_path: Path) -> None:
     assert back.ContentDescription == "NOT FOR CLINICAL USE"
     description = back.SegmentSequence[0]
     assert description.SegmentLabel == "Metastasis"
-    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"
+    # Secondary malignant neoplasm, the same concept as the SR's finding type.
+    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "128462008"
     assert description.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
     assert description.SegmentAlgorithmName == "brainmets"
     assert description.SegmentAlgorithmType == "AUTOMATIC"
@@ -351,6 +352,30 @@ def test_templates_are_complete() -> None:
     assert report_template("meningioma").diagnosis("grade2_3").scheme_designator == "99PACSNODE"
     with pytest.raises(ValueError, match="known"):
         dsc.quantity("nope")
+
+
+def test_analyzer_concepts_live_in_the_templates() -> None:
+    from sr_templates import meningioma, spine
+
+    dsc = report_template("dsc")
+    assert (dsc.quantity("k2").concept, dsc.quantity("k2").unit) == (c.LEAKAGE_COEFFICIENT_K2, c.PER_SECOND)
+    assert dsc.quantity("rwit").concept == c.RELATIVE_WASH_IN_TIME
+    assert dsc.segment_classes["aif"].property_type == c.ARTERY
+    assert report_template("meningioma").quantity("dtl_score").concept == c.DEEP_TRANSFER_LEARNING_SCORE
+    assert meningioma.SEMANTIC_FEATURES["shape"] == c.TUMOUR_SHAPE
+    assert set(meningioma.SHAPE_VALUES.values()) == {c.REGULAR_SHAPE, c.IRREGULAR_SHAPE}
+    assert spine.TEMPLATE.methods["t1c"] == c.CLASSIFIER_T1C
+    # Metastasis is one concept everywhere: SCT 128462008 secondary malignant neoplasm.
+    brainmets = report_template("brainmets")
+    codes = {brainmets.finding_type, brainmets.diagnosis("metastasis"),
+             brainmets.segment_classes["metastasis"].property_type}
+    assert {(code.value, code.scheme_designator) for code in codes} == {("128462008", "SCT")}
+    # Every private concept is defined once: no two names share a code value with different meanings.
+    private = [v for v in vars(c).values() if isinstance(v, Code) and v.scheme_designator == c.PRIVATE_SCHEME]
+    meanings: dict[str, str] = {}
+    for code in private:
+        assert meanings.setdefault(code.value, code.meaning) == code.meaning, code.value
+        assert len(code.value) <= 16
 
 
 def test_segmentation_on_oblique_dynamic_series(oblique_dynamic: Volume, tmp_path: Path) -> None:
