@@ -52,6 +52,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
 from node.dimse.handlers import DimseHandlers
+from node.dimse.scu import requestor_handlers
 
 __all__ = [
     "DimseServer",
@@ -289,6 +290,16 @@ def _on_connection_open(event: Event) -> None:
     make_event_driven(event.assoc)
 
 
+class _NodeAE(AE):
+    """The node's AE. The associations it requests itself (the sub-associations of C-MOVE,
+    opened by pynetdicom) get :func:`node.dimse.scu.requestor_handlers`, so a C-STORE
+    response of a sub-operation cannot be lost to pynetdicom's reactor race."""
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:
+        kwargs["evt_handlers"] = [*(kwargs.get("evt_handlers") or []), *requestor_handlers()]
+        return super().associate(*args, **kwargs)
+
+
 def _transfer_syntaxes() -> list[str]:
     # Explicit VR little endian first: what the node prefers when a requestor proposes several
     # syntaxes for one context and leaves the choice to the acceptor.
@@ -313,7 +324,7 @@ class DimseServer:
                  sop_classes: Iterable[str] | None = None) -> None:
         self.settings = settings
         self.handlers = handlers
-        self.ae = AE(ae_title=settings.ae_title)
+        self.ae = _NodeAE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.acse_timeout = settings.acse_timeout
         self.ae.dimse_timeout = settings.dimse_timeout
