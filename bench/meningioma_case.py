@@ -1,11 +1,14 @@
 """Seconds per case of the whole meningioma pipeline, and a synthetic T1C case maker.
 
-Run ``python -m bench.meningioma_case`` (optionally ``--threads 2 --repeat 2``):
-builds a T1C-like case (5 mm slices, 256 x 256 in-plane like the study's
-acquisition, a dural-based enhancing mass), then times the analyzer's pipeline
-steps: N4, 1 mm resampling, radiomics on original + wavelet + LoG images (all
-feature classes), the ROI perturbations for the stability filter, the clinical
-image features and the ResNet50 deep features; prints one JSON line.
+Run ``python -m bench.meningioma_case`` (optionally ``--threads 2 --repeat 2 --analyzer``,
+``--device cuda`` where a CUDA GPU is present): takes the ``t1c`` phantom at its
+default grid (192 x 192 x 96 voxels of 1 mm; ``--source synthetic``: a T1C-like case
+with 5 mm slices, 256 x 256 in-plane like the study's acquisition), then times the
+analyzer's pipeline steps: N4, automatic segmentation, 1 mm resampling, radiomics on
+original + wavelet + LoG images (all feature classes), the clinical image features
+and the ResNet50 deep features (full-width ResNet50, the worst case), and apart from
+the per-case total the ROI perturbations only training needs; with ``--analyzer``
+also the whole analyzer on DICOM. Prints one JSON line with wall and CPU seconds.
 
 :func:`synthetic_case` is also what the meningioma tests use when the project's
 ``t1c`` phantom is not installed. It is a test object, not a model of anatomy.
@@ -16,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,8 +158,13 @@ def _timed(timings: dict[str, float], key: str, step: Callable[[], Any]) -> Any:
     return result
 
 
-def run_case(image: sitk.Image, header: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Time every pipeline step of one case; returns seconds per step and the total."""
+def run_case(image: sitk.Image, header: dict[str, Any], threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Time every pipeline step of one case; returns seconds per step and the total.
+
+    ``device`` runs the ResNet50 on ``"cuda"``; N4, resampling, pyradiomics and the
+    clinical signs run on the CPU whatever the device (SimpleITK and pyradiomics have
+    no GPU path).
+    """
     import torch
 
     from analyzers.meningioma.clinical import clinical_features
@@ -183,8 +193,8 @@ def run_case(image: sitk.Image, header: dict[str, Any], threads: int) -> dict[st
         "clinical_signs",
         lambda: clinical_features(resampled, resampled_mask, header, features["original_shape_Sphericity"]),
     )
-    network = DtlNetwork()
-    inputs = _timed(t, "max_roi_slice", lambda: slice_tensor(resampled, resampled_mask))
+    network = DtlNetwork().to(device)
+    inputs = _timed(t, "max_roi_slice", lambda: slice_tensor(resampled, resampled_mask).to(device))
     _timed(t, "resnet50_features", lambda: deep_features(network, inputs))
     inference = sum(v for k, v in t.items() if not k.endswith("_cpu"))
     inference_cpu = sum(v for k, v in t.items() if k.endswith("_cpu"))
@@ -204,13 +214,53 @@ def run_case(image: sitk.Image, header: dict[str, Any], threads: int) -> dict[st
     }
 
 
+def run_analyzer(seed: int, threads: int, scratch: Path) -> dict[str, Any]:
+    """Seconds of one ``MeningiomaAnalyzer.analyze`` call on a ``t1c`` phantom DICOM series.
+
+    The whole analyzer as the node runs it: DICOM read, N4, automatic segmentation,
+    radiomics (all classes), clinical signs, deep features of the reference model's
+    network, nomogram, SEG and SR.
+    """
+    from analyzers.contract import AnalysisInput, SeriesInput
+    from analyzers.meningioma.analyzer import MeningiomaAnalyzer, MeningiomaSettings
+    from analyzers.phantoms.t1c import generate_t1c
+
+    root = generate_t1c(scratch / f"seed{seed}", seed=seed, cases=1, progress=False)
+    files = tuple(sorted((root / "case-0001" / "t1c").iterdir()))
+    job = AnalysisInput(
+        job_id=f"bench-{seed}",
+        series=SeriesInput("bench", "bench", files, {"SeriesDescription": "t1c phantom"}),
+        related={},
+        priors=(),
+        settings=MeningiomaSettings(threads=threads),
+        scratch=scratch,
+    )
+    start, cpu = time.perf_counter(), time.process_time()
+    result = MeningiomaAnalyzer().analyze(job)
+    return {
+        "analyzer_seconds": round(time.perf_counter() - start, 2),
+        "analyzer_cpu_seconds": round(time.process_time() - cpu, 2),
+        "outputs": sorted(str(ds.Modality) for ds in result.datasets),
+        "model": result.findings["model"],
+        "slices": len(files),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: time the pipeline on ``--repeat`` cases and print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--source", choices=("phantom", "synthetic"), default="phantom")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the ResNet50 runs (everything else runs on the CPU)")
+    parser.add_argument("--analyzer", action="store_true",
+                        help="also time the whole analyzer (DICOM in, SEG + SR out) on phantom DICOM series")
     args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available on this machine")
     runs = []
     for seed in range(args.repeat):
         if args.source == "phantom":
@@ -218,17 +268,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             case = synthetic_case(seed)
             image, header = case.image, {"PatientSex": case.sex}
-        runs.append(run_case(image, header, args.threads))
-    import torch
+        runs.append(run_case(image, header, args.threads, args.device))
+    analyzer_runs = []
+    if args.analyzer:
+        with tempfile.TemporaryDirectory(prefix="bench-meningioma-") as scratch:
+            analyzer_runs = [run_analyzer(seed, args.threads, Path(scratch)) for seed in range(args.repeat)]
 
     report = {
         "source": args.source,
         "threads": args.threads,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": args.device,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "mean_seconds_per_case": round(float(np.mean([r["seconds_per_case"] for r in runs])), 2),
         "mean_cpu_seconds_per_case": round(float(np.mean([r["cpu_seconds_per_case"] for r in runs])), 2),
         "runs": runs,
+        "analyzer_runs": analyzer_runs,
     }
     print(json.dumps(report))
     return 0

@@ -116,3 +116,34 @@ def test_segmentation_without_a_mass_is_reported() -> None:
     pixels = np.where(head, 600.0 + rng.normal(0, 10, head.shape), 0.0).astype(np.float32)
     with pytest.raises(SegmentationError, match="provide a tumour SEG"):
         segment_enhancing_mass(_image(pixels, 2.0))
+
+
+def _dome(lobes: bool) -> sitk.Image:
+    """A dural-based dome (half ellipsoid) on a 2 x 2 x 3 mm grid, with or without three lobes."""
+    z, y, x = np.mgrid[0:16, 0:40, 0:40].astype(np.float64)
+    zz, yy, xx = z * 3.0, y * 2.0, x * 2.0
+    dome = (((xx - 40) / 16) ** 2 + ((yy - 30) / 14) ** 2 + ((zz - 24) / 15) ** 2 <= 1) & (yy >= 30)
+    if lobes:
+        for cx, cy, cz in ((54.0, 38.0, 24.0), (28.0, 40.0, 34.0), (40.0, 44.0, 12.0)):
+            dome |= (xx - cx) ** 2 + (yy - cy) ** 2 + (zz - cz) ** 2 <= 7.0**2
+    mask = sitk.GetImageFromArray(dome.astype(np.uint8))
+    mask.SetSpacing((2.0, 2.0, 3.0))
+    return mask
+
+
+def test_shape_is_measured_on_the_acquisition_grid_not_the_1mm_staircase() -> None:
+    regular = _dome(lobes=False)
+    upsampled = sitk.Resample(
+        regular, [80, 80, 48], sitk.Transform(), sitk.sitkNearestNeighbor, regular.GetOrigin(), (1.0, 1.0, 1.0)
+    )
+    # Nearest-neighbour resampling of a 2 x 2 x 3 mm ROI to 1 mm makes blocks whose hull gaps
+    # lower the solidity of a convex dome below the threshold: the old rule's "all irregular".
+    assert solidity(upsampled) < ClinicalThresholds().solidity <= solidity(regular)
+    assert solidity(regular) > 0.97
+    image = sitk.Cast(upsampled, sitk.sitkFloat32) * 500.0 + 600.0
+    called = clinical_features(image, upsampled, {}, sphericity=0.75, source_mask=regular)
+    assert called.irregular_shape is False
+    lobulated = _dome(lobes=True)
+    assert solidity(lobulated) < ClinicalThresholds().solidity
+    called = clinical_features(image, upsampled, {}, sphericity=0.75, source_mask=lobulated)
+    assert called.irregular_shape is True

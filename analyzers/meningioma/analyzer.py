@@ -21,11 +21,10 @@ volume and clinical signs and says that no grade model is installed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from pydantic import Field
 from pydicom import Dataset
 
@@ -47,16 +46,20 @@ from analyzers.contract import (
     UnsuitableInput,
 )
 from analyzers.meningioma.clinical import ClinicalFeatures
-from analyzers.meningioma.deep_features import DtlNetwork, load_network
 from analyzers.meningioma.errors import FeatureExtractionError, ModelError, SegmentationError
-from analyzers.meningioma.model import MeningiomaModel
-from analyzers.meningioma.pipeline import CaseFeatures, GradePrediction, compute_case_features, predict_grade
 from analyzers.meningioma.preprocessing import N4Settings, n4_bias_correction
 from analyzers.meningioma.radiomics_features import RadiomicsSettings
 from analyzers.meningioma.segmentation import AutoSegmentationSettings, segment_enhancing_mass
 from sr_templates import Quantity
 from sr_templates import codes as c
 from sr_templates.meningioma import TEMPLATE, feature_quantity
+
+if TYPE_CHECKING:
+    # torch and torchvision load only when a case is analysed (inside analyze()):
+    # the node imports analyzer classes at start-up to validate route settings.
+    from analyzers.meningioma.deep_features import DtlNetwork
+    from analyzers.meningioma.model import MeningiomaModel
+    from analyzers.meningioma.pipeline import CaseFeatures, GradePrediction
 
 __all__ = ["REFERENCE_MODEL_FOLDER", "MeningiomaAnalyzer", "MeningiomaSettings"]
 
@@ -123,6 +126,10 @@ class MeningiomaAnalyzer:
 
     def analyze(self, job: AnalysisInput) -> AnalysisResult:
         """ROI, features, nomogram and outputs of one T1C series."""
+        import torch
+
+        from analyzers.meningioma.pipeline import compute_case_features, predict_grade
+
         settings = job.settings if isinstance(job.settings, MeningiomaSettings) else MeningiomaSettings()
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
         torch.set_num_threads(settings.threads)
@@ -170,6 +177,9 @@ class MeningiomaAnalyzer:
 
 
 def _load_model(settings: MeningiomaSettings) -> tuple[MeningiomaModel | None, DtlNetwork | None, str]:
+    from analyzers.meningioma.deep_features import load_network
+    from analyzers.meningioma.model import MeningiomaModel
+
     folder = Path(settings.model_folder) if settings.model_folder else REFERENCE_MODEL_FOLDER
     try:
         model = MeningiomaModel.load(folder)

@@ -8,7 +8,7 @@ meningioma.
 
 A model folder holds ``model.json`` (scores, nomogram, thresholds, provenance),
 the fine-tuned network weights (``dtl_resnet50.pt``), the nomogram figure
-(``nomogram.png``) and ``MODEL_CARD.md``. The SVM models are fitted and evaluated
+(``nomogram.png``) and ``model_card.md``. The SVM models are fitted and evaluated
 during training (they are the study's comparison models); the analyzer reports
 the nomogram, so the folder does not store them.
 """
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.json"
-MODEL_CARD_FILE = "MODEL_CARD.md"
+MODEL_CARD_FILE = "model_card.md"
 NOMOGRAM_FIGURE = "nomogram.png"
 NOMOGRAM_PREDICTORS = ("sex", "shape", "indistinct_margin", "peritumoral_edema", "rad_score", "dtl_score")
 _FORMAT_VERSION = 1

@@ -123,6 +123,7 @@ def compute_case_features(
         header,
         radiomics["original_shape_Sphericity"],
         clinical_thresholds,
+        source_mask=mask,
     )
     inputs = slice_tensor(case.image, case.mask)
     dtl: dict[str, float] = {}

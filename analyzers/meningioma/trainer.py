@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from analyzers._shared.modelcard import (
+    CardMetric,
+    DataDescription,
+    ModelCard,
+    metrics_from_evaluation,
+    write_model_card,
+)
+from analyzers._shared.report import write_report
+from analyzers._shared.stats.delong import DeLongResult, delong_pairwise
+from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
 from analyzers._shared.volume import load_segmentation, load_series
+from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.meningioma.deep_features import (
     BackboneConfig,
     FineTuneConfig,
@@ -120,17 +133,110 @@ def _predict(
     return {name: np.array(values) for name, values in scores.items()}
 
 
-def _evaluate(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, Any]:
-    from analyzers._shared.stats.delong import delong_pairwise
-    from analyzers._shared.stats.evaluation import evaluate_predictions
-
-    report: dict[str, Any] = {}
-    for name, probability in scores.items():
-        evaluation = evaluate_predictions(y, probability, threshold=thresholds.get(name), n_boot=1000)
-        report[name] = evaluation.to_dict()
+def _evaluate(
+    y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, Evaluation], dict[tuple[str, str], DeLongResult]]:
+    """Evaluate every model's probabilities; thresholds fixed beforehand where given."""
+    evaluations = {
+        name: evaluate_predictions(y, probability, threshold=thresholds.get(name), n_boot=1000)
+        for name, probability in scores.items()
+    }
+    report: dict[str, Any] = {name: evaluation.to_dict() for name, evaluation in evaluations.items()}
     pairs = delong_pairwise(y, scores)
     report["delong"] = {f"{a} vs {b}": result.to_dict() for (a, b), result in pairs.items()}
-    return report
+    return report, evaluations, pairs
+
+
+def _card(
+    args: argparse.Namespace,
+    result: TrainingResult,
+    y_train: np.ndarray,
+    train_evaluations: dict[str, Evaluation],
+    test_evaluations: dict[str, Evaluation] | None,
+    seconds: float,
+) -> ModelCard:
+    """The model card: data, how it was trained, measured performance, limitations."""
+    model = result.model
+    facts = dict(model.provenance)
+    backbone = model.backbone
+    metrics: list[CardMetric] = []
+    # Training (apparent) performance is shown for the nomogram only; the external
+    # test is the performance to quote.
+    metrics += metrics_from_evaluation(train_evaluations["nomogram"], "training (apparent), nomogram: ")[:1]
+    if test_evaluations is not None:
+        for name in ("nomogram", "clinical", "radiomics", "dtl"):
+            metrics += metrics_from_evaluation(test_evaluations[name], f"external test, {name}: ")
+    network = (
+        "torchvision ResNet50 (layers 3-4-6-3, width 64)"
+        if backbone.is_resnet50
+        else f"width-reduced ResNet (bottleneck layers {'-'.join(map(str, backbone.layers))}, "
+        f"width {backbone.width_per_group}) with the same 2,048 pooled features"
+    )
+    training_how = (
+        f"fine-tuned {facts.get('fine_tune_epochs_run')} epochs (of {args.epochs} asked), SGD lr 0.01, "
+        f"batch {args.batch_size}, from {facts.get('start_weights')} (no ImageNet weights: none are "
+        f"downloaded); ROIs {'from the phantom truth masks' if args.phantom_truth_roi else 'from SEG or automatic'}"
+        f"; ICC on the first {args.icc_cases} cases; seed {args.seed}; {args.threads} CPU threads; "
+        f"wall time {seconds:.0f} s (os.cpu_count() = {os.cpu_count()})"
+    )
+    limitations = [
+        "Trained and tested on synthetic phantom cohorts only when the labels are phantom cohorts: "
+        "performance on patients is unknown.",
+        "Clinical signs (shape, margin, edema) are image-derived rules, not reader calls.",
+    ]
+    if not backbone.is_resnet50:
+        limitations.append("Reduced backbone, not the study's ResNet50.")
+    limitations += list(args.note or [])
+    test_source = f"; external test labels {args.test_labels}" if args.test_labels else ""
+    return ModelCard(
+        name=str(facts.get("name", "meningioma-nomogram")),
+        version=str(facts.get("version", "1")),
+        analyzer="meningioma",
+        model_description=(
+            "DTLR nomogram: logistic regression on sex, shape, indistinct margin, peritumoral edema, "
+            f"rad-score ({len(model.rad_score.names)} radiomic features, LASSO) and DTL-score "
+            f"({len(model.dtl_score.names)} deep features, LASSO) of a {network}; SVM comparison models "
+            "on clinical, radiomic and deep features"
+        ),
+        intended_use="Research: probability of WHO grade 2/3 meningioma from post-contrast T1. "
+        + NOT_FOR_CLINICAL_USE,
+        data=DataDescription(
+            source=f"training labels {args.labels}{test_source}",
+            n_cases=len(y_train),
+            n_patients=len(y_train),
+            n_positive=int(y_train.sum()),
+            positive_label="WHO grade 2/3",
+            negative_label="WHO grade 1",
+            features=("sex", "shape", "indistinct_margin", "peritumoral_edema", "rad_score", "dtl_score"),
+            notes=training_how,
+        ),
+        validation=(
+            f"models fitted on the training cohort ({len(y_train)} cases); "
+            + (
+                f"evaluated once on the external test cohort ({test_evaluations['nomogram'].n_cases} cases) "
+                "at thresholds chosen on the training cohort (sensitivity >= 85 %); AUC CIs by bootstrap"
+                if test_evaluations is not None
+                else "no external test cohort given: apparent training performance only"
+            )
+        ),
+        metrics=tuple(metrics),
+        references=(
+            "Li et al., An MRI-based deep transfer learning radiomics nomogram for predicting meningioma "
+            "grade, Sci Rep 2025, doi:10.1038/s41598-025-01665-0",
+            "IBSI-1 (Zwanenburg et al., Radiology 2020) via pyradiomics",
+        ),
+        limitations=tuple(limitations),
+        extra={
+            "nomogram": model.nomogram.to_json(),
+            "radiomics_selected": list(model.rad_score.names),
+            "dtl_selected": list(model.dtl_score.names),
+            "clinical_thresholds": vars(model.clinical_thresholds),
+            "training": training_how,
+            "radiomics_selection": facts.get("radiomics_selection"),
+            "dtl_selection": facts.get("dtl_selection"),
+            **{k: v for k, v in facts.items() if isinstance(v, (str, int, float, bool))},
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phantom-truth-roi", action="store_true",
                         help="use a phantom case's true tumour mask as its ROI (manual-delineation stand-in)")
+    parser.add_argument("--note", action="append",
+                        help="a limitation or fact for the model card (repeatable), e.g. how the machine was loaded")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     settings = RadiomicsSettings.from_file()
@@ -164,17 +273,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     y_train = features.labels
     train_scores = dict(result.training_probabilities)
-    report: dict[str, Any] = {"training": _evaluate(y_train, train_scores, {})}
+    training_report, train_evaluations, _ = _evaluate(y_train, train_scores, {})
+    report: dict[str, Any] = {"training": training_report}
     thresholds = {name: float(report["training"][name]["at_threshold"]["threshold"]) for name in train_scores}
+    test_evaluations = None
+    pairs = None
     if args.test_labels:
         test_cases = load_cases(args.test_labels, phantom_truth_roi=args.phantom_truth_roi)
         test_scores = _predict(result.model, result, test_cases, settings)
         y_test = np.array([int(c.high_grade) for c in test_cases])
-        report["external_test"] = _evaluate(y_test, test_scores, thresholds)
+        report["external_test"], test_evaluations, pairs = _evaluate(y_test, test_scores, thresholds)
     dtl_names = dtl_feature_names()
     report["selected"] = {"radiomics": list(result.model.rad_score.names),
                           "dtl": [n for n in result.model.dtl_score.names if n in dtl_names]}
     (args.out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    card = _card(args, result, y_train, train_evaluations, test_evaluations, time.monotonic() - started)
+    write_model_card(card, args.out)
+    write_report(
+        args.out,
+        title="meningioma grade models: " + ("external test" if test_evaluations else "training (apparent)"),
+        evaluations=test_evaluations or train_evaluations,
+        delong=pairs,
+        model_card=card,
+    )
     summary = {k: report[k]["nomogram"]["auc"] for k in ("training", "external_test") if k in report}
     print(json.dumps({"out": str(args.out), "nomogram_auc": summary}, default=str))
     return 0

@@ -1,0 +1,141 @@
+"""``meningioma`` end to end: a T1C phantom study sent with dcmtk ``storescu`` to a running node
+(shipped ``seg`` and ``meningioma`` routes) → SR and SEG of the automatic ROI stored in Orthanc.
+
+The phantom is written by ``pacsnode phantom t1c`` at the size of the reference model's
+training cohort (96 × 96 × 48 voxels of 2 × 2 × 3 mm). The study holds no tumour SEG, so
+the analyzer segments the dural-based mass itself and sends that SEG with the SR; the
+grade probability comes from the reference model the analyzer loads by default. Both
+outputs are fetched back from Orthanc and re-read with highdicom.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from analyzers.meningioma.analyzer import REFERENCE_MODEL_FOLDER
+from tests.peers import ROOT, VENV_BIN, OrthancProcess, have
+from tests.test_dce_e2e import (
+    DceNode,
+    lesion_measurements,
+    node_config,
+    orthanc_sr,
+    shipped_routes,
+    sr_texts,
+    start,
+    storescu,
+)
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+#: The reference model's training geometry (see analyzers/meningioma/reference_model/README.md).
+PHANTOM_OPTIONS = {"matrix": 96, "slices": 48, "pixel_mm": 2.0, "slice_mm": 3.0}
+SEED = 200  # case 1 of the external test cohort (seed 200): an 11 ml grade 2/3 mass
+
+
+def write_phantom(folder: Path) -> Path:
+    """One ``t1c`` phantom case by the ``pacsnode phantom`` CLI."""
+    args = [str(VENV_BIN / "pacsnode"), "phantom", "t1c", "--out", str(folder), "--seed", str(SEED), "--no-progress"]
+    for key, value in PHANTOM_OPTIONS.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    subprocess.run(args, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    case = folder / "t1c" / "case-0001"
+    assert (case / "t1c").is_dir()
+    return case
+
+
+@pytest.fixture(scope="module")
+def t1c_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantom(tmp_path_factory.mktemp("t1c-phantom"))
+
+
+@pytest.fixture
+def meningioma_node(tmp_path: Path, orthanc: OrthancProcess) -> Iterator[DceNode]:
+    routes = shipped_routes(("seg", "meningioma"))
+    running = start(node_config(tmp_path / "node", orthanc, routes=routes))
+    try:
+        yield running
+    finally:
+        running.node.stop()
+
+
+def _jobs(node: DceNode) -> list[dict[str, object]]:
+    rows = node.query("SELECT id, state, findings, outputs, error FROM jobs WHERE route = 'meningioma'")
+    return [
+        {"id": i, "state": s, "findings": json.loads(f) if f else None, "outputs": json.loads(o) if o else [],
+         "error": e}
+        for i, s, f, o, e in rows
+    ]
+
+
+def _orthanc_seg(orthanc: OrthancProcess, sop_uids: list[str], folder: Path) -> hd.seg.Segmentation:
+    for uid in sop_uids:
+        found = httpx.post(orthanc.url + "/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": uid}},
+                           timeout=30).json()
+        if not found:
+            continue
+        path = folder / f"{uid}.dcm"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(httpx.get(f"{orthanc.url}/instances/{found[0]}/file", timeout=30).content)
+        if dcmread(path, stop_before_pixels=True).Modality == "SEG":
+            return hd.seg.segread(path)
+    raise AssertionError("no SEG among the outputs in Orthanc")
+
+
+@pytest.mark.skipif(not have("storescu"), reason="dcmtk storescu is missing")
+@pytest.mark.skipif(not (REFERENCE_MODEL_FOLDER / "model.json").is_file(), reason="no reference model committed")
+def test_t1c_study_by_storescu_gives_sr_and_seg_in_orthanc(
+    t1c_case: Path, meningioma_node: DceNode, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    files = sorted(p for p in (t1c_case / "t1c").iterdir() if p.is_file())
+    storescu(meningioma_node.node.port, files)
+    meningioma_node.wait(lambda: [j["state"] for j in _jobs(meningioma_node)] in (["done"], ["rejected"],
+                                                                                   ["failed"]),
+                         110, "the meningioma job")
+    job = _jobs(meningioma_node)[0]
+    assert job["state"] == "done", job["error"]
+    meningioma_node.wait(lambda: meningioma_node.delivered(str(job["id"])), 30, "the outputs in Orthanc")
+    elapsed = time.monotonic() - started
+    outputs = [str(uid) for uid in job["outputs"]]  # type: ignore[union-attr]
+    assert len(outputs) == 2  # SEG of the automatic ROI + SR
+    findings = job["findings"]
+    assert isinstance(findings, dict)
+    assert findings["roi_source"] == "automatic segmentation"
+    assert findings["model"].startswith("model meningioma-nomogram")
+
+    sr = orthanc_sr(orthanc, outputs, tmp_path / "sr")
+    seg = _orthanc_seg(orthanc, outputs, tmp_path / "seg")
+    truth = json.loads((t1c_case / "truth" / "truth.json").read_text())
+    assert str(sr.PatientID) == str(dcmread(files[0], stop_before_pixels=True).PatientID)
+    texts = sr_texts(sr)
+    assert any("not for clinical use" in t.lower() for t in texts)
+    values = lesion_measurements(sr)
+    # Probability: the SR states the probability of the class it reports, as the ledger has it.
+    grade = findings["grade"]
+    p_high = float(grade["probability_high_grade"])
+    expected = p_high if grade["predicted_class"] == "WHO grade 2/3" else 1.0 - p_high
+    assert values["Probability"] == pytest.approx(100.0 * expected, abs=1e-3)
+    assert f"Probability of WHO grade 2/3: {100 * p_high:.1f} %" in texts
+    # Volume: the SR's value is the SEG's voxel count times the voxel volume, close to the phantom's truth.
+    voxels = int(np.count_nonzero(seg.pixel_array))
+    volume_values = [v for k, v in values.items() if "volume" in k.lower()]
+    assert len(volume_values) == 1
+    reported_ml = volume_values[0] / 1000.0
+    assert reported_ml == pytest.approx(findings["tumour_volume_ml"], rel=1e-3)
+    assert reported_ml == pytest.approx(voxels * 2.0 * 2.0 * 3.0 / 1000.0, rel=1e-3)
+    true_ml = float(np.asarray(truth["lesions"][0]["volume_ml"]))
+    assert 0.6 * true_ml < reported_ml < 1.6 * true_ml
+    assert seg.SegmentSequence[0].SegmentLabel
+    assert str(seg.StudyInstanceUID) == str(sr.StudyInstanceUID)
+    print(f"\nT1C study by storescu → SR + SEG in Orthanc: {elapsed:.1f} s; "
+          f"P(grade 2/3) {p_high:.3f} (truth {truth['label']}), volume {reported_ml:.2f} ml (truth {true_ml:.2f})")
