@@ -62,10 +62,7 @@ from analyzers.dce.t1 import default_t10, fit_vfa_nonlinear
 from sr_templates import codes as c
 from sr_templates.dce import TEMPLATE
 
-__all__ = ["FAILED_FIT_VALUE", "REFERENCE_MODEL_FOLDER", "DceAnalyzer", "DceSettings"]
-
-#: Value of a failed voxel fit in the Parametric Maps (NaN in the library's maps).
-FAILED_FIT_VALUE = -1.0
+__all__ = ["REFERENCE_MODEL_FOLDER", "DceAnalyzer", "DceSettings"]
 
 #: The reference recurrence model shipped with the analyzer.
 REFERENCE_MODEL_FOLDER = Path(__file__).resolve().parent / "reference_model"
@@ -96,6 +93,10 @@ class DceSettings(AnalyzerSettings):
     lesion_late_threshold_mm: Annotated[float, Field(gt=0.0)] = 0.05
     lesion_min_volume_ml: Annotated[float, Field(ge=0.0)] = 0.1
     series_number: Annotated[int, Field(ge=1, le=99000)] = 9500
+    failed_fit_value: float | None = None
+    """Value of a failed voxel fit in the Parametric Maps; None = NaN (IEEE 754 float pixel
+    data: no value). A number (e.g. -1, impossible for these quantities) only for a viewer
+    that cannot display NaN. Voxels outside the head mask, where nothing is fitted, are 0."""
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
@@ -363,13 +364,14 @@ def _outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[
     if have_t10:
         pm_values.append(("t1", maps.t10 * 1000.0))
     for offset, (key, values) in enumerate(pm_values, start=1):
-        # Viewers cannot show NaN: a failed fit is written as FAILED_FIT_VALUE (impossible
-        # for these quantities) so that it is never mistaken for a zero; outside the head 0.
+        # A failed fit is NaN (or failed_fit_value), never a zero; outside the head mask 0.
         failed = maps.failed | (maps.mask & ~np.isfinite(values))
-        written = np.where(failed, FAILED_FIT_VALUE, np.nan_to_num(values, nan=0.0))
+        fill = np.nan if settings.failed_fit_value is None else settings.failed_fit_value
+        written = np.where(failed, fill, np.where(maps.mask, values, 0.0))
         datasets.append(out.build_parametric_map(
             dynamic, written, quantities[key], algorithm,
-            out.OutputSeries.for_job(job.job_id, f"pm-{key}", series_number=number + offset)))
+            out.OutputSeries.for_job(job.job_id, f"pm-{key}", series_number=number + offset),
+            fill_value=settings.failed_fit_value))
     segments = []
     for entry in readouts:
         segments.append(out.Segment(TEMPLATE.segment_classes["lesion"], entry["mask"],
@@ -387,7 +389,7 @@ def _outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[
         datasets.append(seg)
     groups = [_lesion_group(i, entry, findings["lesions"][i - 1])
               for i, entry in enumerate(readouts, start=1)]
-    texts = _report_texts(findings)
+    texts = _report_texts(findings, settings.failed_fit_value)
     sr_output = out.OutputSeries.for_job(job.job_id, "sr", series_number=number + 20)
     if groups:
         sr = out.build_measurement_report(dynamic, TEMPLATE, groups, algorithm, sr_output,
@@ -426,7 +428,7 @@ def _lesion_group(segment_number: int, entry: dict[str, Any],
                              evaluations=evaluations, segment_number=segment_number)
 
 
-def _report_texts(findings: dict[str, Any]) -> list[tuple[Any, str]]:
+def _report_texts(findings: dict[str, Any], failed_fit_value: float | None) -> list[tuple[Any, str]]:
     texts = []
     for lesion in findings["lesions"]:
         parts = [f"{lesion['lesion_id']}: rKtrans {lesion['r_ktrans']}, rVP {lesion['r_vp']}"]
@@ -460,6 +462,7 @@ def _report_texts(findings: dict[str, Any]) -> list[tuple[Any, str]]:
     texts.append((c.COMMENT, f"T10: {findings['t10_source']}; r1 {findings['r1_per_mM_per_s']} "
                              f"/mM/s; model {findings['model']}; fit failures: "
                              f"{findings['failed_voxels']} of {findings['fitted_voxels']} voxels "
-                             f"(value {FAILED_FIT_VALUE} in the maps); "
+                             f"({'NaN' if failed_fit_value is None else f'value {failed_fit_value}'} "
+                             f"in the maps; 0 outside the head mask); "
                              f"lesions: {findings['lesion_source']}; {findings['prior']}"))
     return texts
