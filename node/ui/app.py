@@ -247,9 +247,10 @@ class StatusPages:
                                          self.settings.storage.min_free_gb)
                 self._dashboard_cache = (time.monotonic(), data)
         data = dict(data)
-        history = self.rate.per_second(120)
+        span = max(10, min(120, int(time.time() - self.rate.started)))  # up to 2 minutes, since the start
+        history = self.rate.per_second(span)
         data.update(rate10=self.rate.rate(10), rate60=self.rate.rate(60), last60=sum(history[-60:]),
-                    spark=sparkline(history), problems=self.logs.problems(10), now=time.time(),
+                    spark=sparkline(history), span=span, problems=self.logs.problems(10), now=time.time(),
                     executor=self.settings.jobs.executor, workers=self.settings.jobs.workers)
         return data
 
