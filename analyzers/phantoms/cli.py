@@ -2,12 +2,14 @@
 
 Usage::
 
-    pacsnode phantom NAME|all --out DIR [--seed N] [--cases K] [--workers W] [--set KEY=VALUE ...]
+    pacsnode phantom NAME|all --out DIR [--seed N] [--cases K] [--workers W] [--small] [--set KEY=VALUE ...]
     pacsnode phantom preview NAME --png out.png [--seed N] [--case I] [--set KEY=VALUE ...]
     pacsnode phantom list
 
 ``--set`` passes an option to the phantom (``--set snr=80 --set pretreatment=false``);
 values are read as JSON when they parse (numbers, true/false, null), else as text.
+``--small`` writes each phantom at the smallest size its generator allows
+(:data:`SMALL`: coarse grids, few slices and time points) for quick chain tests.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from analyzers.phantoms.model import PhantomCase, PhantomError
 from analyzers.phantoms.spine import generate_spine, simulate_spine
 from analyzers.phantoms.t1c import generate_t1c, simulate_t1c
 
-__all__ = ["PHANTOMS", "main"]
+__all__ = ["PHANTOMS", "SMALL", "main"]
 
 #: name -> (cohort generator, single-case simulator)
 PHANTOMS: Mapping[str, tuple[Callable[..., Path], Callable[..., PhantomCase]]] = MappingProxyType(
@@ -39,6 +41,18 @@ PHANTOMS: Mapping[str, tuple[Callable[..., Path], Callable[..., PhantomCase]]] =
         "t1c": (generate_t1c, simulate_t1c),
         "spine": (generate_spine, simulate_spine),
         "brainmets": (generate_brainmets, simulate_brainmets),
+    }
+)
+
+#: Smallest options each generator accepts (whole head or spine in the field of view, coarse voxels):
+#: a few hundred files for all five phantoms, for chain tests and demos.
+SMALL: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "dsc": {"matrix": 32, "slices": 4, "time_points": 20, "pixel_mm": 7.2, "slice_mm": 10.0},
+        "dce": {"matrix": 32, "slices": 4, "time_points": 60, "frame_s": 5.0, "pixel_mm": 7.2, "slice_mm": 10.0},
+        "t1c": {"matrix": 48, "slices": 12, "pixel_mm": 4.0, "slice_mm": 4.0},
+        "spine": {"slices": 5, "rows": 80, "columns": 56, "pixel_mm": 4.0, "slice_mm": 6.0},
+        "brainmets": {"spacing_mm": 3.0},
     }
 )
 
@@ -68,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", type=Path, help="preview image to write (with 'preview')")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument("--cases", type=int, default=1, help="number of cases (patients) per phantom")
+    parser.add_argument(
+        "--small", action="store_true", help="smallest sizes the generators allow (quick tests and demos)"
+    )
     parser.add_argument("--case", type=int, default=1, help="case number to preview (1-based)")
     parser.add_argument(
         "--workers",
@@ -122,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options and len(names) > 1:
             parser.error("--set applies to one phantom; run each phantom separately to set options")
         for name in names:
-            _check_options(name, options)
+            chosen = {**(SMALL[name] if args.small else {}), **options}
+            _check_options(name, chosen)
             start = time.monotonic()
             root = PHANTOMS[name][0](
-                args.out, seed=args.seed, cases=args.cases, progress=args.progress, workers=args.workers, **options
+                args.out, seed=args.seed, cases=args.cases, progress=args.progress, workers=args.workers, **chosen
             )
             elapsed = time.monotonic() - start
             print(f"{name}: {args.cases} case(s) in {root} ({elapsed:.1f} s, {args.cases / elapsed:.2f} case/s)")
@@ -145,11 +163,12 @@ def _preview(parser: argparse.ArgumentParser, args: argparse.Namespace, options:
     if args.case < 1:
         parser.error("--case is 1-based")
     try:
-        _check_options(args.target, options)
+        _check_options(args.target, {**(SMALL[args.target] if args.small else {}), **options})
     except PhantomError as exc:
         print(f"pacsnode phantom: {exc}", file=sys.stderr)
         return 2
-    case = PHANTOMS[args.target][1](seed=args.seed, case_index=args.case - 1, **options)
+    chosen = {**(SMALL[args.target] if args.small else {}), **options}
+    case = PHANTOMS[args.target][1](seed=args.seed, case_index=args.case - 1, **chosen)
     path = render_case(case, args.png)
     print(f"{args.target}: preview of case {args.case} written to {path}")
     return 0
