@@ -234,6 +234,17 @@ class DestinationSettings(_Section):
         return self
 
 
+class PriorsSettings(_Section):
+    """``[priors]``: where a job of an analyzer that wants priors finds the patient's earlier study."""
+
+    source: Literal["store", "pacs", "none"] = "store"
+    # the destination (from [[destinations]]) queried with source = "pacs": C-FIND + C-MOVE to
+    # our own AE title for kind = "dimse", QIDO-RS + WADO-RS for kind = "dicomweb"
+    destination: str = "pacs"
+    lookback_days: Annotated[int, Field(ge=1)] = 1825
+    wait_s: Annotated[float, Field(gt=0)] = 900.0
+
+
 class LoggingSettings(_Section):
     """``[logging]``: level, line format and where the lines go (node.ops.logs)."""
 
@@ -261,6 +272,7 @@ class Settings(_Section):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     destinations: list[DestinationSettings] = Field(default_factory=list)
+    priors: PriorsSettings = Field(default_factory=PriorsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
