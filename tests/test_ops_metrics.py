@@ -100,10 +100,20 @@ def test_refusals_and_jobs_in_a_private_registry(tmp_path: Path) -> None:
         one.store_refused(0xA700, "CT1")
         one.store_refused(0xA700, "CT1")
         with index.transaction() as conn:
-            conn.execute("CREATE TABLE jobs (analyzer TEXT, state TEXT)")
-            conn.executemany("INSERT INTO jobs VALUES (?, ?)",
-                             [("dce", "done"), ("dce", "done"), ("dsc", "failed")])
+            conn.execute("CREATE TABLE jobs (analyzer TEXT, state TEXT, started_at REAL, finished_at REAL)")
+            conn.executemany("INSERT INTO jobs VALUES (?, ?, ?, ?)",
+                             [("dce", "done", 100.0, 103.0), ("dce", "done", 100.0, 170.0),
+                              ("dsc", "failed", 50.0, 50.4)])
         samples = _samples(one.exposition().decode())
+        dce = (("analyzer", "dce"), ("state", "done"))
+        # 3 s and 70 s: bucketed by the ledger's timestamps at scrape time
+        assert samples[("pacsnode_job_duration_seconds_count", dce)] == 2
+        assert samples[("pacsnode_job_duration_seconds_sum", dce)] == 73.0
+        for le, count in (("2.0", 0), ("5.0", 1), ("60.0", 1), ("120.0", 2), ("+Inf", 2)):
+            assert samples[("pacsnode_job_duration_seconds_bucket",
+                            (("analyzer", "dce"), ("le", le), ("state", "done")))] == count
+        assert samples[("pacsnode_job_duration_seconds_bucket",
+                        (("analyzer", "dsc"), ("le", "0.5"), ("state", "failed")))] == 1
         assert samples[("pacsnode_cstore_refusals_total",
                         (("calling_ae", "CT1"), ("status", "0xA700")))] == 2
         assert samples[("pacsnode_jobs", (("analyzer", "dce"), ("state", "done")))] == 2
