@@ -10,8 +10,11 @@ tuned and refitted on all rows. The model is the one of :mod:`analyzers.dce.mode
 Input: a CSV with one row per lesion and the columns ``patient`` (grouping id),
 ``r_ktrans``, ``r_vp``, ``pre_treatment_hyperperfused`` (1, 0 or empty = no prior) and
 ``label`` (``recurrence`` / ``radiation_necrosis``, or 1 / 0) — e.g. the ``lesions`` of the
-node's ``dce`` findings joined with histopathology; or ``--synthetic N`` for a cohort of
-:func:`analyzers.dce.model.synthetic_ratio_cohort` (how the reference model is made).
+node's ``dce`` findings joined with histopathology; or ``--phantom N`` for N cases of the
+``dce`` image phantom, each analysed end to end by the ``dce`` analyzer (pre-treatment
+study, then the follow-up with the pre-treatment findings as prior; how the reference
+model is made); or ``--synthetic N`` for a cohort of ratios drawn around the study's
+medians (:func:`analyzers.dce.model.synthetic_ratio_cohort`, no images).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +34,17 @@ from numpy.typing import NDArray
 from analyzers.dce.errors import DceInputError
 from analyzers.dce.model import RecurrenceModel, feature_matrix, synthetic_ratio_cohort
 
-__all__ = ["REFERENCE_COMMAND", "load_cohort_csv", "main", "train"]
+__all__ = ["PHANTOM_GEOMETRY", "REFERENCE_COMMAND", "load_cohort_csv", "main", "phantom_cohort", "train"]
 
 #: The command that made ``analyzers/dce/reference_model`` (reproducible: same seed, same model).
-REFERENCE_COMMAND = ("python -m analyzers.dce.train --synthetic 400 --seed 20250101 "
+REFERENCE_COMMAND = ("pacsnode train dce --phantom 60 --seed 7 --trials 10 --n-boot 1000 "
                      "--out analyzers/dce/reference_model --name pacsnode-dce-recurrence-reference "
-                     "--version 1.0.0")
+                     "--version 2.0.0")
+
+#: Phantom cases for training: the smallest grid the analyzer reads reliably (48×48×6 voxels of
+#: 4.8×4.8×10 mm, 60 frames of 5 s), QIBA-DRO-like kinetics and SNR 50 (the phantom's default).
+PHANTOM_GEOMETRY: dict[str, Any] = {"matrix": 48, "slices": 6, "pixel_mm": 4.8, "slice_mm": 10.0,
+                                    "time_points": 60, "frame_s": 5.0}
 
 _LABELS = {"recurrence": 1, "1": 1, "radiation_necrosis": 0, "necrosis": 0, "0": 0}
 
@@ -75,6 +85,75 @@ def load_cohort_csv(path: Path) -> tuple[NDArray[np.float64], NDArray[np.int64],
     except (KeyError, ValueError) as exc:
         raise DceInputError(f"{path}: unreadable value ({exc})") from exc
     return x, y, np.array([r["patient"] for r in rows], dtype=object)
+
+
+def _truth_seg(folder: Path, tag: str, mask: NDArray[np.bool_]) -> Path:
+    """The lesion as a radiologist's SEG would give it (the phantom's truth), next to the case."""
+    from analyzers._shared import outputs as out
+    from analyzers._shared.volume import load_series
+    from sr_templates.dce import TEMPLATE
+
+    dynamic = load_series(sorted((folder / f"{tag}dce").iterdir()))
+    seg = out.build_segmentation(dynamic, [out.Segment(TEMPLATE.segment_classes["lesion"], mask,
+                                                       tracking_id="drawn")],
+                                 out.Algorithm(name="phantom truth", version="1"))
+    target = folder / f"{tag}seg"
+    target.mkdir(exist_ok=True)
+    seg.save_as(target / "seg.dcm")
+    return target
+
+
+def phantom_cohort(cases: int, seed: int, first_case: int = 0,
+                   progress: bool = False) -> list[dict[str, Any]]:
+    """Lesion rows of ``cases`` ``dce`` phantom patients, measured by the ``dce`` analyzer.
+
+    Each case's two studies are written as DICOM and analysed as the node would: the
+    pre-treatment study (VFA T1 map, the lesion from a SEG of the phantom's truth), then
+    the follow-up with the pre-treatment findings as its prior. One row per follow-up
+    lesion with measured ratios: ``patient``, ``r_ktrans``, ``r_vp``,
+    ``pre_treatment_hyperperfused`` (of the matched prior lesion; NaN without one),
+    ``label`` (the phantom's truth) and the true ratios.
+    """
+    from analyzers.contract import AnalysisInput, PriorFinding, SeriesInput
+    from analyzers.dce.analyzer import DceAnalyzer, DceSettings
+    from analyzers.phantoms.dce import simulate_dce
+    from analyzers.phantoms.dicomio import write_case
+
+    def series(folder: Path, study: str) -> SeriesInput:
+        return SeriesInput(folder.name, study, tuple(sorted(p for p in folder.iterdir() if p.is_file())))
+
+    analyzer = DceAnalyzer()
+    rows: list[dict[str, Any]] = []
+    for index in range(first_case, first_case + cases):
+        started = time.monotonic()
+        case = simulate_dce(seed=seed, case_index=index, **PHANTOM_GEOMETRY)
+        with tempfile.TemporaryDirectory(prefix="pacsnode-dce-train-") as tmp:
+            folder = Path(tmp)
+            write_case(case, folder)
+            findings: dict[str, dict[str, Any]] = {}
+            for tag in ("pre_", ""):
+                seg = _truth_seg(folder, tag, case.truth_maps[f"{tag}lesion_labels"] > 0)
+                priors = [] if tag else [PriorFinding("pre", "pre", "pre", findings["pre_"]["study_date"],
+                                                      findings["pre_"], DceAnalyzer.version)]
+                job = AnalysisInput(job_id=f"train-{index}-{tag or 'post'}", series=series(folder / f"{tag}dce", tag),
+                                    related={"vfa": [series(p, tag) for p in sorted(folder.glob(f"{tag}vfa_fa*"))],
+                                             "roi": [series(seg, tag)]},
+                                    priors=priors, settings=DceSettings(), scratch=folder)
+                findings[tag] = analyzer.analyze(job).findings
+        truth = case.truth["studies_truth"]["post"]["lesions"][0]
+        for lesion in findings[""]["lesions"]:
+            if lesion["r_ktrans"] is None or lesion["r_vp"] is None:
+                continue
+            prior = lesion["prior"]
+            rows.append({"patient": case.patient.patient_id, "r_ktrans": lesion["r_ktrans"],
+                         "r_vp": lesion["r_vp"],
+                         "pre_treatment_hyperperfused": np.nan if prior is None else float(prior["hyperperfused"]),
+                         "label": case.truth["label"], "r_ktrans_true": truth["rktrans"],
+                         "r_vp_true": truth["rvp"]})
+        if progress:
+            print(f"[dce] phantom case {index + 1 - first_case}/{cases} (index {index}, {case.truth['label']}): "
+                  f"{time.monotonic() - started:.1f} s", flush=True)
+    return rows
 
 
 def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], out: Path, *,
@@ -122,6 +201,12 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
     return model
 
 
+def _analyzer_version() -> str:
+    from analyzers.dce.analyzer import DceAnalyzer
+
+    return DceAnalyzer.version
+
+
 def _group_codes(groups: NDArray[Any]) -> NDArray[np.int64]:
     _, codes = np.unique(groups.astype(str), return_inverse=True)
     return codes.astype(np.int64)
@@ -140,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pacsnode train dce", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cohort", type=Path, help="lesion CSV (see the module documentation)")
+    source.add_argument("--phantom", type=int, metavar="N",
+                        help="train on N dce phantom patients analysed by the dce analyzer")
     source.add_argument("--synthetic", type=int, metavar="N",
                         help="train on N synthetic patients drawn around the study's medians")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
@@ -149,10 +236,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--rows-csv", type=Path, help="with --phantom: also write the measured lesion rows here")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.cohort is not None:
         x, y, groups = load_cohort_csv(args.cohort)
         note = f"site cohort {args.cohort.name}"
+    elif args.phantom is not None:
+        rows = phantom_cohort(args.phantom, args.seed, progress=True)
+        if args.rows_csv is not None:
+            with args.rows_csv.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        x = feature_matrix([r["r_ktrans"] for r in rows], [r["r_vp"] for r in rows],
+                           [r["pre_treatment_hyperperfused"] for r in rows])
+        y = np.array([_LABELS[r["label"]] for r in rows], dtype=np.int64)
+        groups = np.array([r["patient"] for r in rows], dtype=object)
+        geometry = ", ".join(f"{k}={v}" for k, v in PHANTOM_GEOMETRY.items())
+        note = (f"dce image phantom, {args.phantom} patients (seed {args.seed}; {geometry}; SNR 50), "
+                f"{len(rows)} follow-up lesions measured by the dce analyzer {_analyzer_version()} "
+                "(VFA T1, lesion from the phantom's truth SEG, pre-treatment study as prior)")
     else:
         cohort = synthetic_ratio_cohort(args.synthetic, args.seed)
         x = feature_matrix(cohort.r_ktrans, cohort.r_vp, cohort.pre_flag)

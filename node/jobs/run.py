@@ -475,8 +475,10 @@ def reprocess(index: Index, table: RouteTable, ledger: JobLedger, series_uid: st
         conn.execute("UPDATE series_state SET generation = ? WHERE series_uid = ?", (generation, series_uid))
         for route in routes:
             assert route.analyzer is not None
+            earlier = ledger.latest(series_uid, route.name)
             ids.append(ledger.enqueue(
                 series_uid=series_uid, study_uid=str(attributes["StudyInstanceUID"]),
                 patient_id=attributes.get("PatientID"), route=route.name, analyzer=route.analyzer,
-                send_to=route.send_to, generation=generation, conn=conn))
+                send_to=route.send_to, generation=generation, conn=conn,
+                supersedes=earlier.id if earlier is not None else None))
     return ids
