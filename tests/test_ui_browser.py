@@ -161,6 +161,11 @@ backoff_seconds = 0.5
                 job.reload()
                 assert "sent" in job.inner_text("[data-testid=outputs]")
                 job.screenshot(path=str(shots / "job-final.png"), full_page=True)
+                # the read-write button: a form POST with the session cookie and its CSRF field
+                job.click("text=Run qc again on this series")
+                job.wait_for_selector(".flash")
+                assert job.inner_text(".flash") == "queued 1 job(s) of qc"
+                assert "/ui/series/" in job.url and "qc#1" in job.inner_text("main")
 
                 # the routes test box decides like `pacsnode routes test`
                 page.goto(base + "/ui/routes")
@@ -183,7 +188,9 @@ backoff_seconds = 0.5
             node = starting.result()
         if node is not None:
             node.stop()
-    assert _count(index, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'") == SERIES
+    assert _count(index, "SELECT COUNT(*) FROM deliveries d JOIN jobs j ON j.id = d.job_id "
+                         "WHERE j.generation = 0 AND d.state = 'sent'") == SERIES
+    assert _count(index, "SELECT COUNT(*) FROM jobs WHERE generation = 1") == 1  # the button's job
     assert 0 < done_so_far <= SERIES
     for name in ("dashboard-arriving.png", "dashboard-under-load.png", "job.png", "dashboard-final.png",
                  "job-final.png"):
