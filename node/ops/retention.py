@@ -12,8 +12,9 @@ these hold:
 * none of its jobs is queued or running, and no delivery of its instances or of its
   jobs' results is pending or dead-lettered (an operator resends or gives those up first);
 * it is not referenced by a prior comparison: no job of the same patient and analyzer in
-  another study, made after this series' job finished, whose route wants priors and whose
-  own series is kept, could have used it (nor any job that recorded it among its inputs).
+  another study, started (last) after this series' job finished or still to run, whose
+  analyzer takes priors and whose own series is kept, could have used it (nor any job that
+  recorded it among its inputs).
   A result series is kept as long as its source series is.
 
 Job rows (findings, which later jobs read as priors), deliveries and the audit trail stay;
@@ -209,7 +210,7 @@ class Retention:
         if has_jobs:
             inputs_column = ", inputs" if "inputs" in job_columns else ", NULL"
             for row in conn.execute("SELECT id, series_uid, study_uid, patient_id, route, analyzer, state, "
-                                    f"created_at, finished_at, outputs{inputs_column} FROM jobs"):
+                                    f"created_at, finished_at, outputs{inputs_column}, started_at FROM jobs"):
                 all_jobs.append(row)
                 jobs_of.setdefault(row[1], []).append(row)
             output_series = {uid for uid, *_ in series if is_output_uid(uid)}
@@ -314,7 +315,9 @@ class Retention:
             if state != "done" or not patient or finished is None or not self.wants_priors.get(analyzer, True):
                 continue
             for other in peers.get((patient, analyzer), []):
-                if other[2] != study and other[1] in kept and other[7] is not None and other[7] >= finished:
+                # the other job read the priors when it last started: after this one finished, or not yet
+                could_use = other[6] in ("queued", "running") or (other[11] is not None and other[11] >= finished)
+                if other[2] != study and other[1] in kept and could_use:
                     return f"prior of job {other[0]} (study {other[2]})"
         return None
 
