@@ -14,8 +14,11 @@ Measured against the truth maps:
 * automatic dural-lesion candidates: which lesions they hit, how many false ones.
 
 The issue's bar (voxel CBV and CBF within 10 %, lesion ratios within 10 %) is
-not met by every quantity; the tests below assert what is achieved and mark
-the unmet part as an expected failure with the measured numbers.
+met for CBV of tissue regions and grey-matter voxels and for lesion rCBV; not
+for CBF (oSVD's truncation bias, shown on noise-free curves with the true AIF)
+nor for white-matter voxel CBV (noise-limited). The tests assert what is
+achieved and keep the unmet part as a strict expected failure with the
+measured numbers.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def phantom() -> dict[str, Any]:
         solid = (maps_truth["lesion_labels"] == item["id"]) & (maps_truth["lesion_fraction"] >= 0.9)
         reference = contralateral_reference(solid, white, plane, 2, spacing,
                                             edema=maps_truth["edema"] | lesion_any,
-                                            exclude=maps.aif_mask)
+                                            exclude=maps.aif_mask, baseline=maps.s0)
         ratios = relative_values(measure_region(maps, series.pixels, solid),
                                  measure_region(maps, series.pixels, reference))
         lesions.append({"id": item["id"], "rcbv": ratios["rCBV"], "rcbf": ratios["rCBF"],
@@ -96,29 +99,69 @@ def test_automatic_aif_is_arterial(phantom: dict[str, Any]) -> None:
 def test_tissue_cbv_and_cbf_of_regions(phantom: dict[str, Any]) -> None:
     for name, row in phantom["tissue"].items():
         assert abs(row["roi_cbv_error"]) <= 0.10, (name, row)
-        # oSVD at OI 0.035 underestimates CBF with 60 frames of 1.5 s (about -30 to
-        # -40 % here, -25 to -36 % on noise-free curves in test_dsc_maps): the
-        # oscillation-index regularisation, not noise (region curves average it out).
-        assert -0.45 <= row["roi_cbf_error"] <= 0.05, (name, row)
-        assert row["cbv_error"] <= 0.25, (name, row)
+        # oSVD at OI 0.035 underestimates CBF with 60 frames of 1.5 s (-38 % grey, -31 %
+        # white matter here; -39 % and -35 % on noise-free curves with the true AIF, see
+        # test_osvd_cbf_bias_is_the_truncation_not_the_data): the truncation, not noise.
+        assert -0.45 <= row["roi_cbf_error"] <= -0.20, (name, row)
+    # Grey matter voxels meet the issue's CBV bar; white matter's 4 % signal drop at SNR 60 does not.
+    assert phantom["tissue"]["gm"]["cbv_error"] <= 0.10
+    assert phantom["tissue"]["wm"]["cbv_error"] <= 0.25
 
 
-def test_lesion_ratios(phantom: dict[str, Any]) -> None:
-    """Ratios within 35 % (rCBV) and 40 % (rCBF): what the methods reach here.
+def test_lesion_rcbv_meets_the_issue_bar(phantom: dict[str, Any]) -> None:
+    """rCBV of each lesion's solid part within 10 % of truth (measured: -3.5 % and +5.4 %).
 
-    The errors follow the lesion's transit time relative to white matter: a short
-    MTT lowers rCBF (oSVD underestimates CBF more for short transits), a long MTT
-    lowers rCBV (the BSW fit takes part of the slower tissue curve for leakage).
+    Needs the late-window leakage fit (the whole-curve BSW fit gave -31 % for the
+    slow-transit lesion 2) and the purest-white-matter reference (the full
+    white-matter class carries 5 % grey matter into the ratio's denominator).
     """
     for row in phantom["lesions"]:
-        assert row["rcbv"] == pytest.approx(row["rcbv_true"], rel=0.35), row["id"]
+        assert row["rcbv"] == pytest.approx(row["rcbv_true"], rel=0.10), row["id"]
+
+
+def test_lesion_rcbf(phantom: dict[str, Any]) -> None:
+    """rCBF within 40 %: oSVD's CBF bias depends on the transit time, so it does not cancel in the ratio.
+
+    Lesion 1 (MTT 3.1 s) loses about 50 % of its CBF, the white-matter reference
+    (4.8 s) about 35 %: rCBF -29 %; lesion 2 (MTT 9.4 s) loses about 17 %: rCBF +35 %.
+    """
+    for row in phantom["lesions"]:
         assert row["rcbf"] == pytest.approx(row["rcbf_true"], rel=0.40), row["id"]
 
 
+def test_osvd_cbf_bias_is_the_truncation_not_the_data() -> None:
+    """Noise-free phantom curves with the phantom's own AIF: the CBF deficit is oSVD's alone.
+
+    The phantom's truth is consistent with its residue (R(0) = 1, so CBF = F, and
+    CBV comes back within 2 %), the hematocrit and density factors are applied
+    on both sides, there is no delay or dispersion; yet the residue peak that
+    oSVD (OI 0.035) returns is 61 % (grey matter, MTT 4 s) and 65 % (white
+    matter, 4.8 s) of F at 1.5 s sampling. The truncation that keeps the
+    oscillation index under 0.035 low-pass filters the exponential residue,
+    whose peak is a step at t = 0.
+    """
+    from analyzers.dsc.deconvolution import perfusion_from_concentration
+    from analyzers.phantoms.bolus import dsc_aif, indicator_dilution
+
+    times = np.arange(60) * 1.5
+    fine = np.arange(0.0, times[-1] + 0.05, 0.1)
+    arterial = dsc_aif(fine, 12.3, 8.0)
+    cbv, cbf = np.array([4.0, 2.0]), np.array([60.0, 25.0])
+    tissue = indicator_dilution(fine, arterial, cbv, cbf, 1.04, 0.55 / 0.75)
+    sample = np.rint(times / 0.1).astype(int)
+    perfusion = perfusion_from_concentration(10.0 * tissue[:, sample], 10.0 * arterial[sample], times)
+    np.testing.assert_allclose(perfusion.cbv, cbv, rtol=0.03)
+    cbf_error = perfusion.cbf / cbf - 1.0
+    assert np.all((cbf_error > -0.42) & (cbf_error < -0.30)), cbf_error
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "issue bar not met: voxel CBF is biased low by oSVD (OI 0.035) at 1.5 s sampling and SNR 60 "
-    "(median |error| about 0.5; region curves about -0.3 to -0.4), voxel CBV of white matter "
-    "is noisy (median |error| about 0.2), and lesion rCBV/rCBF errors reach about 30 %"))
+    "issue bar not met for CBF and for white-matter voxel CBV. Measured on this case (SNR 60): "
+    "voxel CBF median |error| 0.51 (GM) and 0.53 (WM), region CBF -38 % and -31 %: oSVD (OI 0.035) "
+    "truncation bias on the exponential residue at 1.5 s sampling (-39 %/-35 % even noise-free with the "
+    "true AIF); WM voxel CBV median |error| 0.20: a 4 % signal drop at SNR 60 (noise-limited, the region "
+    "value is within 4 %); lesion rCBF -29 % and +35 % (the CBF bias depends on transit time). "
+    "Met: region CBV (-1 %, +4 %), GM voxel CBV (0.09), lesion rCBV (-3.5 %, +5.4 %)"))
 def test_issue_accuracy_bar(phantom: dict[str, Any]) -> None:
     for row in phantom["tissue"].values():
         assert row["cbv_error"] <= 0.10 and row["cbf_error"] <= 0.10

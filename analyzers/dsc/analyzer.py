@@ -237,7 +237,7 @@ def _measure(
         reference = contralateral_reference(
             mask, white, plane, axis, volume.spacing, edema=edema | every_lesion,
             exclude=maps.aif_mask, radius_mm=settings.reference_radius_mm,
-            edema_margin_mm=settings.edema_margin_mm,
+            edema_margin_mm=settings.edema_margin_mm, baseline=maps.s0,
         )
         lesion_values = measure_region(maps, volume.data, mask)
         reference_values = measure_region(maps, volume.data, reference)

@@ -18,7 +18,14 @@ values are normalised to contralateral normal-appearing white matter (NAWM).
 * Reference region: white-matter voxels of the other hemisphere within a
   radius of the lesion's mirror image, excluding the lesion, its edema (given,
   or the lesion grown by ``edema_margin_mm``) and arterial voxels; the radius
-  grows until ``min_voxels`` are found (up to the whole hemisphere).
+  grows until ``min_voxels`` are found (up to the whole hemisphere). When the
+  baseline image is given, only the half of those voxels with the lowest
+  baseline signal is kept: white matter has the lowest S0 of brain tissue on
+  T2*-weighted EPI, so voxels mixed with grey matter or CSF (thick slices)
+  have a higher one. The median is taken locally, so a smooth coil-sensitivity
+  bias does not move the region. On the project's phantom (1.8 × 1.8 × 5 mm)
+  this raises the white-matter fraction of the white-matter class from 0.95 to
+  0.99 and brings its mean CBV from 3.8 % to 0.6 % above pure white matter's.
 * Relative values: rCBV, rCBF, rPSR, rWiT = lesion / reference.
 """
 
@@ -157,8 +164,12 @@ def contralateral_reference(
     radius_mm: float = 25.0,
     edema_margin_mm: float = 10.0,
     min_voxels: int = 20,
+    baseline: np.ndarray | None = None,
 ) -> np.ndarray:
     """Reference NAWM mask in the hemisphere opposite ``lesion`` (see module notes).
+
+    ``baseline`` (S0, ``(z, y, x)``) keeps the lower-S0 half of the region
+    (purest white matter); None keeps every white-matter voxel.
 
     Raises
     ------
@@ -186,15 +197,22 @@ def contralateral_reference(
     other_side = np.broadcast_to(side.reshape(shape), lesion.shape)
     distance = ndimage.distance_transform_edt(~mirrored, sampling=spacing)
     candidates = np.asarray(white_matter, dtype=bool) & other_side & ~excluded
+    s0 = None if baseline is None else np.asarray(baseline, dtype=np.float64)
+
+    def purest(region: np.ndarray) -> np.ndarray:
+        if s0 is None or not region.any():
+            return region
+        return region & (s0 <= float(np.median(s0[region])))
+
     radius = radius_mm
     for _ in range(_RADIUS_STEPS):
-        region = candidates & (distance <= radius)
+        region = purest(candidates & (distance <= radius))
         if region.sum() >= min_voxels:
             return region
         radius *= _RADIUS_GROWTH
     if candidates.sum() == 0:
         raise DscInputError("no normal-appearing white matter found in the other hemisphere")
-    return candidates
+    return purest(candidates)
 
 
 @dataclass(frozen=True)
@@ -205,7 +223,10 @@ class RegionMeasurement:
     deconvolved like a voxel's: averaging the curves first raises the
     contrast-to-noise ratio, so the oSVD truncation is not driven by voxel noise
     (the mean of voxel CBF maps of low-CNR white matter is biased low by it).
-    CBV equals the mean of the voxel CBV maps (it is linear in the curves).
+    The leakage fit of a region uses the late window of
+    ``maps.leakage_fit_start`` (see :mod:`analyzers.dsc.maps`), so its CBV can
+    differ from the mean of the voxel CBV map (whole-curve fit) in leaky or
+    slow-transit regions; without leakage correction it equals that mean.
     Wash-in time, PSR and wash-out slope come from the region's mean signal
     curve (the study's time–signal intensity curves). ``cbf_voxel_mean`` is the
     mean of the voxel CBF map, for comparison.
@@ -245,7 +266,7 @@ def measure_region(maps: DscMaps, signal: np.ndarray, region: np.ndarray) -> Reg
     region_curve = dr2.mean(axis=0)[None]
     k2 = 0.0
     if maps.options.leakage_correction:
-        fit = bsw_correct(region_curve, maps.leakage_reference, maps.times)
+        fit = bsw_correct(region_curve, maps.leakage_reference, maps.times, maps.leakage_fit_start)
         region_curve, k2 = fit.corrected, float(fit.k2[0])
     perfusion = perfusion_from_concentration(
         region_curve, maps.aif_curve, maps.times, k_h=maps.options.k_h,

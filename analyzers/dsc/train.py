@@ -123,7 +123,7 @@ def phantom_cohort(cases: int, seed: int, first_case: int = 0, progress: bool = 
             if not (mask & maps.brain_mask).any():
                 continue
             reference = contralateral_reference(mask, white, plane, 2, spacing, edema=every,
-                                                exclude=maps.aif_mask)
+                                                exclude=maps.aif_mask, baseline=maps.s0)
             lesion = measure_region(maps, series.pixels, mask)
             ratios = relative_values(lesion, measure_region(maps, series.pixels, reference))
             rows.append({
