@@ -89,6 +89,42 @@ def test_exponential_convolution_matches_numerical_integral() -> None:
         np.testing.assert_allclose(exact[i, [500, 2000]], ref, rtol=1e-4)
 
 
+def test_ellipsoid_fraction_in_its_box_equals_the_full_grid() -> None:
+    from analyzers.phantoms.lesions import Ellipsoid, random_rotation
+
+    rng = np.random.default_rng(4)
+    tilt = np.deg2rad(17.0)
+    grid = Grid(shape=(20, 40, 36), spacing=(3.0, 1.5, 1.2), origin=(-20.0, -30.0, -25.0),
+                column_direction=(0.0, float(np.cos(tilt)), float(-np.sin(tilt))))
+    coords = grid.patient_coordinates()
+    for _ in range(5):
+        ell = Ellipsoid(centre=coords[10, 20, 18] + rng.normal(0, 8, 3), radii=rng.uniform(3, 12, 3),
+                        rotation=random_rotation(rng))
+        d = ell.normalised_distance(coords)
+        full = np.clip(0.5 + (1.0 - d) * float(np.mean(ell.radii)) / 0.7, 0.0, 1.0).astype(np.float32)
+        np.testing.assert_array_equal(ell.fraction(grid, coords, edge_mm=0.7), full)
+        np.testing.assert_array_equal(ell.fraction(grid, edge_mm=0.7), full)
+        assert full.any()
+
+
+def test_template_distance_map_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy import ndimage
+
+    from analyzers.phantoms import anatomy
+
+    monkeypatch.setenv("PACSNODE_CACHE_DIR", str(tmp_path))
+    brain = anatomy.load_template().t1 > 0.02
+    folder = anatomy._template_dir()
+    first = anatomy._outside_distance(folder, brain)
+    (cached,) = tmp_path.glob("mni152_2009a_outside_mm_*.npy")
+    np.testing.assert_array_equal(first, ndimage.distance_transform_edt(~brain).astype(np.float32))
+    np.save(cached, first + 1.0)  # a second call reads the file, not the transform
+    np.testing.assert_array_equal(anatomy._outside_distance(folder, brain), first + 1.0)
+    cached.write_bytes(b"not an array")  # a broken cache is recomputed and rewritten
+    np.testing.assert_array_equal(anatomy._outside_distance(folder, brain), first)
+    np.testing.assert_array_equal(np.load(cached), first)
+
+
 def test_grid_affine_matches_slice_positions() -> None:
     grid = Grid(
         shape=(3, 4, 5),
@@ -422,7 +458,8 @@ class TestCli:
         return [arg for key, value in SMALL_SPINE.items() for arg in ("--set", f"{key}={value}")]
 
     def test_writes_cohort_and_same_seed_gives_same_bytes(self, tmp_path: Path) -> None:
-        for folder in ("a", "b"):
+        # One process, then one per core (the default): parallel cohorts are the same bytes.
+        for folder, workers in (("a", ["--workers", "1"]), ("b", [])):
             status = phantom_main(
                 [
                     "phantom",
@@ -434,6 +471,7 @@ class TestCli:
                     "--cases",
                     "2",
                     "--no-progress",
+                    *workers,
                     *self._spine_options(),
                 ]
             )
