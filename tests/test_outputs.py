@@ -476,6 +476,14 @@ def test_seg_and_pm_on_enhanced_mr_source(
         np.testing.assert_allclose(positions[number], here, atol=1e-3)
 
 
+def test_sr_on_enhanced_mr_source_is_refused(enhanced_phantom: tuple[Volume, Volume, Path]) -> None:
+    # The SR's SCOORD needs each slice's frame number, which the volume does not keep.
+    _, volume, _ = enhanced_phantom
+    lesion = out.LesionFinding("lesion 1", out.LesionRegion.circle((20, 20, 5), 3))
+    with pytest.raises(out.OutputError, match="multi-frame"):
+        out.build_measurement_report(volume, report_template("brainmets"), [lesion], ALGORITHM)
+
+
 def test_enhanced_source_not_from_a_file_needs_its_dataset() -> None:
     from tests.test_volume import enhanced_mr as minimal_enhanced  # a dataset, not a file
 
