@@ -60,7 +60,7 @@ __all__ = ["REFERENCE_COMMAND", "load_cohort_csv", "main", "phantom_cohort", "tr
 #: The command that makes ``analyzers/dsc/reference_model``.
 REFERENCE_COMMAND = ("python -m analyzers.dsc.train --phantom --cases 120 --holdout-cases 60 --seed 0 "
                      "--trials 10 --n-boot 1000 --out analyzers/dsc/reference_model "
-                     "--name pacsnode-dsc-reference --version 1.0.0")
+                     "--name pacsnode-dsc-reference --version 2.0.0")
 _LABELS = {POSITIVE_LABEL: 1, "metastasis": 1, "1": 1, NEGATIVE_LABEL: 0, "0": 0}
 #: Phantom geometry of the training cohort: coarser than a clinical series to keep
 #: a 120-case cohort within minutes; the lesion ratios are measured the same way.
