@@ -28,33 +28,10 @@ DEFAULT_CONFIG = Path("config/node.toml")
 EXIT_CONFIG = 2
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        payload = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("job_id", "series_uid", "study_uid", "calling_ae"):
-            if hasattr(record, key):
-                payload[key] = getattr(record, key)
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload)
-
-
 def _setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.logging.json_lines:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.logging.level)
-    # pynetdicom logs every PDU at INFO; keep its warnings only.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    from node.ops.logs import setup_logging
+
+    setup_logging(settings.logging)
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:

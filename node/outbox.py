@@ -122,6 +122,7 @@ class Outbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_sent: list[Callable[[str, list[str]], None]] = []
+        self.on_failed: list[Callable[[str, int, str], None]] = []  # (destination, instances, reason)
         create_tables(index)
 
     # -- queueing ----------------------------------------------------------------------------
@@ -246,6 +247,8 @@ class Outbox:
         if failed:
             reason = failures[paths[failed[0][0]]]
             self._failed([i[0] for i in failed], reason, destination=destination)
+            for on_failed in self.on_failed:
+                on_failed(name, len(failed), reason)
 
     def _failed(self, ids: list[int], reason: str, *, destination: DestinationSettings | None = None,
                 dead: bool = False) -> None:

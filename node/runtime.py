@@ -81,6 +81,8 @@ class Node:
             app = create_app(self.settings, store=self.store, index=self.index,
                              ingestor=self.ingestor)
         operations = getattr(app.state, "operations", None) if app is not None else None
+        if operations is not None and self.pipeline is not None:
+            operations.attach(self.pipeline, self.store)  # completion/delivery metrics, retention job
         if dimse:
             # The audit trail records associations; the metrics count refused C-STOREs.
             self.dimse.handlers.operations = operations

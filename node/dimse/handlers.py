@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 from node.config import Settings
 from node.errors import InvalidDataset, NodeError, NotFound, UnknownDestination
 from node.ingest import Ingestor
+from node.ops.logs import log_context
 from node.storage.attributes import DERIVED, by_keyword
 from node.storage.index import Index
 from node.storage.query import InvalidQuery, Query
@@ -102,6 +104,15 @@ class DimseHandlers:
         return 0x0000
 
     def on_store(self, event: Event) -> int | Dataset:
+        started = time.perf_counter()
+        with log_context(calling_ae=event.assoc.requestor.ae_title):
+            status = self._store(event)
+        if self.operations is not None:  # C-STORE latency histogram
+            self.operations.metrics.store_observed(time.perf_counter() - started,
+                                                   int(getattr(status, "Status", status)))
+        return status
+
+    def _store(self, event: Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
         try:
             self.ingestor.ingest_dataset(

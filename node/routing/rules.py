@@ -11,6 +11,8 @@
     settings = { }                     # validated by the analyzer's own settings model
     send_to = ["pacs"]                 # destination names
     stable_after = 20                  # seconds of quiet that complete the series (optional)
+    retention_days = 90                # remove its series (and results) after this many days
+                                       # (optional; default [storage] retention_days)
     on_late = "ignore"                 # or "reanalyze"
     exclusive = true                   # see below
     enabled = true
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 
 OnLate = Literal["ignore", "reanalyze"]
 _ROUTE_KEYS = {"name", "analyzer", "match", "not_match", "settings", "send_to", "stable_after",
-               "on_late", "exclusive", "enabled", "description"}
+               "on_late", "exclusive", "enabled", "description", "retention_days"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -95,6 +97,9 @@ class Route:
         Whether the route takes part in "first exclusive match wins".
     enabled:
         A disabled route never matches.
+    retention_days:
+        Days its series and their results are kept (``node.ops.retention``); ``None`` uses
+        ``[storage] retention_days``.
     """
 
     name: str
@@ -108,6 +113,7 @@ class Route:
     exclusive: bool = True
     enabled: bool = True
     description: str = ""
+    retention_days: int | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -118,6 +124,10 @@ class Route:
             raise RouteError(f"route {self.name!r}: stable_after must be > 0 seconds")
         if self.on_late not in ("ignore", "reanalyze"):
             raise RouteError(f"route {self.name!r}: on_late is \"ignore\" or \"reanalyze\"")
+        if self.retention_days is not None and (isinstance(self.retention_days, bool)
+                                                or not isinstance(self.retention_days, int)
+                                                or self.retention_days < 0):
+            raise RouteError(f"route {self.name!r}: retention_days is a whole number of days >= 0")
 
     def explain(self, attributes: Mapping[str, Any]) -> tuple[bool, list[str]]:
         """Whether the route matches the attributes, and one line of reason per key."""
@@ -325,6 +335,7 @@ def _route_from_table(table: Mapping[str, Any], position: int, source: str) -> R
             exclusive=table.get("exclusive", True),
             enabled=table.get("enabled", True),
             description=str(table.get("description", "")),
+            retention_days=table.get("retention_days"),
         )
     except RouteError as exc:
         raise RouteError(f"{source}: {exc}") from None
