@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -39,7 +39,7 @@ from pydicom.uid import (
 from node import __version__
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
 from node.storage.attributes import ATTRIBUTES
-from node.storage.index import Index, InstanceRecord
+from node.storage.index import CommitHook, Index, InstanceRecord
 from node.storage.store import InstanceStore, safe_component
 
 __all__ = [
@@ -99,8 +99,9 @@ class _GroupCommit:
     retried row by row, so one bad row fails only its own instance.
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, hooks: Callable[[], Sequence[CommitHook]] = tuple) -> None:
         self._index = index
+        self._hooks = hooks
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._queued: list[tuple[InstanceRecord, list[BaseException | None]]] = []
@@ -109,34 +110,50 @@ class _GroupCommit:
         result: list[BaseException | None] = []
         with self._queue_lock:
             self._queued.append((record, result))
+        after: list[Callable[[], None]] = []
         with self._commit_lock:
             if not result:
                 with self._queue_lock:
                     batch, self._queued = self._queued, []
-                self._commit(batch)
+                after = self._commit(batch)
+        for action in after:  # e.g. completion timers, once the rows are committed
+            try:
+                action()
+            except Exception:
+                log.exception("post-commit action %r failed", action)
         if result[0] is not None:
             raise result[0]
+
+    def _add(self, records: list[InstanceRecord]) -> list[Callable[[], None]]:
+        hooks = self._hooks()
+        if not hooks:
+            self._index.add_instances(records)
+            return []
+        return self._index.add_instances(records, hooks)
 
     # What adding a row can raise: SQLite errors (a full disk, a constraint) and malformed values.
     _ROW_ERRORS = (sqlite3.Error, KeyError, TypeError, ValueError)
 
-    def _commit(self, batch: list[tuple[InstanceRecord, list[BaseException | None]]]) -> None:
+    def _commit(self, batch: list[tuple[InstanceRecord, list[BaseException | None]]]
+                ) -> list[Callable[[], None]]:
         try:
-            self._index.add_instances([record for record, _ in batch])
+            after = self._add([record for record, _ in batch])
         except self._ROW_ERRORS as exc:
             if len(batch) == 1:
                 batch[0][1].append(exc)
-                return
+                return []
+            after = []
             for record, result in batch:
                 try:
-                    self._index.add_instance(record)
+                    after += self._add([record])
                 except self._ROW_ERRORS as single:
                     result.append(single)
                 else:
                     result.append(None)
-            return
+            return after
         for _, result in batch:
             result.append(None)
+        return after
 
 
 def _to_python(ds: Dataset, keyword: str, vr_hint: str | None = None) -> Any:
@@ -222,7 +239,11 @@ def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
 
 
 def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
-    """Parse the top-level elements before the pixel data (values stay raw until used)."""
+    """Parse the top-level elements before the pixel data (values stay raw until used).
+
+    The offset where parsing stopped (the Pixel Data element, or the end) is kept on the
+    dataset as ``_pacsnode_header_end`` for :func:`_check_pixel_length`.
+    """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         try:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
@@ -230,8 +251,9 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
             raise InvalidDataset(f"deflated dataset cannot be inflated: {exc}") from exc
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
+    stream = BytesIO(data)
     try:
-        ds = read_dataset(BytesIO(data), implicit, little, stop_when=_stop_at_pixels)
+        ds = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
         _check_element_lengths(ds)
         for keyword in _REQUIRED:
             if keyword in ds:
@@ -242,6 +264,8 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
             f"the dataset cannot be decoded ({type(exc).__name__}: {exc}); the sender's "
             "file is corrupt or truncated"
         ) from exc
+    # pydicom leaves the stream at the element that stopped the parse.
+    ds._pacsnode_header_end = stream.tell()
     return ds
 
 
@@ -271,7 +295,7 @@ def _check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
         return
     expected = rows * cols * samples * frames * bits // 8
     # The remaining bytes after the header hold the Pixel Data element (tag, VR, length, value).
-    consumed = _header_length(data, transfer_syntax)
+    consumed = _header_length(ds, data, transfer_syntax)
     remaining = len(data) - consumed
     if consumed and remaining < expected:
         raise InvalidDataset(
@@ -280,13 +304,14 @@ def _check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
         )
 
 
-def _header_length(data: bytes, transfer_syntax: UID) -> int:
-    """Offset of the Pixel Data value, or 0 when it cannot be found quickly."""
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    marker = b"\xe0\x7f\x10\x00"
-    at = data.rfind(marker)
-    if at < 0:
+def _header_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> int:
+    """Offset of the Pixel Data value, or 0 when the parse did not stop at Pixel Data."""
+    at = int(getattr(ds, "_pacsnode_header_end", 0) or 0)
+    if at <= 0 or at + 8 > len(data):
         return 0
+    if int.from_bytes(data[at:at + 2], "little") != 0x7FE0 or int.from_bytes(data[at + 2:at + 4], "little") != 0x0010:
+        return 0
+    implicit = transfer_syntax == ImplicitVRLittleEndian
     return at + (8 if implicit else 12)
 
 
@@ -304,7 +329,10 @@ class Ingestor:
         ``duplicates/``; ``overwrite`` replaces it and files the old one there. Both
         record the event in the index, so nothing received is lost.
     listeners:
-        Called after each instance is stored and indexed (completion tracking, metrics).
+        Called after each instance is stored and indexed (metrics, audit). A listener that
+        has an ``in_commit(conn, records)`` method (completion tracking) is called that way
+        instead, inside the transaction that adds the instances' rows (once per group
+        commit, for all its rows); what it returns runs after the commit.
     """
 
     def __init__(
@@ -322,10 +350,16 @@ class Ingestor:
         self.duplicate_policy = duplicate_policy
         self.listeners: list[Listener] = list(listeners or [])
         self._conversions: dict[tuple[Any, ...], Any] = {}
-        self._group_commit = _GroupCommit(index)
+        self._group_commit = _GroupCommit(index, self._commit_hooks)
         self._index_specs = tuple((a.keyword, a.tag, a.vr) for a in ATTRIBUTES)
         self._routing_specs = tuple((k, int(tag_for_keyword(k) or 0), None)
                                     for k in SERIES_ROUTING_KEYWORDS)
+
+    def _commit_hooks(self) -> list[CommitHook]:
+        """Listeners that also offer ``in_commit(conn, records)`` run inside the index
+        transaction of the instances (see :class:`Ingestor`)."""
+        return [hook for hook in (getattr(listener, "in_commit", None) for listener in self.listeners)
+                if hook is not None]
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -444,6 +478,8 @@ class Ingestor:
             raise
         outcome = self._outcome(status, ds, target, size, ts, calling_ae)
         for listener in self.listeners:
+            if getattr(listener, "in_commit", None) is not None:
+                continue  # already ran inside the index transaction
             try:
                 listener(outcome, record)
             except Exception:

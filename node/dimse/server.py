@@ -48,9 +48,11 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
+from node.dimse.fast_store import FastStoreReader
 from node.dimse.handlers import DimseHandlers
 from node.dimse.scu import requestor_handlers
 
@@ -241,7 +243,34 @@ def make_event_driven(assoc: Association) -> None:
             dul.join(5)
         return True
 
-    dul._is_transport_event = is_transport_event  # type: ignore[method-assign]
+    fast = FastStoreReader(assoc, encode_store_success) if FastStoreReader.usable(assoc) else None
+
+    def read_or_wait() -> bool:
+        # Sta6 (established): the node reads the PDUs itself (node.dimse.fast_store), but only
+        # while pynetdicom has nothing of this association left to process, so that messages
+        # are served in the order they arrived.
+        assert fast is not None
+        if dul.state_machine.current_state != "Sta6":
+            return is_transport_event()
+        if dul._kill_thread or not dul.event_queue.empty() or not outgoing.empty():
+            return False
+        raw = getattr(dul.socket, "socket", None)
+        if raw is None or not getattr(dul.socket, "_is_connected", False):
+            return is_transport_event()
+        try:
+            readable, _, _ = select.select([raw, wake_fd], [], [], _IDLE_WAIT_DUL)
+        except (OSError, ValueError):
+            return is_transport_event()
+        if wake_fd in readable:
+            try:
+                os.eventfd_read(wake_fd)
+            except BlockingIOError:
+                pass
+        if raw in readable:
+            return fast.read_pdu()
+        return False
+
+    dul._is_transport_event = read_or_wait if fast is not None else is_transport_event  # type: ignore[method-assign]
     dul.kill_dul = kill_and_wake  # type: ignore[method-assign]
     dul.stop_dul = stop_dul  # type: ignore[method-assign]
 
@@ -288,6 +317,27 @@ def make_event_driven(assoc: Association) -> None:
 
 def _on_connection_open(event: Event) -> None:
     make_event_driven(event.assoc)
+
+
+class _CheapCopyContext(PresentationContext):
+    """A supported presentation context that pynetdicom can deep-copy cheaply.
+
+    pynetdicom deep-copies the acceptor's supported contexts for every incoming connection;
+    for the node's ~180 SOP classes × ~45 transfer syntaxes a plain ``deepcopy`` re-creates
+    and re-validates (by regular expression) every UID: about half a second of CPU per
+    association, paid before the association is accepted. UIDs are immutable, so the copy
+    shares them and copies only the list that holds them.
+    """
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> _CheapCopyContext:
+        copy = cls.__new__(cls)
+        copy.__dict__.update(context.__dict__)
+        copy._transfer_syntax = list(context._transfer_syntax)
+        return copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CheapCopyContext:
+        return _CheapCopyContext.of(self)
 
 
 class _NodeAE(AE):
@@ -354,6 +404,7 @@ class DimseServer:
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
+            contexts=[_CheapCopyContext.of(cx) for cx in self.ae.supported_contexts],
             evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, _on_connection_open),
                           *extra_handlers],
             ssl_context=ssl_context,

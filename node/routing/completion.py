@@ -24,8 +24,10 @@ the series for another round of analysis only for the routes that say
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -142,6 +144,7 @@ class CompletionTracker:
         self.stable_after = stable_after
         self.on_complete = on_complete
         self._scheduler: BackgroundScheduler | None = None
+        self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         ensure_schema(index, _SCHEMA)
 
@@ -157,6 +160,7 @@ class CompletionTracker:
         )
         scheduler.start()
         self._scheduler = scheduler
+        self._finisher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-complete")
         self._adopt_untracked()
         for row in self.series(states=("open", "completing")):
             if row.state == "completing":
@@ -168,6 +172,9 @@ class CompletionTracker:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        if self._finisher is not None:
+            self._finisher.shutdown(wait=True)
+            self._finisher = None
 
     # -- ingest listener ---------------------------------------------------------------------
 
@@ -180,62 +187,97 @@ class CompletionTracker:
         values = [r.stable_after for r in routes if r.stable_after is not None]
         return min(values) if values else self.stable_after
 
+    def in_commit(self, conn: sqlite3.Connection, records: Sequence[InstanceRecord]
+                  ) -> Callable[[], None] | None:
+        """The ingest hook: update the state of the records' series inside the transaction
+        that adds their rows (one count per series and group commit, no transaction of its
+        own), and return the timer work for after the commit."""
+        latest: dict[str, InstanceRecord] = {}
+        counts: dict[str, int] = {}
+        for record in records:
+            series_uid = str(record.values.get("SeriesInstanceUID") or "")
+            if series_uid and not is_output_uid(series_uid):
+                latest[series_uid] = record
+                counts[series_uid] = counts.get(series_uid, 0) + 1
+        actions = {uid: self._arrived(conn, uid, str(r.values.get("StudyInstanceUID") or ""),
+                                      r.series_attributes, r.received_at, arrived=counts[uid])
+                   for uid, r in latest.items()}
+        if not actions:
+            return None
+
+        def after_commit() -> None:
+            for uid, action in actions.items():
+                self._act(uid, action)
+
+        return after_commit
+
     def instance_arrived(self, series_uid: str, study_uid: str, attributes: Mapping[str, Any],
                          received_at: float | None = None) -> None:
         """Record one stored instance of a series; complete it when its count is reached."""
         if is_output_uid(series_uid):
             return  # results of the node's own jobs are not analyzed again
-        now = received_at or time.time()
-        schedule_at: float | None = None
-        complete_now = False
         with self.index.transaction() as conn:
-            received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
-                                        (series_uid,)).fetchone()[0])
-            row = conn.execute("SELECT state, expected, stable_after, generation FROM series_state "
-                               "WHERE series_uid = ?", (series_uid,)).fetchone()
-            if row is None:
-                routes = self.routes_for(attributes)
-                stable = self._stable_after(routes)
-                expected = expected_instances(attributes)
-                conn.execute(
-                    "INSERT INTO series_state (series_uid, study_uid, state, expected, received, "
-                    "stable_after, first_received, last_received, due_at) "
-                    "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
-                    (series_uid, study_uid, expected, received, stable, now, now, now + stable))
-                schedule_at = now + stable
-                state = "open"
-            else:
-                state, expected, stable, generation = row
-                if state == "open":
-                    conn.execute("UPDATE series_state SET received = ?, last_received = ?, due_at = ? "
-                                 "WHERE series_uid = ?", (received, now, now + stable, series_uid))
-                else:
-                    state = self._late(conn, series_uid, attributes, received, now, generation)
-                    if state == "open":
-                        schedule_at = now + stable
-            if state == "open" and expected is not None and received >= expected:
-                conn.execute("UPDATE series_state SET state = 'completing', reason = 'count' "
-                             "WHERE series_uid = ?", (series_uid,))
-                complete_now = True
+            action = self._arrived(conn, series_uid, study_uid, attributes, received_at)
+        self._act(series_uid, action)
+
+    def _act(self, series_uid: str, action: tuple[bool, float | None]) -> None:
+        complete_now, schedule_at = action
         if complete_now:
             self._schedule_completion(series_uid)
         elif schedule_at is not None:
             self._schedule(series_uid, schedule_at)
 
+    def _arrived(self, conn: Any, series_uid: str, study_uid: str, attributes: Mapping[str, Any],
+                 received_at: float | None, arrived: int = 1) -> tuple[bool, float | None]:
+        """Update ``series_state`` for a series that got ``arrived`` instances; returns
+        (complete now, timer at)."""
+        now = received_at or time.time()
+        schedule_at: float | None = None
+        complete_now = False
+        received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
+                                    (series_uid,)).fetchone()[0])
+        row = conn.execute("SELECT state, expected, stable_after, generation FROM series_state "
+                           "WHERE series_uid = ?", (series_uid,)).fetchone()
+        if row is None:
+            routes = self.routes_for(attributes)
+            stable = self._stable_after(routes)
+            expected = expected_instances(attributes)
+            conn.execute(
+                "INSERT INTO series_state (series_uid, study_uid, state, expected, received, "
+                "stable_after, first_received, last_received, due_at) "
+                "VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                (series_uid, study_uid, expected, received, stable, now, now, now + stable))
+            schedule_at = now + stable
+            state = "open"
+        else:
+            state, expected, stable, generation = row
+            if state == "open":
+                conn.execute("UPDATE series_state SET received = ?, last_received = ?, due_at = ? "
+                             "WHERE series_uid = ?", (received, now, now + stable, series_uid))
+            else:
+                state = self._late(conn, series_uid, attributes, received, now, generation, arrived)
+                if state == "open":
+                    schedule_at = now + stable
+        if state == "open" and expected is not None and received >= expected:
+            conn.execute("UPDATE series_state SET state = 'completing', reason = 'count' "
+                         "WHERE series_uid = ?", (series_uid,))
+            complete_now = True
+        return complete_now, schedule_at
+
     def _late(self, conn: Any, series_uid: str, attributes: Mapping[str, Any], received: int,
-              now: float, generation: int) -> str:
+              now: float, generation: int, arrived: int = 1) -> str:
         reanalyze = [r.name for r in self.routes_for(attributes) if r.on_late == "reanalyze"]
         if not reanalyze:
-            conn.execute("UPDATE series_state SET late = late + 1, received = ? WHERE series_uid = ?",
-                         (received, series_uid))
+            conn.execute("UPDATE series_state SET late = late + ?, received = ? WHERE series_uid = ?",
+                         (arrived, received, series_uid))
             log.warning("late instance for completed series %s ignored (no route says on_late = "
                         "\"reanalyze\")", series_uid)
             return "complete"
         conn.execute(
-            "UPDATE series_state SET state = 'open', late = late + 1, received = ?, last_received = ?, "
+            "UPDATE series_state SET state = 'open', late = late + ?, received = ?, last_received = ?, "
             "due_at = ? + stable_after, generation = ?, pending_routes = ?, expected = NULL, reason = NULL "
             "WHERE series_uid = ?",
-            (received, now, now, generation + 1, json.dumps(reanalyze), series_uid))
+            (arrived, received, now, now, generation + 1, json.dumps(reanalyze), series_uid))
         log.info("late instance re-opened series %s for re-analysis by %s", series_uid, ", ".join(reanalyze))
         return "open"
 
@@ -249,11 +291,22 @@ class CompletionTracker:
                           args=(series_uid,), id=f"complete:{series_uid}", replace_existing=True)
 
     def _schedule_completion(self, series_uid: str) -> None:
-        scheduler = self._scheduler
-        if scheduler is None:
+        # On the tracker's own thread, not as an apscheduler job: replacing a job of the same id
+        # while apscheduler removes the one it just ran can kill its scheduler thread
+        # (JobLookupError), and with it every timer. _complete is idempotent.
+        finisher = self._finisher
+        if finisher is None:
             return
-        scheduler.add_job(self._complete, args=(series_uid,), id=f"finish:{series_uid}",
-                          replace_existing=True)
+        try:
+            finisher.submit(self._complete_logged, series_uid)
+        except RuntimeError:
+            pass  # stopping: start() resumes series left 'completing'
+
+    def _complete_logged(self, series_uid: str) -> None:
+        try:
+            self._complete(series_uid)
+        except Exception:
+            log.exception("completing series %s failed; it is completed at the next start", series_uid)
 
     def _on_timer(self, series_uid: str) -> None:
         """The quiet timer fired: complete the series, or wait again if an instance came since."""

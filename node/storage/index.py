@@ -11,10 +11,11 @@ any stored file the index does not know (see ``node.ingest.Ingestor.reconcile``)
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ import sqlite_utils
 from node.storage.attributes import ATTRIBUTES
 from node.storage.query import Query, build_sql
 
-__all__ = ["DuplicateOutcome", "Index", "IndexCounts", "InstanceRecord"]
+__all__ = ["CommitHook", "DuplicateOutcome", "Index", "IndexCounts", "InstanceRecord"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -46,6 +49,10 @@ class InstanceRecord:
     @property
     def sop_uid(self) -> str:
         return str(self.values["SOPInstanceUID"])
+
+
+CommitHook = Callable[[sqlite3.Connection, Sequence[InstanceRecord]], Callable[[], None] | None]
+"""Runs inside the transaction that adds instance rows; may return an action for after the commit."""
 
 
 @dataclass(frozen=True)
@@ -180,12 +187,31 @@ class Index:
         """Insert or replace the instance and its patient/study/series rows in one transaction."""
         self.add_instances([record])
 
-    def add_instances(self, records: Sequence[InstanceRecord]) -> None:
+    def add_instances(self, records: Sequence[InstanceRecord],
+                      hooks: Sequence[CommitHook] = ()) -> list[Callable[[], None]]:
         """Insert or replace several instances in one transaction (a group commit: concurrent
-        associations share one commit instead of taking turns for one each)."""
+        associations share one commit instead of taking turns for one each).
+
+        ``hooks`` run inside the same transaction after the rows are written (each in a
+        savepoint: a failing hook is logged and undone, the rows still commit); what they
+        return is to be run after the commit, and is returned.
+        """
+        after: list[Callable[[], None]] = []
         with self.transaction() as conn:
             for record in records:
                 _insert_instance(conn, record)
+            for hook in hooks:
+                conn.execute("SAVEPOINT pacsnode_hook")
+                try:
+                    action = hook(conn, records)
+                except (sqlite3.Error, KeyError, TypeError, ValueError):
+                    conn.execute("ROLLBACK TO pacsnode_hook")
+                    log.exception("index commit hook %r failed; its changes were undone", hook)
+                    action = None
+                conn.execute("RELEASE pacsnode_hook")
+                if action is not None:
+                    after.append(action)
+        return after
 
     def record_duplicate(self, sop_uid: str, *, identical: bool, policy: str, kept_path: str,
                          other_path: str, calling_ae: str) -> None:
