@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,20 @@ def test_shipped_models_are_small_and_load() -> None:
     assert total < 20 * 2**20
     for sequence in ("t1", "t2", "stir"):
         assert (REFERENCE_MODEL_DIR / f"model_card_{sequence}.md").is_file()
+
+
+def test_shipped_models_were_trained_as_the_study_and_report_held_out_auc() -> None:
+    models = SpineModelSet.load(REFERENCE_MODEL_DIR)
+    for sequence, model in models.models.items():
+        assert (model.hyper.epochs, model.hyper.batch_size, model.hyper.dropout) == (40, 16, 0.5)
+        card = json.loads((REFERENCE_MODEL_DIR / f"model_card_{sequence}.json").read_text())
+        auc = next(m for m in card["metrics"] if m["name"] == f"hemangioma vs metastasis ({sequence}): ROC-AUC")
+        assert auc["confidence"] == 0.95 and auc["ci_lower"] <= auc["value"] <= auc["ci_upper"]
+        assert auc["value"] == pytest.approx(model.validation_auc)  # the combination's weight
+        assert card["extra"]["command"].startswith(f"pacsnode train spine --sequence {sequence} --phantom")
+        assert card["extra"]["reliable_in_combination"] == (sequence in ("t1", "t2"))
+    # The study's claim the reference models must reproduce on held-out phantom patients.
+    assert models.models["t1"].validation_auc >= 0.9 and models.models["t2"].validation_auc >= 0.9
 
 
 def test_detection_finds_the_phantom_lesions_and_levels(study: dict[str, Any]) -> None:

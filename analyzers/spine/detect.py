@@ -35,7 +35,7 @@ on 6 phantom cases it found only 7 of 12 lesions with 2 false positives and wron
 for automatic detection and otherwise asks for a SEG.
 
 Detection rate and level accuracy on the spine phantom are measured by
-``bench/spine.py`` and tested in ``tests/test_spine_detect.py``.
+``bench/spine.py`` and tested in ``tests/test_spine_analyzer.py``.
 """
 
 from __future__ import annotations
