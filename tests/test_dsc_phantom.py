@@ -123,7 +123,7 @@ def test_lesion_rcbf(phantom: dict[str, Any]) -> None:
     """rCBF within 40 %: oSVD's CBF bias depends on the transit time, so it does not cancel in the ratio.
 
     Lesion 1 (MTT 3.1 s) loses about 50 % of its CBF, the white-matter reference
-    (4.8 s) about 35 %: rCBF -29 %; lesion 2 (MTT 9.4 s) loses about 17 %: rCBF +35 %.
+    (4.8 s) about 35 %: rCBF -29 %; lesion 2 (MTT 10 s) loses about 17 %: rCBF +35 %.
     """
     for row in phantom["lesions"]:
         assert row["rcbf"] == pytest.approx(row["rcbf_true"], rel=0.40), row["id"]
