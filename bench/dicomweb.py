@@ -8,7 +8,10 @@ two take turns request by request so that load on a shared machine hits both ali
 * QIDO-RS: median latency of a study search by PatientID (keep-alive connection);
 * WADO-RS: MB/s retrieving the whole series as multipart/related application/dicom in the
   stored transfer syntax (median of ``--repeats``);
-* WADO-RS series metadata: median seconds (informative, no target).
+* WADO-RS series metadata: median seconds (informative, no target);
+* pacsnode's resident memory (VmRSS of the node process, sampled every 20 ms) while it
+  streams a ``--rss-instances`` series (2,000 by default) in one WADO-RS request: the
+  response streams, so the peak stays far below the series' size.
 
 Run from the project root::
 
@@ -23,6 +26,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,6 +152,51 @@ def measure_servers(servers: list[Measurement], files: list[Path], *, study_uid:
             http.close()
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure_streaming_memory(url: str, pid: int, files: list[Path], *, study_uid: str,
+                             series_uid: str) -> dict[str, float]:
+    """Store ``files`` (one series), then retrieve the whole series once while sampling the
+    server's resident memory; returns start and peak MB, the series' MB and MB/s."""
+    with StowClient(url, timeout=600) as client:
+        for start in range(0, len(files), 100):
+            report = client.store_files(files[start:start + 100], batch_size=100)
+            if not report.ok:
+                raise RuntimeError(f"STOW-RS of the memory series failed: {report.failed[:3]}")
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_rss_mb(pid))
+            done.wait(0.02)
+
+    received = 0
+    with httpx.Client(base_url=url, timeout=600) as http:
+        start_mb = _rss_mb(pid)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        began = time.perf_counter()
+        with http.stream("GET", f"/studies/{study_uid}/series/{series_uid}",
+                         headers={"Accept": _ACCEPT_DICOM}) as response:
+            response.raise_for_status()
+            for block in response.iter_raw(1 << 20):
+                received += len(block)
+        seconds = time.perf_counter() - began
+        done.set()
+        sampler.join()
+    stored = sum(p.stat().st_size for p in files)
+    if received < stored:
+        raise RuntimeError(f"WADO-RS returned {received} bytes of a {stored}-byte series")
+    return {"start_mb": start_mb, "peak_mb": max([*samples, start_mb]), "series_mb": stored / 1e6,
+            "mb_per_s": received / seconds / 1e6}
+
+
 def _table(ours: Measurement, orthanc: Measurement, instances: int, size_kib: float) -> str:
     rows = [
         (f"STOW-RS store {instances} inst, batches (inst/s)", ours.stow_instances_per_s,
@@ -175,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=50, help="instances per STOW-RS request")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--qido-repeats", type=int, default=50)
+    parser.add_argument("--rss-instances", type=int, default=2000,
+                        help="instances of the series streamed for the memory measurement (0: skip)")
     args = parser.parse_args(argv)
     # the peers' launchers are shared with the tests (free ports, own config, cleanup)
     from tests.peers import have, node_process, orthanc_process
@@ -202,8 +253,24 @@ def main(argv: list[str] | None = None) -> int:
             measure_servers([ours, theirs], files, study_uid=study_uid, series_uid=series_uid,
                             patient_id="BENCH-0001", batch=args.batch, repeats=args.repeats,
                             qido_repeats=args.qido_repeats)
+            memory = None
+            if args.rss_instances:
+                print(f"streaming a {args.rss_instances}-instance series for the memory measurement ...",
+                      flush=True)
+                big = write_mr_series(folder / "rss", SeriesSpec(slices=args.rss_instances, rows=128, columns=128,
+                                                                  patient_id="BENCH-RSS", seed=7))
+                head = dcmread(big[0], stop_before_pixels=True)
+                memory = measure_streaming_memory(ours.url, node.process.pid, big,
+                                                  study_uid=str(head.StudyInstanceUID),
+                                                  series_uid=str(head.SeriesInstanceUID))
     print()
     print(_table(ours, theirs, args.instances, size_kib))
+    if memory is not None:
+        print()
+        print(f"| pacsnode RSS while streaming a {args.rss_instances:,}-instance series "
+              f"({memory['series_mb']:.0f} MB) by WADO-RS | start MB | peak MB | MB/s |")
+        print("|---|---|---|---|")
+        print(f"| | {memory['start_mb']:.0f} | {memory['peak_mb']:.0f} | {memory['mb_per_s']:.0f} |")
     return 0
 
 

@@ -139,7 +139,42 @@ def transcode_to_explicit_le(path: Path) -> bytes:
 
 
 def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict, bool]],
-                first: bool) -> bytes:
+                first: bool) -> bytes | memoryview:
+    """The multipart bytes of one batch: each part's header and the file as stored.
+
+    Files sent as stored are read with ``readinto`` straight into one buffer sized from
+    their known lengths (one copy of the data, no per-file objects to join); a batch with
+    a transcoded instance, or whose files changed size, is assembled piece by piece.
+    """
+    if any(transcode for _, transcode in batch) or any(row.get("size") is None for row, _ in batch):
+        return _read_parts_joined(service, boundary, batch, first)
+    headers = [part_header(boundary, f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}",
+                           first=first and index == 0) for index, (row, _) in enumerate(batch)]
+    buffer = bytearray(sum(len(h) for h in headers) + sum(int(row["size"]) for row, _ in batch))
+    view = memoryview(buffer)
+    position = 0
+    for header, (row, _) in zip(headers, batch, strict=True):
+        size = int(row["size"])
+        try:
+            with open(service.store.absolute(row["path"]), "rb", buffering=0) as handle:
+                view[position:position + len(header)] = header
+                target = view[position + len(header):position + len(header) + size]
+                read = 0
+                while read < size:
+                    count = handle.readinto(target[read:])
+                    if not count:
+                        break
+                    read += count
+                if read != size or handle.read(1):
+                    return _read_parts_joined(service, boundary, batch, first)  # changed on disk
+        except OSError:
+            return _read_parts_joined(service, boundary, batch, first)  # logs and skips it
+        position += len(header) + size
+    return view
+
+
+def _read_parts_joined(service: DicomwebService, boundary: str, batch: list[tuple[dict, bool]],
+                       first: bool) -> bytes:
     pieces: list[bytes] = []
     for row, transcode in batch:
         path = service.store.absolute(row["path"])
@@ -156,7 +191,7 @@ def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict,
 
 
 async def _stream_instances(service: DicomwebService, boundary: str,
-                            work: list[tuple[dict, bool]]) -> AsyncIterator[bytes]:
+                            work: list[tuple[dict, bool]]) -> AsyncIterator[bytes | memoryview]:
     # Files are read in batches of a few MB by worker threads, the next batches while the
     # current one is being sent (read-ahead of _READ_AHEAD batches bounds the memory).
     batches: list[list[tuple[dict, bool]]] = [[]]
@@ -168,7 +203,7 @@ async def _stream_instances(service: DicomwebService, boundary: str,
         batches[-1].append(item)
         size += int(item[0]["size"] or 0)
     loop = asyncio.get_running_loop()
-    ahead: deque[asyncio.Future[bytes]] = deque()
+    ahead: deque[asyncio.Future[bytes | memoryview]] = deque()
     submitted = 0
 
     def submit() -> None:

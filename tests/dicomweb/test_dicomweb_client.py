@@ -228,3 +228,29 @@ def test_retrieval_reads_a_bounded_distance_ahead(service: RunningService,
     ahead = asyncio.run(consume())
     assert len(reads) == len(rows)
     assert max(ahead) <= wado._READ_AHEAD
+
+
+def test_streamed_batches_are_bounded_and_exact(service: RunningService,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each streamed piece holds about one batch of files (never the series), and the pieces
+    read into one buffer give exactly the bytes of the part-by-part assembly."""
+    import asyncio
+
+    from node.dicomweb import wado
+
+    app_service = service.server.app.state.dicomweb  # type: ignore[attr-defined]
+    rows = app_service.index.stored_instances(study_uid=service.study_uid)
+    assert len(rows) > 2
+    sizes = [int(r["size"]) for r in rows]
+    limit = sum(sizes) // 3
+    monkeypatch.setattr(wado, "_CHUNK_BYTES", limit)
+
+    async def collect() -> list[bytes]:
+        return [bytes(chunk) async for chunk in
+                wado._stream_instances(app_service, "b", [(r, False) for r in rows])]
+
+    chunks = asyncio.run(collect())
+    assert len(chunks) >= 3
+    assert max(len(c) for c in chunks) <= limit + max(sizes) + 256 * 2
+    expected = wado._read_parts_joined(app_service, "b", [(r, False) for r in rows], True)
+    assert b"".join(chunks) == expected + wado.closing_delimiter("b")
