@@ -255,9 +255,11 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
         _check_element_lengths(ds)
+        uids: dict[str, str] = {}
         for keyword in _REQUIRED:
             if keyword in ds:
-                _ = ds[keyword].value  # force conversion so a broken element fails here
+                value = ds[keyword].value  # converted here, so a broken element fails here
+                uids[keyword] = "" if value is None else str(value)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
             NotImplementedError) as exc:
         raise InvalidDataset(
@@ -266,7 +268,16 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
         ) from exc
     # pydicom leaves the stream at the element that stopped the parse.
     ds._pacsnode_header_end = stream.tell()
+    ds._pacsnode_uids = uids  # read once: every later step needs them
     return ds
+
+
+def _uids(ds: Dataset) -> dict[str, str]:
+    """The required UIDs of a parsed dataset, as text (see :func:`_parse_header`)."""
+    uids = getattr(ds, "_pacsnode_uids", None)
+    if uids is None:
+        uids = {k: str(ds[k].value) for k in _REQUIRED if k in ds and ds[k].value is not None}
+    return uids
 
 
 def _check_element_lengths(ds: Dataset) -> None:
@@ -393,7 +404,8 @@ class Ingestor:
     # -- steps -------------------------------------------------------------------------------
 
     def _validate(self, ds: Dataset, context_sop_class: str | None) -> None:
-        missing = [k for k in _REQUIRED if not ds.get(k)]
+        uids = _uids(ds)
+        missing = [k for k in _REQUIRED if not uids.get(k)]
         if "PatientID" not in ds:
             missing.append("PatientID")
         if missing:
@@ -401,7 +413,7 @@ class Ingestor:
                 f"required attribute(s) missing or empty: {', '.join(missing)}; the node "
                 "indexes every instance by patient, study, series and SOP instance"
             )
-        sop_class = str(ds.SOPClassUID)
+        sop_class = uids["SOPClassUID"]
         if context_sop_class and sop_class != context_sop_class:
             raise DatasetMismatch(
                 f"SOP Class UID {sop_class} in the dataset differs from the presentation "
@@ -414,21 +426,23 @@ class Ingestor:
             )
         for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             try:
-                safe_component(str(ds[keyword].value))
+                safe_component(uids[keyword])
             except ValueError:
                 raise DatasetMismatch(
-                    f"{keyword} {str(ds[keyword].value)!r} is not a valid UID (digits and dots, "
+                    f"{keyword} {uids[keyword]!r} is not a valid UID (digits and dots, "
                     "at most 64 characters)"
                 ) from None
 
     def _file_meta(self, ds: Dataset, ts: UID, calling_ae: str) -> bytes:
-        return encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ts),
+        uids = _uids(ds)
+        return encode_file_meta(uids["SOPClassUID"], uids["SOPInstanceUID"], str(ts),
                                 calling_ae.strip()[:16])
 
     def _store(self, ds: Dataset, meta: bytes, data: bytes, ts: UID, calling_ae: str) -> IngestOutcome:
-        sop_uid = str(ds.SOPInstanceUID)
+        uids = _uids(ds)
+        sop_uid = uids["SOPInstanceUID"]
         digest = hashlib.blake2b(data, digest_size=20).hexdigest()
-        target = self.store.path_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop_uid)
+        target = self.store.path_for(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_uid)
         status: Status = "stored"
         existing = self.index.lookup_instance(sop_uid)
         if existing is not None:
@@ -530,12 +544,13 @@ class Ingestor:
     @staticmethod
     def _outcome(status: Status, ds: Dataset, path: Path, size: int, ts: UID,
                  calling_ae: str) -> IngestOutcome:
+        uids = _uids(ds)
         return IngestOutcome(
             status=status,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
             path=path,
             size=size,
             transfer_syntax_uid=str(ts),
