@@ -166,6 +166,8 @@ def _base_dataset(series: SeriesData, patient: Patient, scanner: Scanner) -> Dat
     ds.PixelRepresentation = 0
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
+    # Slices of one time point, as Siemens and Philips write it: the node completes the series by count.
+    ds.ImagesInAcquisition = grid.shape[0]
     for keyword, value in series.attributes.items():
         setattr(ds, keyword, value)
     if series.is_dynamic:

@@ -78,6 +78,21 @@ _LEVELS = {
         "viscera": 0.5,
         "vessel": 0.05,
     },
+    # Post-contrast T1 (gadolinium): marrow and muscle enhance a little, the aorta stays a flow void.
+    "t1c": {
+        "air": 0.0,
+        "marrow": 0.78,
+        "cortex": 0.04,
+        "nucleus": 0.4,
+        "annulus": 0.32,
+        "csf": 0.12,
+        "cord": 0.52,
+        "posterior": 0.66,
+        "muscle": 0.42,
+        "fat": 1.0,
+        "viscera": 0.6,
+        "vessel": 0.06,
+    },
     "stir": {
         "air": 0.0,
         "marrow": 0.14,
@@ -94,26 +109,31 @@ _LEVELS = {
     },
 }
 _LESION_LEVELS = {
-    ("hemangioma", "typical"): {"t1": 0.95, "t2": 0.95, "stir": 0.6},
-    ("hemangioma", "atypical"): {"t1": 0.45, "t2": 0.9, "stir": 0.8},
-    ("metastasis", "typical"): {"t1": 0.24, "t2": 0.62, "stir": 0.82},
-    ("metastasis", "sclerotic"): {"t1": 0.12, "t2": 0.18, "stir": 0.2},
+    # T1C: hemangiomas stay bright (fat) or enhance (atypical); metastases enhance towards the
+    # marrow's signal, which is why post-contrast T1 separates them less well (as the study found).
+    ("hemangioma", "typical"): {"t1": 0.95, "t1c": 0.98, "t2": 0.95, "stir": 0.6},
+    ("hemangioma", "atypical"): {"t1": 0.45, "t1c": 0.85, "t2": 0.9, "stir": 0.8},
+    ("metastasis", "typical"): {"t1": 0.24, "t1c": 0.7, "t2": 0.62, "stir": 0.82},
+    ("metastasis", "sclerotic"): {"t1": 0.12, "t1c": 0.16, "t2": 0.18, "stir": 0.2},
 }
 _STYLE = {
     "siemens": {
         "t1": ("t1_tse_sag", "*tse2d1_3", 550.0, 9.8, None),
         "t2": ("t2_tse_sag", "*tse2d1_17", 3500.0, 98.0, None),
         "stir": ("t2_tirm_sag", "*tir2d1_13", 4000.0, 58.0, 160.0),
+        "t1c": ("t1_tse_sag_KM", "*tse2d1_3", 550.0, 9.8, None),
     },
     "ge": {
         "t1": ("Sag T1 FSE", "fse", 600.0, 10.0, None),
         "t2": ("Sag T2 FSE", "fse", 3200.0, 102.0, None),
         "stir": ("Sag STIR", "fse-ir", 4200.0, 42.0, 150.0),
+        "t1c": ("Sag T1 FSE +C", "fse", 600.0, 10.0, None),
     },
     "philips": {
         "t1": ("T1W_TSE_SAG", "TSE", 520.0, 8.0, None),
         "t2": ("T2W_TSE_SAG", "TSE", 3000.0, 110.0, None),
         "stir": ("STIR_SAG", "IRTSE", 4500.0, 60.0, 165.0),
+        "t1c": ("T1W_TSE_SAG_GD", "TSE", 520.0, 8.0, None),
     },
 }
 _SCALE = 1200.0
@@ -152,6 +172,7 @@ def simulate_spine(
     slice_mm: float = 3.5,
     snr: float | None = 25.0,
     vendor: str | None = None,
+    post_contrast: bool = False,
 ) -> PhantomCase:
     """Simulate one sagittal T1/T2/STIR spine study with vertebral lesions.
 
@@ -163,6 +184,9 @@ def simulate_spine(
         Number of lesions (each in a different vertebral body); 1–2 for hemangioma, 1–3 for metastasis.
     snr:
         Vertebral marrow signal on T1 over the noise standard deviation; None is noise-free.
+    post_contrast:
+        Also a post-contrast T1 series ``t1c`` (simulated after the three others, so the T1,
+        T2 and STIR images of a case do not change).
 
     Returns
     -------
@@ -306,7 +330,7 @@ def simulate_spine(
     vendor = vendor_key(scanner)
     series = []
     sigma = 0.0 if snr is None else _SCALE * _LEVELS["t1"]["marrow"] / snr
-    for s_index, seq in enumerate(("t1", "t2", "stir")):
+    for s_index, seq in enumerate(("t1", "t2", "stir", "t1c") if post_contrast else ("t1", "t2", "stir")):
         lut = np.array([_LEVELS[seq][name] for name in _TISSUES], dtype=np.float32)
         image = lut[tissue] * (1.0 + 0.04 * texture)
         for info in lesion_info:
@@ -338,6 +362,8 @@ def simulate_spine(
         }
         if ti:
             attributes["InversionTime"] = ti
+        if seq == "t1c":
+            attributes["ContrastBolusAgent"] = "Gadoterate"
         series.append(
             SeriesData(
                 folder=seq,
