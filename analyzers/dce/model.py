@@ -11,8 +11,9 @@ stored with the model (mean imputation), and the report says so.
 A model lives in a folder: ``model.json`` (coefficients, feature definition, training
 summary) and ``MODEL_CARD.md``. :func:`synthetic_ratio_cohort` draws cohorts around the
 study's reported medians (recurrence rKtrans 7.4, rVP 3.1; necrosis 1.6, 0.9; lesions not
-hyperperfused before treatment 0.4, 0.7); the reference model is trained on such a cohort
-by :mod:`analyzers.dce.train` (see ``REFERENCE_COMMAND`` there).
+hyperperfused before treatment 0.4, 0.7), without images; the reference model is trained
+on the ``dce`` image phantom (generated around the same medians) as measured by the
+analyzer itself, by :mod:`analyzers.dce.train` (see ``REFERENCE_COMMAND`` there).
 """
 
 from __future__ import annotations
