@@ -14,6 +14,7 @@ import asyncio
 import io
 import json
 import logging
+import mmap
 import os
 import secrets
 from collections import deque
@@ -50,6 +51,7 @@ __all__ = ["retrieve_bulkdata", "retrieve_frames", "retrieve_instances", "retrie
 log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 8 * 1024 * 1024
+_SEND_BYTES = 512 * 1024
 _READ_AHEAD = 3
 _METADATA_BATCH = 64
 _PIXEL_DATA = 0x7FE00010
@@ -142,15 +144,18 @@ def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict,
                 first: bool) -> bytes | memoryview:
     """The multipart bytes of one batch: each part's header and the file as stored.
 
-    Files sent as stored are read with ``readinto`` straight into one buffer sized from
-    their known lengths (one copy of the data, no per-file objects to join); a batch with
+    Files sent as stored are read with ``readinto`` straight into one buffer (anonymous
+    memory) sized from their known lengths (one copy of the data, no per-file objects to
+    join; freed when the last slice of it has been sent); a batch with
     a transcoded instance, or whose files changed size, is assembled piece by piece.
     """
     if any(transcode for _, transcode in batch) or any(row.get("size") is None for row, _ in batch):
         return _read_parts_joined(service, boundary, batch, first)
     headers = [part_header(boundary, f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}",
                            first=first and index == 0) for index, (row, _) in enumerate(batch)]
-    buffer = bytearray(sum(len(h) for h in headers) + sum(int(row["size"]) for row, _ in batch))
+    # Anonymous memory, not a bytearray: a bytearray is zero-filled (and its pages faulted in)
+    # while this thread holds the GIL; these pages are faulted in by readinto, without it.
+    buffer = mmap.mmap(-1, sum(len(h) for h in headers) + sum(int(row["size"]) for row, _ in batch))
     view = memoryview(buffer)
     position = 0
     for header, (row, _) in zip(headers, batch, strict=True):
@@ -216,10 +221,13 @@ async def _stream_instances(service: DicomwebService, boundary: str,
         while submitted < min(_READ_AHEAD, len(batches)):
             submit()
         while ahead:
-            chunk = await ahead.popleft()
+            chunk = memoryview(await ahead.popleft())
             if submitted < len(batches):
                 submit()
-            yield chunk
+            # Slices the socket takes at once: a larger write is mostly copied into the
+            # transport's buffer first and sent from there.
+            for start in range(0, len(chunk), _SEND_BYTES):
+                yield chunk[start:start + _SEND_BYTES]
         yield closing_delimiter(boundary)
     finally:
         for future in ahead:

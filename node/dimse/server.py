@@ -18,6 +18,7 @@ associations (SCU, C-MOVE sub-associations) are untouched.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -187,16 +188,39 @@ def make_event_driven(assoc: Association) -> None:
         return
     dul = assoc.dul
     wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    # Closed when the DUL object is collected: nothing can signal the fd after that.
-    weakref.finalize(dul, os.close, wake_fd)
+    fd_lock = threading.Lock()
+    fd_open = [True]
+
+    def close_wake_fd() -> None:
+        with fd_lock:
+            if fd_open[0]:
+                fd_open[0] = False
+                os.close(wake_fd)
+
+    # Closed when the DUL thread ends (below), at the latest when the DUL object is collected;
+    # never written after that (the fd number may belong to someone else by then).
+    weakref.finalize(dul, close_wake_fd)
 
     def wake() -> None:
         if threading.current_thread() is dul:
             return  # the DUL loop looks at its queues before it waits
+        with fd_lock:
+            if not fd_open[0]:
+                return
+            try:
+                os.eventfd_write(wake_fd, 1)
+            except OSError:
+                pass
+
+    run_dul = dul.run
+
+    def run_then_close() -> None:
         try:
-            os.eventfd_write(wake_fd, 1)
-        except OSError:
-            pass
+            run_dul()
+        finally:
+            close_wake_fd()
+
+    dul.run = run_then_close  # type: ignore[method-assign]
 
     outgoing = _WakingQueue(wake)
     while True:
@@ -319,6 +343,17 @@ def _on_connection_open(event: Event) -> None:
     make_event_driven(event.assoc)
 
 
+_polls = [0]
+
+
+def _young_collection() -> None:
+    """The acceptor server's ``service_actions``: every 60 polls, collect the young
+    generations only (cheap), instead of pynetdicom's full collection."""
+    _polls[0] += 1
+    if _polls[0] % 60 == 0:
+        gc.collect(1)
+
+
 class _CheapCopyContext(PresentationContext):
     """A supported presentation context that pynetdicom can deep-copy cheaply.
 
@@ -409,6 +444,12 @@ class DimseServer:
                           *extra_handlers],
             ssl_context=ssl_context,
         )
+        # pynetdicom's server runs a full gc.collect() every 60 polls (30 s), a pause of
+        # hundreds of ms holding the GIL on a node with a large heap, whatever is being
+        # received. The node's accepted associations release their resources when they end
+        # (make_event_driven); what is left is ordinary garbage for Python's own collector.
+        if self._server is not None:
+            self._server.service_actions = _young_collection  # type: ignore[method-assign]
         log.info("DIMSE listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
                  self.settings.port, " (TLS)" if ssl_context else "")
 
