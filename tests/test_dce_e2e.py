@@ -84,11 +84,11 @@ def write_truth_seg(case: Path, tag: str) -> Path:
 
 
 def study_files(case: Path, tag: str, *, vfa: bool = True, seg: bool = False) -> list[Path]:
-    """The files of one study: VFA series first (as a scanner sends them), then the dynamic, then the SEG."""
+    """The files of one study: VFA series first (as a scanner sends them), the SEG, then the dynamic."""
     folders = sorted(case.glob(f"{tag}vfa_fa*")) if vfa else []
-    folders.append(case / f"{tag}dce")
     if seg:
         folders.append(case / f"{tag}seg")
+    folders.append(case / f"{tag}dce")
     return [p for folder in folders for p in sorted(folder.iterdir()) if p.is_file()]
 
 
@@ -132,6 +132,20 @@ class DceNode:
                 item[key] = json.loads(item[key]) if item[key] else None
             found.append(item)
         return found
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest round of the dce job of each series (a late related series adds rounds)."""
+        found: dict[str, dict[str, Any]] = {}
+        for job in self.jobs():
+            if job["series_uid"] not in found or job["generation"] > found[job["series_uid"]]["generation"]:
+                found[job["series_uid"]] = job
+        return found
+
+    def settled(self, series: int) -> bool:
+        """``series`` dynamic series analysed: nothing queued or running, latest rounds done and delivered."""
+        latest = self.latest()
+        return (len(latest) == series and all(j["state"] in ("done", "failed", "rejected") for j in self.jobs())
+                and all(j["state"] == "done" and self.delivered(j["id"]) for j in latest.values()))
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -239,13 +253,11 @@ def test_pretreatment_then_followup_sr_in_orthanc_cites_the_first(flat_case: Pat
                                                                   orthanc: OrthancProcess, tmp_path: Path) -> None:
     started = time.monotonic()
     storescu(dce_node.node.port, study_files(flat_case, "pre_", seg=True))
-    dce_node.wait(lambda: [j["state"] for j in dce_node.jobs()] == ["done"], 90, "the pre-treatment dce job")
-    first = dce_node.jobs()[0]
+    dce_node.wait(lambda: dce_node.settled(1), 120, "the pre-treatment dce job, its outputs in Orthanc")
+    (first,) = dce_node.latest().values()
     storescu(dce_node.node.port, study_files(flat_case, "", seg=True))
-    dce_node.wait(lambda: [j["state"] for j in dce_node.jobs()] == ["done", "done"], 90, "the follow-up dce job")
-    second = dce_node.jobs()[1]
-    dce_node.wait(lambda: dce_node.delivered(first["id"]) and dce_node.delivered(second["id"]), 60,
-                  "both jobs' outputs in Orthanc")
+    dce_node.wait(lambda: dce_node.settled(2), 120, "the follow-up dce job, its outputs in Orthanc")
+    second = next(j for j in dce_node.latest().values() if j["id"] != first["id"])
     elapsed = time.monotonic() - started
     assert first["study_uid"] != second["study_uid"]
     assert len(first["outputs"]) == len(second["outputs"]) == 7  # Ktrans, vp, ve, kep, T1 maps, SEG, SR

@@ -47,9 +47,7 @@ def _by_generation(node: DceNode) -> list[dict[str, Any]]:
 
 
 def _settled(node: DceNode, minimum: int) -> bool:
-    jobs = node.jobs()
-    return len(jobs) >= minimum and all(j["state"] == "done" for j in jobs) and all(
-        node.delivered(j["id"]) for j in jobs)
+    return len(node.jobs()) >= minimum and node.settled(1)
 
 
 def test_late_vfa_and_seg_rerun_the_dce_job(case: Path, dce_node: DceNode, orthanc: OrthancProcess,

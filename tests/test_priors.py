@@ -46,13 +46,12 @@ def hyper_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dce_jobs_done(node: DceNode, count: int) -> bool:
-    jobs = node.jobs()
-    return len(jobs) == count and all(j["state"] == "done" for j in jobs)
+    return node.settled(count)
 
 
 def _check_follow_up_cites_prior(node: DceNode, orthanc: OrthancProcess, pre_study: str, tmp_path: Path) -> None:
     """The follow-up job ran after the pre-treatment job and its SR in Orthanc cites it."""
-    jobs = {j["study_uid"]: j for j in node.jobs()}
+    jobs = {j["study_uid"]: j for j in node.latest().values()}
     assert len(jobs) == 2 and pre_study in jobs
     pre = jobs.pop(pre_study)
     follow_up = next(iter(jobs.values()))

@@ -191,18 +191,19 @@ class JobLedger:
 
     def enqueue(self, *, series_uid: str, study_uid: str, patient_id: str | None, route: str, analyzer: str,
                 send_to: Sequence[str], generation: int = 0, supersedes: str | None = None,
-                conn: sqlite3.Connection | None = None) -> str:
+                not_before: float = 0.0, conn: sqlite3.Connection | None = None) -> str:
         """Queue the job of ``route`` on a series (no-op when it exists); returns its id.
 
         ``supersedes`` names the earlier job of the same series and route whose outputs this
-        job's outputs replace (a re-run with new related input).
+        job's outputs replace (a re-run with new related input); ``not_before`` (epoch
+        seconds) holds the job back until then.
         """
         job_id = job_id_for(series_uid, route, generation)
         params = (job_id, series_uid, study_uid, patient_id, route, analyzer, generation, self.max_attempts,
-                  time.time(), json.dumps(list(send_to)), supersedes)
+                  time.time(), json.dumps(list(send_to)), supersedes, not_before)
         sql = ("INSERT OR IGNORE INTO jobs (id, series_uid, study_uid, patient_id, route, analyzer, generation, "
-               "state, max_attempts, created_at, send_to, supersedes) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)")
+               "state, max_attempts, created_at, send_to, supersedes, not_before) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)")
         if conn is not None:
             conn.execute(sql, params)
         else:

@@ -399,7 +399,9 @@ class Pipeline:
         re-runs on every series of the study it already ran on without this series (or with
         fewer of its instances). A job still queued picks the series up when it runs, so it is
         left alone; so is a job that used the series as it is now (idempotent: completing the
-        same series again makes nothing new). The new job records which job it supersedes.
+        same series again makes nothing new). The new job records which job it supersedes, and
+        waits the route's ``stable_after`` first, so that the related series of one burst (the
+        four VFA series of a study) make one new round, not one each.
         """
         labels = {r.name for r in self.table.select(attributes)}
         study_uid = str(attributes["StudyInstanceUID"])
@@ -429,10 +431,11 @@ class Pipeline:
                     generation = max((int(row[0]) if row else 0) + 1, latest.generation + 1)
                     conn.execute("UPDATE series_state SET generation = ? WHERE series_uid = ?",
                                  (generation, main_uid))
+                    settle = route.stable_after or self.settings.routing.stable_after
                     job_id = self.ledger.enqueue(
                         series_uid=main_uid, study_uid=study_uid, patient_id=latest.patient_id, route=route.name,
                         analyzer=route.analyzer or latest.analyzer, send_to=route.send_to, generation=generation,
-                        supersedes=latest.id, conn=conn)
+                        supersedes=latest.id, not_before=time.time() + settle, conn=conn)
                 created.append(job_id)
                 log.info("series %s (%s) completed after job %s of route %r ran on series %s without it: "
                          "job %s runs again with it and supersedes it", series_uid, "/".join(roles), latest.id,
