@@ -101,4 +101,8 @@ def test_training_command_on_a_tiny_phantom_cohort(tmp_path: Path, capsys: pytes
     assert SpineModelSet.load(out).models.keys() == {"t2"}
     with pytest.raises(SpineModelError):
         SequenceModel.load(out, "t1")
-    assert main(["--sequence", "t1c", "--phantom", "--cases", "4", "--quiet", "--out", str(out)]) == 2
+    # The phantom's opt-in post-contrast series trains a T1C model beside the T2 one.
+    assert main(["--sequence", "t1c", "--phantom", "--cases", "6", "--seed", "2", "--epochs", "1",
+                 "--batch-size", "4", "--search-trials", "1", "--bootstrap", "20", "--threads", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    assert SpineModelSet.load(out).models.keys() == {"t2", "t1c"}
