@@ -1,8 +1,10 @@
 """``meningioma`` end to end: a T1C phantom study sent with dcmtk ``storescu`` to a running node
 (shipped ``seg`` and ``meningioma`` routes) → SR and SEG of the automatic ROI stored in Orthanc.
 
-The phantom is written by ``pacsnode phantom t1c`` at the size of the reference model's
-training cohort (96 × 96 × 48 voxels of 2 × 2 × 3 mm). The study holds no tumour SEG, so
+The phantom is written by ``pacsnode phantom t1c`` on a small grid (80 × 80 × 40 voxels of
+2.2 × 2.2 × 3.5 mm; the reference model was trained on 2 × 2 × 3 mm) to keep the test
+short. The grade is not checked here: it is a plumbing test (the model's performance is
+in its card). The study holds no tumour SEG, so
 the analyzer segments the dural-based mass itself and sends that SEG with the SR; the
 grade probability comes from the reference model the analyzer loads by default. Both
 outputs are fetched back from Orthanc and re-read with highdicom.
@@ -39,9 +41,10 @@ from tests.test_dce_e2e import (
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
-#: The reference model's training geometry (see analyzers/meningioma/reference_model/README.md).
-PHANTOM_OPTIONS = {"matrix": 96, "slices": 48, "pixel_mm": 2.0, "slice_mm": 3.0}
-SEED = 200  # case 1 of the external test cohort (seed 200): an 11 ml grade 2/3 mass
+#: A small grid: the reference model's training grid (96 x 96 x 48 of 2 x 2 x 3 mm) made this test take 131 s
+#: against 66 s here (one run each on a shared, loaded 2-core machine).
+PHANTOM_OPTIONS = {"matrix": 80, "slices": 40, "pixel_mm": 2.2, "slice_mm": 3.5}
+SEED = 200  # a grade 2/3 mass of about 12 ml on this grid
 
 
 def write_phantom(folder: Path) -> Path:
@@ -135,7 +138,8 @@ def test_t1c_study_by_storescu_gives_sr_and_seg_in_orthanc(
     assert len(volume_values) == 1
     reported_ml = volume_values[0] / 1000.0
     assert reported_ml == pytest.approx(findings["tumour_volume_ml"], rel=1e-3)
-    assert reported_ml == pytest.approx(voxels * 2.0 * 2.0 * 3.0 / 1000.0, rel=1e-3)
+    voxel_ml = PHANTOM_OPTIONS["pixel_mm"] ** 2 * PHANTOM_OPTIONS["slice_mm"] / 1000.0
+    assert reported_ml == pytest.approx(voxels * voxel_ml, rel=1e-3)
     # The SEG, read back onto the series grid, overlaps the phantom's true tumour.
     volume = load_series(files)
     masks = [m for m in load_segmentation([seg_path], volume).values() if m.any()]
