@@ -43,7 +43,25 @@ from sr_templates import SegmentClass
 from sr_templates import codes as c
 from sr_templates.brainmets import TEMPLATE
 
-__all__ = ["METASTASIS_SEGMENT", "BrainmetsAnalyzer", "BrainmetsSettings", "compare_with_prior"]
+__all__ = [
+    "METASTASIS_SEGMENT",
+    "REFERENCE_MODEL_DIR",
+    "BrainmetsAnalyzer",
+    "BrainmetsSettings",
+    "compare_with_prior",
+    "reference_model",
+]
+
+#: Reference models shipped with pacsnode (phantom-trained, not for clinical use): ``space/``, ``mprage/``.
+REFERENCE_MODEL_DIR = Path(__file__).resolve().parent / "reference_model"
+
+
+def reference_model(technique: str) -> Path | None:
+    """Shipped nnU-Net results folder for ``technique`` (``space``/``mprage``), or None when there is none."""
+    folder = REFERENCE_MODEL_DIR / technique
+    if (folder / "plans.json").is_file() and any(folder.glob("fold_*/checkpoint_final.pth")):
+        return folder
+    return None
 
 #: Segmented property of the SEG: SCT 128462008 secondary malignant neoplasm.
 METASTASIS_SEGMENT = SegmentClass(
@@ -59,9 +77,10 @@ class BrainmetsSettings(AnalyzerSettings):
     """Settings of the ``brainmets`` route."""
 
     space_model: Path | None = None
-    """nnU-Net v2 results folder of the SPACE-like model."""
+    """nnU-Net v2 results folder of the SPACE-like model (unset: the shipped phantom-trained reference model)."""
     mprage_model: Path | None = None
-    """Results folder of the MPRAGE-like model trained with MPRAGE labels (setting A)."""
+    """Results folder of the MPRAGE-like model trained with MPRAGE labels (setting A; unset: the shipped
+    reference model when there is one)."""
     mprage_cross_technique_model: Path | None = None
     """Results folder of the MPRAGE-like model trained with SPACE-derived labels (setting B)."""
     cross_technique: bool = False
@@ -143,11 +162,11 @@ class BrainmetsAnalyzer:
 
     def _model_folder(self, technique: Technique, settings: BrainmetsSettings) -> tuple[Path, str]:
         if technique == "space":
-            folder, label = settings.space_model, "SPACE model"
+            folder, label = settings.space_model or reference_model("space"), "SPACE model"
         elif settings.cross_technique:
             folder, label = settings.mprage_cross_technique_model, "MPRAGE model trained with SPACE-derived labels"
         else:
-            folder, label = settings.mprage_model, "MPRAGE model"
+            folder, label = settings.mprage_model or reference_model("mprage"), "MPRAGE model"
         if folder is None:
             raise UnsuitableInput(f"no {label} is configured for this {technique.upper()}-like series")
         return Path(folder), label
