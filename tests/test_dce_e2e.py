@@ -1,8 +1,8 @@
 """``dce`` end to end: the pre-treatment study, then the follow-up study of the same patient,
 sent with dcmtk ``storescu`` to a running node; the second SR stored in Orthanc cites the first.
 
-The phantom is written by ``pacsnode phantom dce`` (pre-treatment study included) at the
-smallest size the generator and the analyzer allow (48×48×6 voxels, 60 frames of 5 s). In
+The phantom is written by ``pacsnode phantom dce --small`` (pre-treatment study included):
+the smallest size the generator allows (32×32×4 voxels of 7.2×7.2×10 mm, 60 frames of 5 s). In
 this case (seed 1) the lesion is not hyperperfused before treatment, and not after it:
 the study's rule reads the follow-up as "unreliable marker of recurrence", not as
 necrosis. Each study carries a lesion SEG (as a radiologist would send), drawn from the
@@ -37,9 +37,8 @@ from tests.peers import ROOT, VENV_BIN, NodeProcess, OrthancProcess, free_port, 
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
-#: The smallest dce phantom the analyzer still reads (see the module docstring).
-PHANTOM_OPTIONS = {"matrix": 48, "slices": 6, "pixel_mm": 4.8, "slice_mm": 10.0, "time_points": 60,
-                   "frame_s": 5.0, "pretreatment": True}
+#: Options on top of ``--small`` (see the module docstring).
+PHANTOM_OPTIONS = {"pretreatment": True}
 
 SHIPPED_ROUTES = ("vfa", "seg", "dce")
 
@@ -60,8 +59,8 @@ def shipped_routes(names: tuple[str, ...] = SHIPPED_ROUTES) -> str:
 
 def write_phantom(folder: Path, seed: int, label: str) -> Path:
     """One ``dce`` phantom case (follow-up + pre-treatment study) by the ``pacsnode phantom`` CLI."""
-    args = [str(VENV_BIN / "pacsnode"), "phantom", "dce", "--out", str(folder), "--seed", str(seed), "--no-progress",
-            "--set", f"label={json.dumps(label)}"]
+    args = [str(VENV_BIN / "pacsnode"), "phantom", "dce", "--small", "--out", str(folder), "--seed", str(seed),
+            "--no-progress", "--set", f"label={json.dumps(label)}"]
     for key, value in PHANTOM_OPTIONS.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     subprocess.run(args, check=True, capture_output=True, timeout=300, cwd=ROOT)
