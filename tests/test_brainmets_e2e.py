@@ -112,7 +112,7 @@ def test_space_study_by_storescu_gives_seg_and_sr_in_orthanc(
     seg = hd.seg.segread(seg_path)
     assert len(seg.SegmentSequence) == len(own.lesions)
     masks = load_segmentation([seg_path], volume)
-    seg_union = np.zeros(volume.shape, dtype=bool)
+    seg_union = np.zeros(own.labels.shape, dtype=bool)
     for mask in masks.values():
         seg_union |= mask
     own_union = own.labels > 0
