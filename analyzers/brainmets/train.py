@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a loaded CPU two threads ran five times slower)")
-    p.add_argument("--oversample", type=float, default=0.67,
+    p.add_argument("--oversample", type=float, default=0.33,
                    help="nnU-Net oversample_foreground_percent: share of each batch centred on a lesion voxel")
     p.add_argument("--patch", type=int, nargs=3, default=(24, 32, 32), metavar=("Z", "Y", "X"),
                    help="training patch in voxels (default 24 32 32; multiples of 4)")
@@ -77,7 +77,7 @@ def train_phantom_model(
     device: str = "cpu",
     threads: int = 1,
     eval_cases: int = 0,
-    oversample: float = 0.67,
+    oversample: float = 0.33,
     augment: bool = False,
     patch: Sequence[int] = (24, 32, 32),
     batch_size: int = 3,
