@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Server:
     ae_title: str
     port: int
     pid: int
+    http_port: int | None = None
 
 
 @contextmanager
@@ -59,7 +61,7 @@ def pacsnode_server(folder: Path) -> Iterator[Server]:
             stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(folder))
     try:
         wait_for_port(port, timeout=300, process=process)
-        yield Server("pacsnode", "PACSNODE", port, process.pid)
+        yield Server("pacsnode", "PACSNODE", port, process.pid, http_port)
     finally:
         process.terminate()
         try:
@@ -161,8 +163,18 @@ class Row:
     unit: str
 
 
+def scraped_received_instances(server: Server) -> int:
+    """``pacsnode_received_instances_total`` summed over calling AEs, read from the node's ``/metrics``."""
+    url = f"http://127.0.0.1:{server.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("pacsnode_received_instances_total")))
+
+
 def _ingest_rows(data: dict[str, list[Path]], work: Path,
-                 servers: dict[str, Callable[[Path], object]], rounds: int = 1) -> list[Row]:
+                 servers: dict[str, Callable[[Path], object]], rounds: int = 1,
+                 scrapes: list[tuple[str, int, int]] | None = None) -> list[Row]:
     rows: list[Row] = []
     cases = [
         ("1,000 x 128 KiB MR, 1 assoc", "mr", 1, NODELAY),
@@ -184,6 +196,9 @@ def _ingest_rows(data: dict[str, list[Path]], work: Path,
                     _settle_disk()
                     timings.setdefault(name, []).append(
                         _send(server, data[key], associations, env))
+                    if scrapes is not None and getattr(server, "http_port", None):
+                        # The node's own count of what it stored, against what storescu sent.
+                        scrapes.append((label, len(data[key]), scraped_received_instances(server)))  # type: ignore[arg-type]
                 shutil.rmtree(folder, ignore_errors=True)
         values: dict[str, float] = {}
         for name, elapsed in timings.items():
@@ -222,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Callable[[Path], object]] = {
         "pacsnode": pacsnode_server, "Orthanc": orthanc_server, "storescp": storescp_server,
     }
-    rows = _ingest_rows(data, work, servers, rounds=max(1, args.rounds))
+    scrapes: list[tuple[str, int, int]] = []
+    rows = _ingest_rows(data, work, servers, rounds=max(1, args.rounds), scrapes=scrapes)
 
     find_values: dict[str, float] = {}
     for name in ("pacsnode", "Orthanc"):
@@ -242,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
               end="")
         print(f"{v['pacsnode MB/s']:.1f} | {v['pacsnode'] / v['Orthanc']:.2f}x | "
               + (f"{v['pacsnode'] / scp:.2f}x |" if scp else "- |"))
+    print()
+    print("| /metrics after each pacsnode run | sent by storescu | pacsnode_received_instances_total | match |")
+    print("|---|---|---|---|")
+    for label, sent, counted in scrapes:
+        print(f"| {label} | {sent} | {counted} | {'yes' if sent == counted else 'NO'} |")
     print()
     print("| C-FIND STUDY, reused association | pacsnode ms | Orthanc ms | speed vs Orthanc |")
     print("|---|---|---|---|")
@@ -272,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| | {peak[0]:.0f} | {max(peak):.0f} | {count / elapsed:.0f} |")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 0 if all(sent == counted for _, sent, counted in scrapes) else 1
 
 
 if __name__ == "__main__":

@@ -190,6 +190,11 @@ class JobRunner:
         """What ``job`` waits for before it can run, or ``None`` when it can run now."""
         needs = self.table.needs.get(job.route, {})
         if needs and time.time() - job.created_at < RELATED_WAIT_S:
+            # A series completed by count can finish before the study's next series has sent its
+            # first instance: wait until the whole study has been quiet for the series' stable_after.
+            quiet_for, settle = self._study_quiet(job)
+            if quiet_for is not None and quiet_for < settle:
+                return f"waiting: the study is still receiving instances ({quiet_for:.1f} s of {settle:g} s quiet)"
             wanted = {w.rstrip("?") for w in needs.values()}
             for uid, state in self._series_states(job.study_uid, exclude=job.series_uid):
                 if state != "open":
@@ -200,6 +205,20 @@ class JobRunner:
         if self.priors is not None:
             return self.priors.check(job, self.table.wants_priors.get(job.route, False))
         return None
+
+    def _study_quiet(self, job: Job) -> tuple[float | None, float]:
+        """Seconds since the study's last received instance (None: untracked) and the settle time,
+        the ``stable_after`` of the job's own series."""
+        reader = self.index.reader()
+        tracked = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'series_state'"
+        if reader.execute(tracked).fetchone() is None:
+            return None, 0.0
+        rows = reader.execute(
+            "SELECT ss.series_uid, ss.last_received, ss.stable_after FROM series_state ss "
+            "JOIN series se ON se.series_uid = ss.series_uid WHERE se.study_uid = ?", (job.study_uid,)).fetchall()
+        settle = next((float(r[2]) for r in rows if r[0] == job.series_uid and r[2] is not None), 0.0)
+        last = [float(r[1]) for r in rows if not is_output_uid(str(r[0]))]
+        return (time.time() - max(last), settle) if last else (None, settle)
 
     def _series_states(self, study_uid: str, exclude: str) -> list[tuple[str, str | None]]:
         """The study's other series (not the node's outputs) with their completion state (None: untracked)."""
