@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +38,19 @@ VENV_BIN = Path(sys.executable).parent
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None
+
+
+def query_index(index: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    """Rows of ``sql`` from a running node's index, read-only; ``[]`` while the file or its tables do not exist."""
+    if not index.exists():
+        return []
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []  # tables not created yet
+    finally:
+        conn.close()
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ nothing and duplicates nothing after the restart.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pydicom import dcmread
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import VENV_BIN, free_port, start_node, write_node_config
+from tests.peers import VENV_BIN, free_port, query_index, start_node, write_node_config
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -62,16 +61,7 @@ def _start(config: Path):
 
 
 def _query(config: Path, sql: str) -> list[tuple]:
-    index = config.parent / "var" / "index.sqlite"
-    if not index.exists():
-        return []
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []  # tables not created yet
-    finally:
-        conn.close()
+    return query_index(config.parent / "var" / "index.sqlite", sql)
 
 
 def _wait(predicate, timeout: float, what: str, log: Path | None = None) -> None:

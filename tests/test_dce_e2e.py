@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,17 @@ from analyzers._shared import outputs as out
 from analyzers._shared.volume import load_series
 from sr_templates import codes as c
 from sr_templates.dce import TEMPLATE
-from tests.peers import ROOT, VENV_BIN, NodeProcess, OrthancProcess, free_port, have, start_node, write_node_config
+from tests.peers import (
+    ROOT,
+    VENV_BIN,
+    NodeProcess,
+    OrthancProcess,
+    free_port,
+    have,
+    query_index,
+    start_node,
+    write_node_config,
+)
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -107,16 +116,7 @@ class DceNode:
     config: Path
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        index = self.config.parent / "var" / "index.sqlite"
-        if not index.exists():
-            return []
-        conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []  # tables not created yet
-        finally:
-            conn.close()
+        return query_index(self.config.parent / "var" / "index.sqlite", sql, params)
 
     def jobs(self) -> list[dict[str, Any]]:
         """The ledger's dce jobs, oldest first."""

@@ -16,7 +16,6 @@ a node that runs ``qc`` jobs on the series completed meanwhile.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 
 from node.dimse.scu import SendReport, send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import node_process
+from tests.peers import node_process, query_index
 
 pytestmark = [pytest.mark.peers]
 
@@ -43,13 +42,7 @@ _BUSY_THREADS = 8
 
 
 def _rows(index: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return query_index(index, sql)
 
 
 def test_every_c_store_is_answered_under_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -80,12 +80,11 @@ def test_scheduler_and_two_pacsnode_workers_run_the_nodes_jobs(tmp_path: Path, o
     """``dask scheduler`` and two ``pacsnode worker`` processes, a ``pacsnode serve`` with
     executor = "dask": six qc jobs, both workers get some, each SR reaches Orthanc once."""
     import json
-    import sqlite3
     import subprocess
 
     from pydicom import dcmread
 
-    from tests.peers import VENV_BIN, start_node, wait_for_port, write_node_config
+    from tests.peers import VENV_BIN, query_index, start_node, wait_for_port, write_node_config
 
     scheduler_port = free_port()
     address = f"tcp://127.0.0.1:{scheduler_port}"
@@ -148,13 +147,7 @@ port = {orthanc.dicom_port}
             index = folder / "var" / "index.sqlite"
 
             def rows(sql: str) -> list[tuple]:
-                conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-                try:
-                    return conn.execute(sql).fetchall()
-                except sqlite3.OperationalError:
-                    return []
-                finally:
-                    conn.close()
+                return query_index(index, sql)
 
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:

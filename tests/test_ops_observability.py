@@ -11,7 +11,6 @@ the calling AE.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import OrthancProcess, free_port, start_node, write_node_config
+from tests.peers import OrthancProcess, free_port, query_index, start_node, write_node_config
 from tests.test_bad_input import _encode, _raw_store
 
 pytestmark = pytest.mark.peers
@@ -37,15 +36,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def _query(index: Path, sql: str) -> list[tuple]:
-    if not index.exists():
-        return []
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return query_index(index, sql)
 
 
 def test_metrics_and_json_logs_of_a_chain_run(tmp_path: Path, orthanc: OrthancProcess) -> None:

@@ -10,7 +10,6 @@ node with C-MOVE, so the series themselves are in the PACS beside their SRs.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,7 +21,16 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from analyzers.phantoms.cli import PHANTOMS
-from tests.peers import VENV_BIN, OrthancProcess, free_port, have, orthanc_process, start_node, write_node_config
+from tests.peers import (
+    VENV_BIN,
+    OrthancProcess,
+    free_port,
+    have,
+    orthanc_process,
+    query_index,
+    start_node,
+    write_node_config,
+)
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -75,15 +83,7 @@ def _orthanc_srs(orthanc: OrthancProcess) -> list[object]:
 
 
 def _jobs(index: Path) -> list[tuple[str, str]]:
-    if not index.exists():
-        return []
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute("SELECT route, state FROM jobs").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return query_index(index, "SELECT route, state FROM jobs")
 
 
 def test_all_phantoms_reach_orthanc_through_the_qc_route(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from node.ops.retention import Retention, RetentionScheduler
 from node.samples import SeriesSpec, write_mr_series
 from node.storage.index import Index
 from node.storage.store import InstanceStore
-from tests.peers import VENV_BIN, OrthancProcess, free_port, start_node, write_node_config
+from tests.peers import VENV_BIN, OrthancProcess, free_port, query_index, start_node, write_node_config
 
 pytestmark = pytest.mark.peers
 
@@ -60,13 +60,7 @@ send_to = ["pacs"]
 
 
 def _query(index: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return query_index(index, sql, params)
 
 
 def _write(index: Path, sql: str, params: tuple = ()) -> None:

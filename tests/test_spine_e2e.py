@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from tests.peers import (
     free_port,
     have,
     orthanc_process,
+    query_index,
     start_node,
     write_node_config,
 )
@@ -78,16 +78,7 @@ class SpineNode:
     config: Path
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        index = self.config.parent / "var" / "index.sqlite"
-        if not index.exists():
-            return []
-        conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []  # tables not created yet
-        finally:
-            conn.close()
+        return query_index(self.config.parent / "var" / "index.sqlite", sql, params)
 
     def jobs(self, study_uid: str) -> list[dict[str, Any]]:
         """The study's spine jobs with their series, state, findings, outputs and inputs."""

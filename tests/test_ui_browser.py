@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import free_port, start_node, wait_for_port, write_node_config
+from tests.peers import free_port, query_index, start_node, wait_for_port, write_node_config
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -50,15 +49,8 @@ def _chromium() -> str | None:
 
 
 def _count(index: Path, sql: str) -> int:
-    if not index.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute(sql).fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
+    rows = query_index(index, sql)
+    return int(rows[0][0]) if rows else 0
 
 
 def test_dashboard_and_job_page_under_load(tmp_path: Path, orthanc) -> None:
