@@ -40,7 +40,7 @@ def have(program: str) -> bool:
     return shutil.which(program) is not None
 
 
-def query_index(index: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
+def query_index(index: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
     """Rows of ``sql`` from a running node's index, read-only; ``[]`` while the file or its tables do not exist."""
     if not index.exists():
         return []
