@@ -57,7 +57,8 @@ def _instances(spec: SeriesSpec) -> Iterator[Dataset]:
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-            sop_uid = generate_uid(_ROOT, [series_uid, str(t), str(z)])
+            # pydicom concatenates the sources: bare numbers would make (1, 11) and (11, 1) collide.
+            sop_uid = generate_uid(_ROOT, [series_uid, f"t{t}", f"z{z}"])
             ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             ds.SOPClassUID = MRImageStorage
             ds.SOPInstanceUID = sop_uid
