@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,19 @@ def query_index(index: Path, sql: str, params: tuple[object, ...] = ()) -> list[
         return []  # tables not created yet
     finally:
         conn.close()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, log: Path | None = None,
+               poll: float = 0.2) -> None:
+    """Poll ``predicate`` until it is true; after ``timeout`` seconds fail naming ``what``, with the
+    end of ``log`` (a node's log file) when given."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    tail = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
 
 
 def free_port() -> int:

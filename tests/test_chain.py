@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import VENV_BIN, free_port, query_index, start_node, write_node_config
+from tests.peers import VENV_BIN, free_port, query_index, start_node, wait_until, write_node_config
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -65,13 +65,7 @@ def _query(config: Path, sql: str) -> list[tuple]:
 
 
 def _wait(predicate, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+    wait_until(predicate, timeout, what, log, poll=0.1)
 
 
 def _orthanc_srs(orthanc) -> list[dict]:

@@ -41,6 +41,7 @@ from tests.peers import (
     have,
     query_index,
     start_node,
+    wait_until,
     write_node_config,
 )
 
@@ -147,13 +148,7 @@ class DceNode:
                 and all(j["state"] == "done" and self.delivered(j["id"]) for j in latest.values()))
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.2)
-        tail = self.node.log.read_text(errors="replace")[-4000:] if self.node.log.exists() else ""
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+        wait_until(predicate, timeout, what, self.node.log)
 
     def delivered(self, job_id: str) -> bool:
         rows = self.query("SELECT state FROM deliveries WHERE job_id = ?", (job_id,))

@@ -29,6 +29,7 @@ from tests.peers import (
     orthanc_process,
     query_index,
     start_node,
+    wait_until,
     write_node_config,
 )
 
@@ -50,12 +51,7 @@ def _pacsnode(*args: str, cwd: Path, timeout: float = 120.0) -> subprocess.Compl
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log.read_text(errors='replace')[-3000:]}")
+    wait_until(predicate, timeout, what, log, poll=0.3)
 
 
 def _expected_series(root: Path) -> dict[str, dict[str, object]]:

@@ -31,7 +31,7 @@ from node.ops.retention import Retention, RetentionScheduler
 from node.samples import SeriesSpec, write_mr_series
 from node.storage.index import Index
 from node.storage.store import InstanceStore
-from tests.peers import VENV_BIN, OrthancProcess, free_port, query_index, start_node, write_node_config
+from tests.peers import VENV_BIN, OrthancProcess, free_port, query_index, start_node, wait_until, write_node_config
 
 pytestmark = pytest.mark.peers
 
@@ -73,12 +73,7 @@ def _write(index: Path, sql: str, params: tuple = ()) -> None:
 
 
 def _wait(predicate, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-3000:]}")
+    wait_until(predicate, timeout, what, log)
 
 
 def _series(folder: Path, description: str, patient: str, seed: int, study_date: str = "20260101") -> list[Path]:

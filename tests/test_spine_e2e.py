@@ -45,6 +45,7 @@ from tests.peers import (
     orthanc_process,
     query_index,
     start_node,
+    wait_until,
     write_node_config,
 )
 
@@ -94,13 +95,7 @@ class SpineNode:
         return found
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.2)
-        tail = self.node.log.read_text(errors="replace")[-4000:] if self.node.log.exists() else ""
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+        wait_until(predicate, timeout, what, self.node.log)
 
     def delivered(self, job_ids: list[str]) -> bool:
         rows = [r for j in job_ids for r in self.query("SELECT state FROM deliveries WHERE job_id = ?", (j,))]

@@ -25,7 +25,7 @@ from node.dimse.scu import send_files
 from node.runtime import Node
 from node.samples import SeriesSpec, write_mr_series
 from node.ui import mount_ui
-from tests.peers import VENV_BIN, free_port, write_node_config
+from tests.peers import VENV_BIN, free_port, wait_until, write_node_config
 
 QC_ONLY = """
 [[route]]
@@ -70,12 +70,7 @@ def _query(node: Node, sql: str) -> list[tuple]:
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, what, poll=0.1)
 
 
 @pytest.fixture(scope="module")
