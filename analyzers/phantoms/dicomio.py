@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 import zipfile
 from pathlib import Path
@@ -244,7 +245,8 @@ def write_series(folder: Path, series: SeriesData, patient: Patient, scanner: Sc
     """
     folder.mkdir(parents=True, exist_ok=True)
     ds = _base_dataset(series, patient, scanner)
-    stored = np.clip(np.rint(series.pixels), 0, 65535).astype("<u2")
+    rounded = np.rint(series.pixels)  # a copy: the caller's pixels stay as simulated
+    stored = np.clip(rounded, 0, 65535, out=rounded).astype("<u2")
     top = float(np.percentile(stored[:, :, ::4, ::4], 99.5)) or 1.0
     ds.WindowCenter = f"{top / 2:.0f}"
     ds.WindowWidth = f"{top:.0f}"
@@ -291,7 +293,15 @@ def write_series(folder: Path, series: SeriesData, patient: Patient, scanner: Sc
                     chunks.append(_element(tag, _VARYING[tag], value))
                 chunks.append(runs[i + 1])
             path = folder / f"IM{number:05d}.dcm"
-            path.write_bytes(b"".join(chunks))
+            # os-level calls: a dynamic series is thousands of small files, and
+            # pathlib's buffered file object doubles the per-file cost here.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                remaining = memoryview(b"".join(chunks))
+                while remaining:
+                    remaining = remaining[os.write(fd, remaining) :]
+            finally:
+                os.close(fd)
             paths.append(path)
     return paths
 
