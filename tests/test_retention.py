@@ -191,6 +191,10 @@ max_attempts = 1
         removed_paths = [p for p in files_before if not p.exists()]
         assert len(removed_paths) == 10  # 4 + 4 instances, 2 SRs
         assert {p.parent.name for p in removed_paths} == to_remove  # store/<study>/<series>/<sop>.dcm
+        assert not any(p.parent.exists() for p in removed_paths)  # emptied series folders go too
+        x_study = _query(index, "SELECT study_uid FROM jobs WHERE series_uid = ?", (uid["X"],))[0][0]
+        assert not (folder / "var" / "store" / x_study).exists()  # and X's study folder, emptied
+        assert (folder / "var" / "store").is_dir()
         for series in to_remove:
             assert _query(index, "SELECT COUNT(*) FROM instances WHERE series_uid = ?", (series,)) == [(0,)]
             assert _query(index, "SELECT COUNT(*) FROM series WHERE series_uid = ?", (series,)) == [(0,)]
@@ -207,6 +211,10 @@ max_attempts = 1
         assert remaining == {r[0] for r in _query(index, "SELECT study_uid FROM series WHERE series_uid IN (?, ?, ?)",
                                                    (uid["V"], uid["W"], uid["Z"]))}
         assert len(remaining) == 3
+        # X sent again: the serving node recreates the folders retention removed under it
+        assert send_files(first["X"], ae_title="PACSNODE", host="127.0.0.1", port=port).sent == 4
+        assert _query(index, "SELECT COUNT(*) FROM instances WHERE series_uid = ?", (uid["X"],)) == [(4,)]
+        assert len(list((folder / "var" / "store" / x_study / uid["X"]).glob("*.dcm"))) == 4
     finally:
         node.stop()
 

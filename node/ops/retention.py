@@ -17,10 +17,11 @@ these hold:
   recorded it among its inputs).
   A result series is kept as long as its source series is.
 
-Job rows (findings, which later jobs read as priors), deliveries and the audit trail stay;
-series folders are left in place (empty), because a running node may write a re-sent
-series into them again. Every removal is recorded in the audit trail (``series-removed``,
-DICOM audit event 110105 "DICOM Study Deleted").
+Job rows (findings, which later jobs read as priors), deliveries and the audit trail stay.
+Series and study folders left empty are removed; a running node that writes a re-sent
+series afterwards creates its folder again (:meth:`InstanceStore.write`). Every removal
+is recorded in the audit trail (``series-removed``, DICOM audit event 110105 "DICOM
+Study Deleted").
 
 :class:`Retention` computes the plan and carries it out; :class:`RetentionScheduler` runs it
 every ``[storage] retention_interval_hours`` in a serving node (apscheduler);
@@ -359,6 +360,7 @@ class Retention:
                         duplicates.append(self.store.absolute(candidate))
         for path in [*paths, *duplicates]:
             path.unlink(missing_ok=True)
+        self.store.prune_empty_dirs([*paths, *duplicates])
         with self.index.transaction() as conn:
             for chunk_start in range(0, len(sops), 500):
                 chunk = sops[chunk_start:chunk_start + 500]

@@ -187,7 +187,13 @@ class InstanceStore:
             f".{target.name}.{crc:08x}-{secrets.token_hex(4)}{_PART_SUFFIX}")
         size = 0
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                # Retention (possibly another process) removed the folder after it emptied it.
+                self._known_dirs.discard(target.parent)
+                self._ensure_dir(target.parent)
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 for chunk in parts:
                     view = memoryview(chunk)
@@ -209,6 +215,30 @@ class InstanceStore:
                 ) from exc
             raise
         return size
+
+    def prune_empty_dirs(self, removed_files: Iterable[Path]) -> int:
+        """Remove the folders that ``removed_files`` left empty, up to ``store/`` and ``duplicates/``.
+
+        A folder that is not empty (or is being written into again) stays. Returns how
+        many folders were removed. A concurrent write into a removed folder recreates it
+        (:meth:`write`).
+        """
+        tops = {self.instances_dir, self.duplicates_dir}
+        pending = {Path(path).parent for path in removed_files}
+        removed = 0
+        while pending:
+            directory = max(pending, key=lambda p: len(p.parts))  # deepest first
+            pending.discard(directory)
+            if directory in tops or not directory.is_relative_to(self.root):
+                continue
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, already gone, or not ours to remove
+                continue
+            self._known_dirs.discard(directory)
+            removed += 1
+            pending.add(directory.parent)
+        return removed
 
     def recover_partial_files(self, *, replace_existing: bool = False) -> PartialRecovery:
         """Settle the temporary files a crash or power loss left behind.
