@@ -180,3 +180,26 @@ def test_full_disk_answers_out_of_resources(tmp_path: Path) -> None:
             _still_serving(node)
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_storage_refusing_a_write_answers_out_of_resources_with_the_cause(
+    node: NodeProcess, mr_series: list[Path], tmp_path: Path
+) -> None:
+    """A file where the study's folder belongs (an operator's copy, a broken volume): 0xA700 naming it."""
+    ds = dcmread(mr_series[0])
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1379.999.1"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1379.999.2"
+    blocker = node.storage / "store" / ds.StudyInstanceUID
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"not a folder")
+    try:
+        status, comment = _raw_store(node, _encode(ds), sop_uid=ds.SOPInstanceUID)
+        assert status == 0xA700, hex(status)
+        assert comment.startswith("storage write failed (Not a directory)"), comment  # LO: 64 characters
+        assert ds.StudyInstanceUID in node.log.read_text()  # the full message, with the path
+        assert blocker.read_bytes() == b"not a folder"
+        _still_serving(node)
+    finally:
+        blocker.unlink()
+    status, _ = _raw_store(node, _encode(ds), sop_uid=ds.SOPInstanceUID)
+    assert status == 0x0000, hex(status)

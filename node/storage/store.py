@@ -176,9 +176,14 @@ class InstanceStore:
         Raises
         ------
         OutOfResources
-            The disk is full or below the configured minimum.
+            The disk is full or below the configured minimum, or the storage volume
+            refused the write (an I/O error, a read-only file system, a file where a
+            folder should be): the message names the cause.
         """
-        self._ensure_dir(target.parent)
+        try:
+            self._ensure_dir(target.parent)
+        except OSError as exc:
+            raise self._write_failure(exc) from exc
         parts = list(chunks)
         crc = 0
         for chunk in parts:
@@ -213,8 +218,16 @@ class InstanceStore:
                     f"no space left on {self.root} while writing an instance; free space on "
                     "the storage volume"
                 ) from exc
-            raise
+            raise self._write_failure(exc) from exc
         return size
+
+    def _write_failure(self, exc: OSError) -> OutOfResources:
+        reason = exc.strerror or type(exc).__name__
+        where = exc.filename or self.root
+        return OutOfResources(
+            f"storage write failed ({reason}) at {where}; check the storage volume under "
+            f"{self.root} (mounted read-write, no I/O errors, no files where folders belong)"
+        )
 
     def prune_empty_dirs(self, removed_files: Iterable[Path]) -> int:
         """Remove the folders that ``removed_files`` left empty, up to ``store/`` and ``duplicates/``.
