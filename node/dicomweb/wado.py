@@ -45,8 +45,8 @@ from node.dicomweb.service import DICOM_JSON, DicomwebService
 from node.errors import InvalidDataset, NotFound
 from node.storage.query import InvalidQuery
 
-__all__ = ["retrieve_bulkdata", "retrieve_frames", "retrieve_instances", "retrieve_metadata",
-           "retrieve_rendered"]
+__all__ = ["render_instance", "retrieve_bulkdata", "retrieve_frames", "retrieve_instances",
+           "retrieve_metadata", "retrieve_rendered"]
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +509,30 @@ def _window(params: dict[str, str], ds: Dataset, pixels: np.ndarray) -> np.ndarr
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def _render(path: Path, params: dict[str, str], media: str, frame: int | None) -> bytes:
+def render_instance(path: Path, params: dict[str, str], media: str, frame: int | None) -> bytes:
+    """The ``/rendered`` picture of a stored instance (or of one frame), as WADO-RS returns it.
+
+    Parameters
+    ----------
+    path:
+        The instance file.
+    params:
+        The query parameters of PS3.18 that apply: ``window`` (center,width,function),
+        ``viewport`` (width,height), ``quality`` (JPEG).
+    media:
+        ``"image/png"`` or ``"image/jpeg"``.
+    frame:
+        1-based frame of a multi-frame instance; None for a single-frame one.
+
+    Raises
+    ------
+    node.errors.NotFound
+        No Pixel Data, or no such frame.
+    node.storage.query.InvalidQuery
+        A malformed parameter, or a multi-frame instance without a frame.
+    node.errors.InvalidDataset
+        The pixel data cannot be decoded.
+    """
     ds = dcmread(path)
     if "PixelData" not in ds:
         raise NotFound("the instance has no Pixel Data to render")
@@ -568,6 +591,6 @@ async def retrieve_rendered(service: DicomwebService, request: Request) -> Respo
             raise InvalidQuery("render one frame at a time")
         frame = numbers[0]
     row = (await service.blocking(_rows, service, request))[0]
-    data = await service.blocking(_render, service.store.absolute(row["path"]),
+    data = await service.blocking(render_instance, service.store.absolute(row["path"]),
                                   dict(request.query_params), media, frame)
     return Response(data, media_type=media)

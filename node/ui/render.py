@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydicom import dcmread
 
-from node.dicomweb.wado import _render
+from node.dicomweb.wado import render_instance
 from node.errors import InvalidDataset, NotFound
 from node.storage.index import Index
 from node.storage.store import InstanceStore
@@ -40,7 +40,7 @@ def render_png(path: Path, *, frame: int | None = None, size: int = 256) -> byte
         frame = (frames + 1) // 2
     viewport = {"viewport": f"{size},{size}"}
     if "PixelData" in head or ("FloatPixelData" not in head and "DoubleFloatPixelData" not in head):
-        return _render(path, viewport, "image/png", frame if frames > 1 else None)
+        return render_instance(path, viewport, "image/png", frame if frames > 1 else None)
     ds = dcmread(path)
     if frame is not None and not 1 <= frame <= frames:
         raise NotFound(f"frame {frame} does not exist; the instance has {frames} frame(s)")
