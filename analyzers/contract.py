@@ -28,6 +28,7 @@ __all__ = [
     "AnalysisResult",
     "Analyzer",
     "AnalyzerSettings",
+    "EarlierOutput",
     "PriorFinding",
     "SeriesInput",
     "UnsuitableInput",
@@ -96,8 +97,26 @@ class PriorFinding:
 
 
 @dataclass(frozen=True)
+class EarlierOutput:
+    """An output of the earlier job of the same series and route that this job supersedes.
+
+    The node cites the earlier Structured Reports in the new ones' Predecessor
+    Documents Sequence (PS3.3 C.17.2.3), so a viewer shows the report history.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
 class AnalysisInput:
-    """Everything an analyzer may look at for one job."""
+    """Everything an analyzer may look at for one job.
+
+    ``superseded`` lists the outputs of the earlier job this one replaces (a re-run
+    with new related input); empty for a first run.
+    """
 
     job_id: str
     series: SeriesInput
@@ -105,6 +124,7 @@ class AnalysisInput:
     priors: Sequence[PriorFinding]
     settings: AnalyzerSettings
     scratch: Path
+    superseded: Sequence[EarlierOutput] = ()
 
 
 @dataclass

@@ -11,11 +11,11 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage
 
-from analyzers.contract import AnalysisInput, SeriesInput
+from analyzers.contract import AnalysisInput, EarlierOutput, SeriesInput
 from node.ingest import Ingestor
 from node.jobs.ledger import JobLedger, is_output_uid, job_id_for, output_uid
 from node.jobs.run import JobRunner
-from node.jobs.work import JobOutcome, OutputRejected, assign_output_uids, check_outputs
+from node.jobs.work import JobOutcome, OutputRejected, assign_output_uids, check_outputs, cite_predecessors
 from node.outbox import Outbox
 from node.routing.rules import Route, RouteTable
 from node.samples import SeriesSpec, write_mr_series
@@ -249,3 +249,24 @@ def test_inputs_related_roles_priors_and_reprocess(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         reprocess(index, table, ledger, by_description["ep2d_perf"], analyzer="dsc")
     index.close()
+
+
+def test_new_reports_cite_the_reports_they_replace() -> None:
+    seg_class = "1.2.840.10008.5.1.4.1.1.66.4"
+    earlier = [
+        EarlierOutput("1.2.3", "1.2.3.9", Comprehensive3DSRStorage, "1.2.3.9.1"),
+        EarlierOutput("1.2.3", "1.2.3.8", seg_class, "1.2.3.8.1"),  # a SEG is not a predecessor document
+        EarlierOutput("1.2.3", "1.2.3.9", Comprehensive3DSRStorage, "1.2.3.9.2"),
+    ]
+    report, segmentation = Dataset(), Dataset()
+    report.SOPClassUID, segmentation.SOPClassUID = Comprehensive3DSRStorage, seg_class
+    assert cite_predecessors([report, segmentation], earlier) == 1
+    assert "PredecessorDocumentsSequence" not in segmentation
+    [study] = report.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID) == ("1.2.3", "1.2.3.9")
+    assert [r.ReferencedSOPInstanceUID for r in series.ReferencedSOPSequence] == ["1.2.3.9.1", "1.2.3.9.2"]
+    assert {r.ReferencedSOPClassUID for r in series.ReferencedSOPSequence} == {Comprehensive3DSRStorage}
+    fresh = Dataset()
+    fresh.SOPClassUID = Comprehensive3DSRStorage
+    assert cite_predecessors([fresh], []) == 0 and "PredecessorDocumentsSequence" not in fresh

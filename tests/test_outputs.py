@@ -560,3 +560,21 @@ def test_feature_and_per_sequence_measurements(axial: Volume, tmp_path: Path) ->
     spine_group = hd.sr.srread(tmp_path / "spine.dcm").content.get_volumetric_roi_measurement_groups()[0]
     assert [m.method.value for m in spine_group.get_measurements()] == ["CNNT1", "CNNT2", "CNNSTIR"]
     assert spine_group.finding_sites[0].value == vertebra("T12")
+
+
+def test_report_citing_its_predecessor_is_valid(axial: Volume, tmp_path: Path) -> None:
+    """The node's superseding reports carry a Predecessor Documents Sequence (node.jobs.work)."""
+    from analyzers.contract import EarlierOutput
+    from node.jobs.work import cite_predecessors
+
+    earlier, _ = _report(axial, False)
+    later, _ = _report(axial, False)
+    later.SOPInstanceUID = out.derive_uid(str(earlier.SOPInstanceUID), "later")
+    reference = EarlierOutput(str(earlier.StudyInstanceUID), str(earlier.SeriesInstanceUID),
+                              str(earlier.SOPClassUID), str(earlier.SOPInstanceUID))
+    assert cite_predecessors([later], [reference]) == 1
+    path = written(later, tmp_path / "later.dcm")
+    assert dciodvfy_errors(path) == []
+    back = hd.sr.srread(path)
+    cited = back.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert cited.ReferencedSOPInstanceUID == earlier.SOPInstanceUID

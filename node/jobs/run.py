@@ -28,7 +28,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analyzers.contract import AnalysisInput, AnalyzerSettings, PriorFinding, SeriesInput, UnsuitableInput
+from analyzers.contract import (
+    AnalysisInput,
+    AnalyzerSettings,
+    EarlierOutput,
+    PriorFinding,
+    SeriesInput,
+    UnsuitableInput,
+)
 from analyzers.registry import UnknownAnalyzer, load_analyzer
 from node.config import ConfigError, Settings
 from node.ingest import Ingestor
@@ -265,7 +272,18 @@ class JobRunner:
         settings = self.table.settings.get(job.route, AnalyzerSettings())
         scratch = self.scratch_root / job.id
         scratch.mkdir(parents=True, exist_ok=True)
-        return AnalysisInput(job.id, series, related, priors, settings, scratch)
+        return AnalysisInput(job.id, series, related, priors, settings, scratch, self._superseded_outputs(job.id))
+
+    def _superseded_outputs(self, job_id: str) -> tuple[EarlierOutput, ...]:
+        earlier_id = self.ledger.supersedes(job_id)
+        earlier = self.ledger.get(earlier_id) if earlier_id else None
+        if earlier is None or not earlier.outputs:
+            return ()
+        marks = ", ".join("?" for _ in earlier.outputs)
+        rows = self.index.reader().execute(
+            f"SELECT study_uid, series_uid, sop_class_uid, sop_uid FROM instances WHERE sop_uid IN ({marks}) "
+            "ORDER BY series_uid, sop_uid", list(earlier.outputs)).fetchall()
+        return tuple(EarlierOutput(*map(str, row)) for row in rows)
 
     def _series_input(self, series_uid: str) -> SeriesInput | None:
         attributes = series_attributes(self.index, series_uid)

@@ -21,13 +21,23 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from analyzers.contract import AnalysisInput, UnsuitableInput
+from analyzers.contract import AnalysisInput, EarlierOutput, UnsuitableInput
 from node.jobs.ledger import output_uid
 
-__all__ = ["JobOutcome", "OutputRejected", "assign_output_uids", "check_outputs", "execute_job", "to_part10"]
+__all__ = [
+    "JobOutcome",
+    "OutputRejected",
+    "assign_output_uids",
+    "check_outputs",
+    "cite_predecessors",
+    "execute_job",
+    "to_part10",
+]
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID")
 _IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1379.1"
+#: SOP Class UIDs of the Structured Report storage classes share this root (PS3.4 B.5).
+_SR_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.88."
 
 
 class OutputRejected(ValueError):
@@ -120,6 +130,45 @@ def check_outputs(datasets: Iterable[Dataset], job: AnalysisInput) -> None:
                                  "referenced series sequences)")
 
 
+def cite_predecessors(datasets: Iterable[Dataset], superseded: Iterable[EarlierOutput]) -> int:
+    """Put the superseded job's Structured Reports in each new SR's Predecessor Documents Sequence.
+
+    PS3.3 C.17.2.3: SR documents whose content this document includes, with or
+    without changes; here the report of the same analysis before new related
+    input (a VFA series, a SEG) arrived. Hierarchical references (study → series →
+    instance). Returns how many SR outputs cite predecessors.
+    """
+    earlier = [e for e in superseded if e.sop_class_uid.startswith(_SR_CLASS_ROOT)]
+    if not earlier:
+        return 0
+    by_study: dict[str, dict[str, list[EarlierOutput]]] = {}
+    for output in earlier:
+        by_study.setdefault(output.study_instance_uid, {}).setdefault(output.series_instance_uid, []).append(output)
+    cited = 0
+    for ds in datasets:
+        if not str(ds.get("SOPClassUID", "")).startswith(_SR_CLASS_ROOT):
+            continue
+        studies = []
+        for study_uid, series in by_study.items():
+            study = Dataset()
+            study.StudyInstanceUID = study_uid
+            study.ReferencedSeriesSequence = []
+            for series_uid, outputs in series.items():
+                item = Dataset()
+                item.SeriesInstanceUID = series_uid
+                item.ReferencedSOPSequence = []
+                for output in outputs:
+                    reference = Dataset()
+                    reference.ReferencedSOPClassUID = output.sop_class_uid
+                    reference.ReferencedSOPInstanceUID = output.sop_instance_uid
+                    item.ReferencedSOPSequence.append(reference)
+                study.ReferencedSeriesSequence.append(item)
+            studies.append(study)
+        ds.PredecessorDocumentsSequence = studies
+        cited += 1
+    return cited
+
+
 def to_part10(ds: Dataset) -> bytes:
     """Encode a dataset as a Part 10 file (explicit VR little endian unless it says otherwise)."""
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
@@ -156,6 +205,7 @@ def execute_job(analyzer_name: str, job: AnalysisInput) -> JobOutcome:
     datasets = list(result.datasets)
     assign_output_uids(job.job_id, datasets)
     check_outputs(datasets, job)
+    cite_predecessors(datasets, job.superseded)
     return JobOutcome(
         analyzer_version=version,
         outputs=[to_part10(ds) for ds in datasets],
