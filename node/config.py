@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "ENV_PREFIX",
+    "AuditSettings",
     "ConfigError",
     "DestinationSettings",
     "DicomSettings",
@@ -263,6 +264,19 @@ class LoggingSettings(_Section):
         return self.format == "json" or self.json_lines
 
 
+class AuditSettings(_Section):
+    """``[audit]``: where DICOM audit messages go besides the index (node.ops.audit).
+
+    With ``syslog_host`` set, every audit event is also sent as a DICOM PS3.15 A.5 audit
+    message in an RFC 5424 syslog frame over UDP (RFC 5426), as IHE ATNA audit record
+    repositories receive them.
+    """
+
+    syslog_host: str | None = None
+    syslog_port: Port = 514
+    app_name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[!-~]+$")] = "pacsnode"
+
+
 class Settings(_Section):
     """All of the node's settings."""
 
@@ -274,6 +288,7 @@ class Settings(_Section):
     destinations: list[DestinationSettings] = Field(default_factory=list)
     priors: PriorsSettings = Field(default_factory=PriorsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Settings:

@@ -21,7 +21,7 @@ from node.config import load_settings
 from node.ops.audit import AuditTrail, InvalidSince, SyslogTarget, parse_since
 from node.ops.commands import add_commands
 from node.storage.index import Index
-from tests.peers import NodeProcess, free_port
+from tests.peers import NodeProcess, free_port, node_process
 
 
 @pytest.fixture
@@ -150,3 +150,24 @@ def test_pacsnode_audit_lists_what_a_running_node_received(node: NodeProcess, mr
     assert sum(r["detail"]["instances"] for r in stored) == len(mr_series)
     assert {r["actor"] for r in stored} == {"SCANNER"}
     assert any(r["event"] == "config-load" for r in rows)
+
+
+def test_node_toml_audit_section_sends_a_running_nodes_events_to_syslog(tmp_path: Path,
+                                                                         receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    extra = f'\n[audit]\nsyslog_host = "127.0.0.1"\nsyslog_port = {port}\napp_name = "pacsnode-test"\n'
+    with node_process(tmp_path / "node", extra=extra) as node:
+        start = receiver.recvfrom(65535)[0]  # config-load at start
+        assert b" pacsnode-test - IHE+RFC-3881 - " in start and b"110120" in start
+        echo = subprocess.run(["echoscu", "-aet", "AUDITED", "-aec", node.ae_title, "127.0.0.1", str(node.port)],
+                              capture_output=True, timeout=30)
+        assert echo.returncode == 0
+        messages = [receiver.recvfrom(65535)[0] for _ in range(2)]  # association accepted, released
+        assert all(b"AUDITED" in m and b"110114" in m for m in messages), messages
+    with pytest.raises(ValueError, match="syslog_port"):
+        load_settings(_written(tmp_path / "bad.toml", "[audit]\nsyslog_host = \"x\"\nsyslog_port = 0\n"))
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

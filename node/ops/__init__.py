@@ -37,7 +37,7 @@ class Operations:
     ingestor:
         The node's ingestor; the metrics and the audit trail listen to it.
     syslog:
-        Where audit messages go besides the index (None: the index alone).
+        Where audit messages go besides the index (None: ``[audit]`` of the settings).
     """
 
     def __init__(self, settings: Settings, *, index: Index, ingestor: Ingestor | None = None,
@@ -47,7 +47,10 @@ class Operations:
         self.retention: RetentionScheduler | None = None
         self.metrics = NodeMetrics(index, settings.storage.path, ingestor)
         self.health = HealthProbes(settings, index)
-        self.audit = AuditTrail(index, source_id=settings.dicom.ae_title, syslog=syslog)
+        if syslog is None:
+            self.audit = AuditTrail.for_settings(settings, index)
+        else:
+            self.audit = AuditTrail(index, source_id=settings.dicom.ae_title, syslog=syslog)
         if ingestor is not None:
             ingestor.listeners.append(self.audit.on_ingest)
         self.audit.start()

@@ -47,6 +47,7 @@ from pynetdicom import evt
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
+from node.config import Settings
 from node.ingest import IngestOutcome
 from node.storage.index import Index, InstanceRecord
 
@@ -232,6 +233,14 @@ class AuditTrail:
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, index: Index) -> AuditTrail:
+        """The node's audit trail: its AE title as source, syslog from ``[audit]`` when set."""
+        audit = settings.audit
+        syslog = (SyslogTarget(audit.syslog_host, audit.syslog_port, audit.app_name)
+                  if audit.syslog_host else None)
+        return cls(index, source_id=settings.dicom.ae_title, syslog=syslog)
 
     # -- writing -----------------------------------------------------------------------------
 

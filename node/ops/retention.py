@@ -137,7 +137,7 @@ class Retention:
         self.default_days = settings.storage.retention_days
         self.route_retention = dict(route_retention or {})
         self.wants_priors = dict(wants_priors or {})
-        self.audit = audit if audit is not None else AuditTrail(index, source_id=settings.dicom.ae_title)
+        self.audit = audit if audit is not None else AuditTrail.for_settings(settings, index)
         self.select = select
         self._lock = threading.Lock()
 
