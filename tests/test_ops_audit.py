@@ -7,6 +7,7 @@ import json
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from node.config import load_settings
 from node.ops.audit import AuditTrail, InvalidSince, SyslogTarget, parse_since
 from node.ops.commands import add_commands
 from node.storage.index import Index
-from tests.peers import NodeProcess, free_port, node_process
+from tests.peers import NodeProcess, free_port, node_process, write_node_config
 
 
 @pytest.fixture
@@ -171,3 +172,25 @@ def test_node_toml_audit_section_sends_a_running_nodes_events_to_syslog(tmp_path
 def _written(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_command_line_actions_are_audited(tmp_path: Path, receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    config = write_node_config(tmp_path, port=free_port(), http_port=free_port(),
+                               extra=f'\n[audit]\nsyslog_host = "127.0.0.1"\nsyslog_port = {port}\n')
+    pacsnode = str(Path(sys.executable).parent / "pacsnode")
+    done = subprocess.run([pacsnode, "outbox", "retry", "--config", str(config)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and "queued 0 delivery(ies) again" in done.stdout, done.stderr
+    message = receiver.recvfrom(65535)[0]
+    assert b"110100" in message and b"command line: " in message
+    refused = subprocess.run([pacsnode, "reprocess", "1.2.3.4", "--config", str(config)], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 1  # an unknown series: nothing queued, nothing audited
+    index = Index(tmp_path / "var" / "index.sqlite")
+    try:
+        actions = [e for e in AuditTrail(index).events() if e.event == "operator-action"]
+    finally:
+        index.close()
+    assert [(e.detail["action"], e.detail["deliveries"]) for e in actions] == [("retry-deliveries", 0)]
+    assert actions[0].actor.startswith("command line: ")

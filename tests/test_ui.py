@@ -5,6 +5,7 @@ outbox (dead letters, retry) show what the index holds; POST actions follow the 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import sqlite3
@@ -217,6 +218,11 @@ def test_outbox_retry_and_reprocess(running) -> None:
           60, "the second round")
     page = client.get(f"/ui/series/{uid}").text
     assert page.count('class="state s-done">done<') == 2 and "qc#1" in page
+    # both actions are in the audit trail, with who did them
+    actions = _query(node, "SELECT actor, detail FROM audit_log WHERE event = 'operator-action' ORDER BY id")
+    assert [json.loads(detail)["action"] for _, detail in actions] == ["retry-deliveries", "reprocess"]
+    assert all(actor.startswith("status page: ") for actor, _ in actions)
+    assert json.loads(actions[0][1])["deliveries"] == 4 and json.loads(actions[1][1])["series_uid"] == uid
 
 
 def test_tokens_guard_pages_and_actions(running, tmp_path: Path) -> None:

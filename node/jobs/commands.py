@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -112,6 +113,19 @@ def cmd_jobs(settings_of: Callable[[argparse.Namespace], Settings]) -> Command:
     return run
 
 
+def _audit(settings: Settings, index: Any, action: str, detail: dict[str, Any]) -> None:
+    """Record a command-line operator action in the audit trail (and syslog, per ``[audit]``)."""
+    import getpass
+
+    from node.ops.audit import AuditTrail
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        user = f"uid {os.getuid()}"
+    AuditTrail.for_settings(settings, index).operator_action(f"command line: {user}", action, detail)
+
+
 def cmd_reprocess(settings_of: Callable[[argparse.Namespace], Settings]) -> Command:
     def run(args: argparse.Namespace) -> int:
         from node.jobs.ledger import JobLedger
@@ -127,6 +141,8 @@ def cmd_reprocess(settings_of: Callable[[argparse.Namespace], Settings]) -> Comm
                                backoff_seconds=settings.jobs.backoff_seconds)
             create_tables(index)
             ids = reprocess(index, table, ledger, args.series_uid, args.analyzer)
+            _audit(settings, index, "reprocess",
+                   {"series_uid": args.series_uid, "analyzer": args.analyzer, "jobs": ids})
         except KeyError as exc:
             print(f"pacsnode reprocess: {exc.args[0]}", file=sys.stderr)
             return 1
@@ -150,6 +166,8 @@ def cmd_outbox(settings_of: Callable[[argparse.Namespace], Settings]) -> Command
             outbox = Outbox(index, InstanceStore(settings.storage.path, fsync=False), settings.destinations)
             if args.action == "retry":
                 count = outbox.retry(destination=args.destination, include_pending=args.now)
+                _audit(settings, index, "retry-deliveries",
+                       {"destination": args.destination, "include_pending": args.now, "deliveries": count})
                 print(f"queued {count} delivery(ies) again")
             else:
                 for delivery in outbox.deliveries(state=args.state):

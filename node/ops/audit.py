@@ -64,7 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("association", "query", "retrieve", "instances-stored", "delivery", "config-load",
-               "series-removed")
+               "series-removed", "operator-action")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
@@ -87,6 +87,8 @@ _EVENT_CODES: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "delivery": ("110104", "DICOM Instances Transferred", "R", None),
     "config-load": ("110100", "Application Activity", "E", ("110120", "Application Start")),
     "series-removed": ("110105", "DICOM Study Deleted", "D", None),
+    # a person re-queued work (reprocess a series, retry deliveries) from a page or the CLI
+    "operator-action": ("110100", "Application Activity", "E", None),
 }
 # EventOutcomeIndicator (RFC 3881): 0 success, 4 minor failure, 8 serious failure.
 _OUTCOME_CODES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
@@ -288,6 +290,11 @@ class AuditTrail:
         self.record(AuditEvent(time.time(), "series-removed", "success", self.source_id, "", "",
                                {"studies": [study_uid], "series_uid": series_uid, "instances": instances,
                                 **detail}))
+
+    def operator_action(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        """A person queued work again: ``action`` is ``reprocess`` or ``retry-deliveries``."""
+        self.record(AuditEvent(time.time(), "operator-action", "success", actor, "", self.source_id,
+                               {"action": action, **detail}))
 
     def config_loaded(self, source: str, summary: dict[str, Any]) -> None:
         """The node's settings were loaded from ``source``."""

@@ -39,6 +39,7 @@ from node.config import Settings
 from node.errors import NodeError, http_status
 from node.ingest import Ingestor
 from node.jobs.ledger import JOB_STATES, JobLedger
+from node.ops.audit import AuditTrail
 from node.outbox import Outbox
 from node.outbox import create_tables as create_delivery_tables
 from node.routing.completion import create_tables as create_completion_tables
@@ -145,6 +146,7 @@ class StatusPages:
         create_completion_tables(index)
         create_delivery_tables(index)
         self.rate = IngestRate()
+        self.audit_trail = AuditTrail.for_settings(settings, index)
         self._ingestor = ingestor
         if ingestor is not None:
             ingestor.listeners.append(self.rate.on_ingest)
@@ -461,6 +463,8 @@ class StatusPages:
             return self._redirect(back, f"not queued: {exc.args[0]}")
         log.info("status page: %s queued %d job(s) again for series %s", grant.name or "a user", len(ids),
                  series_uid)
+        await anyio.to_thread.run_sync(self._audit, grant.name, "reprocess",
+                                       {"series_uid": series_uid, "analyzer": analyzer, "jobs": ids})
         return self._redirect(back, f"queued {len(ids)} job(s)" + (f" of {analyzer}" if analyzer else ""))
 
     def _reprocess(self, series_uid: str, analyzer: str | None) -> list[str]:
@@ -482,6 +486,9 @@ class StatusPages:
         include_pending = bool(form.get("now"))
         count = await anyio.to_thread.run_sync(self._retry, destination, include_pending)
         log.info("status page: %s queued %d delivery(ies) again", grant.name or "a user", count)
+        await anyio.to_thread.run_sync(self._audit, grant.name, "retry-deliveries",
+                                       {"destination": destination, "include_pending": include_pending,
+                                        "deliveries": count})
         return self._redirect(f"{PREFIX}/outbox", f"queued {count} delivery(ies) again"
                               + (f" to {destination}" if destination else ""))
 
@@ -489,6 +496,9 @@ class StatusPages:
         outbox = self.pipeline.outbox if self.pipeline is not None else Outbox(
             self.index, self.store, self.settings.destinations, calling_ae=self.settings.dicom.ae_title)
         return int(outbox.retry(destination=destination, include_pending=include_pending))
+
+    def _audit(self, user: str | None, action: str, detail: dict[str, Any]) -> None:
+        self.audit_trail.operator_action(f"status page: {user or 'signed-in user'}", action, detail)
 
     @staticmethod
     def _redirect(target: str, message: str) -> RedirectResponse:
