@@ -127,6 +127,7 @@ def test_segmentation_uids_are_deterministic_and_empty_mask_valid(
     assert one.SOPInstanceUID == two.SOPInstanceUID
     assert out.derive_uid("job-1", "seg") == out.derive_uid("job-1", "seg")
     assert out.derive_uid("job-1", "seg") != out.derive_uid("job-2", "seg")
+    assert out.derive_uid("job-1", "seg") != out.derive_uid("job-1s", "eg")  # parts do not run together
     assert dciodvfy_errors(written(one, tmp_path / "empty.dcm")) == []
     # A class with a private concept declares the private coding scheme.
     meningioma = report_template("meningioma").segment_classes["tumour"]

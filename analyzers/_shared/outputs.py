@@ -75,7 +75,8 @@ def derive_uid(*parts: str) -> str:
     """
     if not parts or any(not isinstance(p, str) or not p for p in parts):
         raise OutputError("derive_uid needs one or more non-empty strings")
-    return str(generate_uid(entropy_srcs=["pacsnode", *parts]))
+    # generate_uid hashes the concatenation: length prefixes keep ("ab", "c") and ("a", "bc") apart.
+    return str(generate_uid(entropy_srcs=["pacsnode", *(f"{len(p)}:{p}" for p in parts)]))
 
 
 @dataclass(frozen=True)
