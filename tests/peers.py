@@ -25,6 +25,7 @@ import httpx
 __all__ = [
     "NodeProcess",
     "OrthancProcess",
+    "dimse_destination",
     "free_port",
     "have",
     "node_process",
@@ -112,6 +113,15 @@ class NodeProcess:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def dimse_destination(name: str, ae_title: str, port: int, *, host: str = "127.0.0.1",
+                      **options: float) -> str:
+    """A ``[[destinations]]`` block of kind ``dimse`` for a node config; ``options`` such as
+    ``max_attempts=1`` or ``backoff_seconds=0.3`` are added as keys."""
+    lines = ["[[destinations]]", f'name = "{name}"', 'kind = "dimse"', f'ae_title = "{ae_title}"',
+             f'host = "{host}"', f"port = {port}", *(f"{key} = {value}" for key, value in options.items())]
+    return "\n".join(lines) + "\n"
 
 
 def write_node_config(folder: Path, *, port: int, http_port: int, extra: str = "",

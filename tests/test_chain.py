@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import VENV_BIN, free_port, query_index, start_node, wait_until, write_node_config
+from tests.peers import VENV_BIN, dimse_destination, free_port, query_index, start_node, wait_until, write_node_config
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -40,15 +40,7 @@ def _config(folder: Path, orthanc, *, workers: int = 2, stable_after: float = 1.
 workers = {workers}
 backoff_seconds = 0.5
 
-[[destinations]]
-name = "pacs"
-kind = "dimse"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-backoff_seconds = 0.3
-max_attempts = 100
-"""
+{dimse_destination('pacs', orthanc.ae_title, orthanc.dicom_port, backoff_seconds=0.3, max_attempts=100)}"""
     return write_node_config(folder, port=free_port(), http_port=free_port(), extra=extra)
 
 

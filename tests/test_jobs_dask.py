@@ -16,7 +16,7 @@ import pytest
 
 from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import free_port
+from tests.peers import dimse_destination, free_port
 
 distributed = pytest.importorskip("distributed")
 
@@ -128,13 +128,7 @@ executor = "dask"
 scheduler = "{address}"
 workers = 4
 
-[[destinations]]
-name = "pacs"
-kind = "dimse"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-""")
+{dimse_destination('pacs', orthanc.ae_title, orthanc.dicom_port)}""")
             node = start_node(config, storage=folder / "var", port=port, http_port=http_port, log=folder / "node.log")
             for n in range(6):
                 files = write_mr_series(tmp_path / f"in{n}", SeriesSpec(

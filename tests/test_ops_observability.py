@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import OrthancProcess, free_port, query_index, start_node, write_node_config
+from tests.peers import OrthancProcess, dimse_destination, free_port, query_index, start_node, write_node_config
 from tests.test_bad_input import _encode, _raw_store
 
 pytestmark = pytest.mark.peers
@@ -52,22 +52,8 @@ def test_metrics_and_json_logs_of_a_chain_run(tmp_path: Path, orthanc: OrthancPr
 [jobs]
 workers = 1
 
-[[destinations]]
-name = "pacs"
-kind = "dimse"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-
-[[destinations]]
-name = "down"
-kind = "dimse"
-ae_title = "NOBODY"
-host = "127.0.0.1"
-port = {free_port()}
-max_attempts = 2
-backoff_seconds = 0.2
-
+{dimse_destination('pacs', orthanc.ae_title, orthanc.dicom_port)}
+{dimse_destination('down', 'NOBODY', free_port(), max_attempts=2, backoff_seconds=0.2)}
 [logging]
 level = "INFO"
 format = "json"

@@ -31,7 +31,16 @@ from node.ops.retention import Retention, RetentionScheduler
 from node.samples import SeriesSpec, write_mr_series
 from node.storage.index import Index
 from node.storage.store import InstanceStore
-from tests.peers import VENV_BIN, OrthancProcess, free_port, query_index, start_node, wait_until, write_node_config
+from tests.peers import (
+    VENV_BIN,
+    OrthancProcess,
+    dimse_destination,
+    free_port,
+    query_index,
+    start_node,
+    wait_until,
+    write_node_config,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -106,21 +115,8 @@ def test_retention_removes_only_old_delivered_unreferenced_series(tmp_path: Path
 [jobs]
 workers = 1
 
-[[destinations]]
-name = "pacs"
-kind = "dimse"
-ae_title = "{orthanc.ae_title}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-
-[[destinations]]
-name = "down"
-kind = "dimse"
-ae_title = "NOBODY"
-host = "127.0.0.1"
-port = {free_port()}
-max_attempts = 1
-""")
+{dimse_destination('pacs', orthanc.ae_title, orthanc.dicom_port)}
+{dimse_destination('down', 'NOBODY', free_port(), max_attempts=1)}""")
     text = config.read_text().replace("min_free_gb = 0", "min_free_gb = 0\nretention_days = 30")
     config.write_text(text)
     node = start_node(config, storage=folder / "var", port=port, http_port=http_port, log=folder / "node.log")

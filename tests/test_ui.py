@@ -26,7 +26,7 @@ from node.dimse.scu import send_files
 from node.runtime import Node
 from node.samples import SeriesSpec, write_mr_series
 from node.ui import mount_ui
-from tests.peers import VENV_BIN, free_port, wait_until, write_node_config
+from tests.peers import VENV_BIN, dimse_destination, free_port, wait_until, write_node_config
 
 QC_ONLY = """
 [[route]]
@@ -51,14 +51,7 @@ def _settings(folder: Path, *, extra_http: str = ""):
 workers = 1
 backoff_seconds = 0.2
 
-[[destinations]]
-name = "pacs"
-kind = "dimse"
-ae_title = "NOBODY"
-host = "127.0.0.1"
-port = {down}
-max_attempts = 1
-{extra_http}"""
+{dimse_destination('pacs', 'NOBODY', down, max_attempts=1)}{extra_http}"""
     return load_settings(write_node_config(folder, port=free_port(), http_port=free_port(), extra=extra))
 
 
