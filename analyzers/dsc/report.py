@@ -30,7 +30,7 @@ K2_QUANTITY = Quantity("k2", c.private_code("BSWK2", "Leakage coefficient K2"), 
 RWIT_QUANTITY = Quantity("rwit", c.private_code("RWASHINTIME", "Relative wash-in time"),
                          c.RATIO_UNIT, "rWiT", "Wash-in time relative to contralateral white matter")
 AIF_SEGMENT = SegmentClass("aif", "Arterial input function voxels", c.ANATOMICAL_STRUCTURE,
-                           Code("51114001", "SCT", "Artery"), c.BRAIN)
+                           c.ARTERY, c.BRAIN)
 
 
 def _relative_map(values: np.ndarray, reference: float) -> np.ndarray:

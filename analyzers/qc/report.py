@@ -14,18 +14,17 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.qc.geometry import GeometryFindings
+from sr_templates import codes as c
 
 __all__ = ["build_report"]
 
-_SCHEME = "99PACSNODE"
-_UNITS_MM = Code("mm", "UCUM", "millimeter")
-_UNITS_S = Code("s", "UCUM", "second")
-_UNITS_NONE = Code("1", "UCUM", "no units")
+_UNITS_MM = c.MILLIMETER
+_UNITS_S = c.SECOND
+_UNITS_NONE = c.NO_UNITS
 
 # (attribute of GeometryFindings, code value, meaning, unit)
 _MEASUREMENTS = (
@@ -42,7 +41,7 @@ _MEASUREMENTS = (
     ("time_steps_not_increasing", "QCTNONMON", "Time steps not increasing", _UNITS_NONE),
     ("time_steps_irregular", "QCTIRR", "Irregular time steps", _UNITS_NONE),
 )
-_VERDICT = Code("QCGEOM", _SCHEME, "Series geometry consistency")
+_VERDICT = c.private_code("QCGEOM", "Series geometry consistency")
 
 
 def build_report(
@@ -63,7 +62,7 @@ def build_report(
             name="pacsnode qc", manufacturer_name="pacsnode", model_name="qc"),
     )
     measurements = [
-        hd.sr.Measurement(name=Code(value, _SCHEME, meaning), value=float(getattr(findings, attribute)), unit=unit)
+        hd.sr.Measurement(name=c.private_code(value, meaning), value=float(getattr(findings, attribute)), unit=unit)
         for attribute, value, meaning, unit in _MEASUREMENTS
         if getattr(findings, attribute) is not None
     ]
@@ -100,10 +99,5 @@ def build_report(
         is_complete=True,
         series_description=f"QC {first.get('SeriesDescription', '')}"[:48] + " NOT CLINICAL",
     )
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = _SCHEME
-    scheme.CodingSchemeName = "pacsnode local concepts"
-    scheme.CodingSchemeUID = generate_uid(entropy_srcs=["pacsnode coding scheme 99PACSNODE"])
-    scheme.CodingSchemeResponsibleOrganization = "pacsnode"
-    sr.CodingSchemeIdentificationSequence = [scheme]
+    sr.CodingSchemeIdentificationSequence = [c.coding_scheme_identification()]
     return sr
