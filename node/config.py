@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "ENV_PREFIX",
     "AuditSettings",
+    "ClientTlsSettings",
     "ConfigError",
     "DestinationSettings",
     "DicomSettings",
@@ -213,6 +214,26 @@ class JobsSettings(_Section):
         return self
 
 
+class ClientTlsSettings(_Section):
+    """``[destinations.tls]``: TLS when the node calls a DIMSE peer (DICOM PS3.15 B.1).
+
+    ``ca`` verifies the peer's certificate (unset: the system's trusted CAs); ``cert`` and
+    ``key`` are the node's own certificate for a peer that requires one; ``server_name``
+    is the name the peer's certificate must carry (unset: the destination's host).
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls cert and key go together: set both (or neither)")
+        return self
+
+
 class DestinationSettings(_Section):
     """``[[destinations]]``: where results are delivered."""
 
@@ -225,11 +246,15 @@ class DestinationSettings(_Section):
     token: str | None = None
     max_attempts: Annotated[int, Field(ge=1)] = 8
     backoff_seconds: Annotated[float, Field(ge=0)] = 5.0
+    # DIMSE over TLS to this peer (kind = "dimse"; a dicomweb url uses https:// instead)
+    tls: ClientTlsSettings | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> DestinationSettings:
         if self.kind == "dimse" and not (self.ae_title and self.host and self.port):
             raise ValueError('a kind = "dimse" destination needs ae_title, host and port')
+        if self.kind == "dicomweb" and self.tls is not None:
+            raise ValueError('tls is for kind = "dimse"; a dicomweb destination uses an https:// url')
         if self.kind == "dicomweb" and not self.url:
             raise ValueError('a kind = "dicomweb" destination needs url = "http://host:port/dicom-web"')
         return self

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from node.config import DestinationSettings
-from node.dimse.scu import send_files
+from node.dimse.scu import client_tls, send_files
 from node.jobs.ledger import ensure_schema
 from node.storage.index import Index
 from node.storage.store import InstanceStore
@@ -271,8 +271,10 @@ class Outbox:
     def _send(self, destination: DestinationSettings, paths: list[Path]) -> dict[Path, str]:
         """Send files; returns the ones that failed with their reasons."""
         if destination.kind == "dimse":
-            report = send_files(paths, ae_title=str(destination.ae_title), host=str(destination.host),
-                                port=int(destination.port or 104), calling_ae=self.calling_ae)
+            host = str(destination.host)
+            report = send_files(paths, ae_title=str(destination.ae_title), host=host,
+                                port=int(destination.port or 104), calling_ae=self.calling_ae,
+                                tls_args=client_tls(destination.tls, host))
             failed = {Path(p): reason for p, reason in report.failed}
             failed.update({Path(p): reason for p, reason in report.skipped})
             return failed

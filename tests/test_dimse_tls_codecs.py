@@ -13,8 +13,17 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from node.dimse.scu import send_files
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import node_process
+from tests.peers import (
+    dimse_destination,
+    free_port,
+    node_process,
+    query_index,
+    start_node,
+    wait_until,
+    write_node_config,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -91,3 +100,41 @@ def test_dimse_over_tls(tmp_path: Path) -> None:
         plain.acse_timeout = 5
         refused = plain.associate("127.0.0.1", node.port, ae_title=node.ae_title)
         assert not refused.is_established
+
+
+def test_results_are_delivered_over_tls(tmp_path: Path, mr_series: list[Path]) -> None:
+    """A node delivers its qc SR to a peer that only speaks TLS (a second node); without the
+    peer's CA the delivery fails and is dead-lettered, naming TLS."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl missing")
+    cert, key = _certificates(tmp_path)
+    peer_tls = f'\n[dicom.tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    with node_process(tmp_path / "peer", extra=peer_tls) as peer:
+        folder = tmp_path / "node"
+        folder.mkdir()
+        (folder / "routes.toml").write_text(
+            '[[route]]\nname = "qc"\nanalyzer = "qc"\nmatch = { Modality = "^MR$" }\nsend_to = ["pacs", "untrusted"]\n',
+            encoding="utf-8")
+        port, http_port = free_port(), free_port()
+        destinations = (
+            dimse_destination("pacs", peer.ae_title, peer.port, backoff_seconds=0.3)
+            + f'[destinations.tls]\nca = "{cert}"\n\n'
+            + dimse_destination("untrusted", peer.ae_title, peer.port, max_attempts=1)
+            + "[destinations.tls]\n"  # the system CAs: they do not sign the peer's certificate
+        )
+        config = write_node_config(folder, port=port, http_port=http_port,
+                                   extra=f"stable_after = 1\n\n{destinations}")
+        node = start_node(config, storage=folder / "var", port=port, http_port=http_port, log=folder / "node.log")
+        try:
+            assert send_files(mr_series, ae_title=node.ae_title, host="127.0.0.1", port=node.port).sent == len(
+                mr_series)
+            index = folder / "var" / "index.sqlite"
+            wait_until(lambda: query_index(index, "SELECT destination, state FROM deliveries ORDER BY destination")
+                       == [("pacs", "sent"), ("untrusted", "dead")], 90, "one delivery sent, one dead", node.log)
+            [(error,)] = query_index(index, "SELECT error FROM deliveries WHERE destination = 'untrusted'")
+            assert "TLS" in error, error
+            srs = query_index(peer.storage / "index.sqlite", "SELECT COUNT(*) FROM instances i JOIN series s "
+                              "ON s.series_uid = i.series_uid WHERE s.modality = 'SR'")
+            assert srs == [(1,)]
+        finally:
+            node.stop()

@@ -7,6 +7,7 @@ closes a race in pynetdicom 3 (:func:`keep_responses_for_caller`).
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-__all__ = ["SendReport", "collect_files", "echo", "keep_responses_for_caller", "requestor_handlers",
+from node.config import ClientTlsSettings
+
+__all__ = ["SendReport", "client_tls", "collect_files", "echo", "keep_responses_for_caller", "requestor_handlers",
            "send_files"]
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -110,6 +113,16 @@ def _headers(files: list[Path], report: SendReport) -> Iterator[tuple[Path, str,
             report.skipped.append((path, f"not a DICOM Part 10 file: {exc}"))
 
 
+def client_tls(tls: ClientTlsSettings | None, host: str) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for calling a peer with ``[destinations.tls]`` (None: plain TCP)."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
+    return context, tls.server_name or host
+
+
 def send_files(
     files: list[Path],
     *,
@@ -119,12 +132,13 @@ def send_files(
     calling_ae: str = "PACSNODE",
     progress: Callable[[int], None] | None = None,
     dimse_timeout: float = 30.0,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> SendReport:
     """Send files with C-STORE over as few associations as the 128-context limit allows.
 
     The files are streamed as stored (no re-encoding) in their own transfer syntax.
     ``dimse_timeout`` is how long one C-STORE response may take (seconds) before the
-    association is aborted.
+    association is aborted; ``tls_args`` (:func:`client_tls`) sends over TLS.
     """
     report = SendReport()
     headers = list(_headers(files, report))
@@ -141,9 +155,9 @@ def send_files(
             for c in sorted(group)
         ]
         assoc = ae.associate(host, port, contexts=contexts, ae_title=ae_title,
-                             evt_handlers=requestor_handlers())
+                             evt_handlers=requestor_handlers(), tls_args=tls_args)
         if not assoc.is_established:
-            reason = "association rejected or aborted by the peer"
+            reason = "association rejected or aborted by the peer" + (" (TLS)" if tls_args else "")
             for path, sop_class, _ in headers:
                 if sop_class in group:
                     report.failed.append((path, reason))

@@ -291,14 +291,15 @@ class PriorResolver:
     def _associate(self, context: Any) -> Any:
         from pynetdicom import AE
 
-        from node.dimse.scu import requestor_handlers
+        from node.dimse.scu import client_tls, requestor_handlers
 
         assert self.destination is not None
         ae = AE(ae_title=self.ae_title)
         ae.add_requested_context(context)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        assoc = ae.associate(str(self.destination.host), int(self.destination.port or 104),
-                             ae_title=str(self.destination.ae_title), evt_handlers=requestor_handlers())
+        host = str(self.destination.host)
+        assoc = ae.associate(host, int(self.destination.port or 104), ae_title=str(self.destination.ae_title),
+                             evt_handlers=requestor_handlers(), tls_args=client_tls(self.destination.tls, host))
         if not assoc.is_established:
             raise PriorFetchError(f"no association with {self.destination.ae_title}@{self.destination.host}:"
                                   f"{self.destination.port}")
