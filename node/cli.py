@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from node import __version__
 from node.config import ConfigError, Settings, load_settings
@@ -152,12 +153,33 @@ def _parse_target(target: str) -> tuple[str, str, int]:
         ) from None
 
 
+def _tls_args(args: argparse.Namespace, host: str) -> Any:
+    """pynetdicom ``tls_args`` from ``--tls``/``--tls-ca``/``--tls-cert``/``--tls-key`` (None: plain TCP)."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    from pydantic import ValidationError
+
+    from node.config import ClientTlsSettings
+    from node.dimse.scu import client_tls
+
+    try:
+        settings = ClientTlsSettings(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except ValidationError as exc:
+        raise ValueError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+    return client_tls(settings, host)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from node.dimse.scu import collect_files, send_files
 
     ae_title, host, port = _parse_target(args.to)
+    try:
+        tls_args = _tls_args(args, host)
+    except (ValueError, OSError) as exc:  # a missing file, a key that does not match, cert without key
+        print(f"pacsnode send: TLS options: {exc}", file=sys.stderr)
+        return 2
     try:
         files = collect_files([Path(p) for p in args.paths])
     except FileNotFoundError as exc:
@@ -170,7 +192,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                   TimeRemainingColumn(), disable=args.quiet or not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"C-STORE to {ae_title}@{host}:{port}", total=len(files))
         report = send_files(files, ae_title=ae_title, host=host, port=port,
-                            calling_ae=args.calling_ae,
+                            calling_ae=args.calling_ae, tls_args=tls_args,
                             progress=lambda n: progress.advance(task, n))
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -257,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="AE@host:port, e.g. PACSNODE@127.0.0.1:11112")
     p.add_argument("--calling-ae", default="PACSNODE", help="our AE title (PACSNODE)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tls", action="store_true", help="DIMSE over TLS, the peer verified by the system's CAs")
+    p.add_argument("--tls-ca", metavar="PEM", help="DIMSE over TLS, the peer verified by this CA file")
+    p.add_argument("--tls-cert", metavar="PEM", help="our certificate, for a peer that asks for one (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
 
     p = add("echo", cmd_echo, "Verify a DICOM peer with C-ECHO.")
     p.add_argument("--to", required=True, help="AE@host:port")

@@ -6,6 +6,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,22 @@ def test_results_are_delivered_over_tls(tmp_path: Path, mr_series: list[Path]) -
             assert srs == [(1,)]
         finally:
             node.stop()
+
+
+def test_pacsnode_send_over_tls(tmp_path: Path, mr_series: list[Path]) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl missing")
+    cert, key = _certificates(tmp_path)
+    pacsnode = str(Path(sys.executable).parent / "pacsnode")
+    with node_process(tmp_path / "node", extra=f'\n[dicom.tls]\ncert = "{cert}"\nkey = "{key}"\n') as node:
+        target = ["--to", f"{node.ae_title}@127.0.0.1:{node.port}", "--quiet"]
+        sent = subprocess.run([pacsnode, "send", str(mr_series[0]), *target, "--tls-ca", str(cert)],
+                              capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0 and "sent 1 of 1" in sent.stdout, sent.stderr
+        untrusted = subprocess.run([pacsnode, "send", str(mr_series[1]), *target, "--tls"],
+                                   capture_output=True, text=True, timeout=60)
+        assert untrusted.returncode == 1 and "(TLS)" in untrusted.stderr, untrusted.stderr
+        half = subprocess.run([pacsnode, "send", str(mr_series[1]), *target, "--tls-cert", str(cert)],
+                              capture_output=True, text=True, timeout=60)
+        assert half.returncode == 2 and "cert and key go together" in half.stderr, half.stderr
+        assert len(list((node.storage / "store").rglob("*.dcm"))) == 1
