@@ -153,6 +153,13 @@ def _parse_target(target: str) -> tuple[str, str, int]:
         ) from None
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls", action="store_true", help="DIMSE over TLS, the peer verified by the system's CAs")
+    parser.add_argument("--tls-ca", metavar="PEM", help="DIMSE over TLS, the peer verified by this CA file")
+    parser.add_argument("--tls-cert", metavar="PEM", help="our certificate for a peer that asks for one (+ --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+
+
 def _tls_args(args: argparse.Namespace, host: str) -> Any:
     """pynetdicom ``tls_args`` from ``--tls``/``--tls-ca``/``--tls-cert``/``--tls-key`` (None: plain TCP)."""
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
@@ -208,7 +215,12 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from node.dimse.scu import echo
 
     ae_title, host, port = _parse_target(args.to)
-    status = echo(ae_title=ae_title, host=host, port=port, calling_ae=args.calling_ae)
+    try:
+        tls_args = _tls_args(args, host)
+    except (ValueError, OSError) as exc:
+        print(f"pacsnode echo: TLS options: {exc}", file=sys.stderr)
+        return 2
+    status = echo(ae_title=ae_title, host=host, port=port, calling_ae=args.calling_ae, tls_args=tls_args)
     if status == 0:
         print(f"C-ECHO {ae_title}@{host}:{port}: success")
         return 0
@@ -279,14 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="AE@host:port, e.g. PACSNODE@127.0.0.1:11112")
     p.add_argument("--calling-ae", default="PACSNODE", help="our AE title (PACSNODE)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--tls", action="store_true", help="DIMSE over TLS, the peer verified by the system's CAs")
-    p.add_argument("--tls-ca", metavar="PEM", help="DIMSE over TLS, the peer verified by this CA file")
-    p.add_argument("--tls-cert", metavar="PEM", help="our certificate, for a peer that asks for one (with --tls-key)")
-    p.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    _add_tls_options(p)
 
     p = add("echo", cmd_echo, "Verify a DICOM peer with C-ECHO.")
     p.add_argument("--to", required=True, help="AE@host:port")
     p.add_argument("--calling-ae", default="PACSNODE", help="our AE title (PACSNODE)")
+    _add_tls_options(p)
 
     p = add("demo", cmd_demo, "Start a node, send it a generated series, query it back.")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its files (.demo)")

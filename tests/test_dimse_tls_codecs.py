@@ -158,3 +158,6 @@ def test_pacsnode_send_over_tls(tmp_path: Path, mr_series: list[Path]) -> None:
                               capture_output=True, text=True, timeout=60)
         assert half.returncode == 2 and "cert and key go together" in half.stderr, half.stderr
         assert len(list((node.storage / "store").rglob("*.dcm"))) == 1
+        echo = subprocess.run([pacsnode, "echo", *target[:2], "--tls-ca", str(cert)], capture_output=True, text=True,
+                              timeout=60)
+        assert echo.returncode == 0 and "success" in echo.stdout, echo.stderr

@@ -180,11 +180,12 @@ def send_files(
     return report
 
 
-def echo(*, ae_title: str, host: str, port: int, calling_ae: str = "PACSNODE") -> int:
-    """C-ECHO a peer; returns the status (0 for success, -1 when no association)."""
+def echo(*, ae_title: str, host: str, port: int, calling_ae: str = "PACSNODE",
+         tls_args: tuple[ssl.SSLContext, str] | None = None) -> int:
+    """C-ECHO a peer (over TLS with ``tls_args``); returns the status (0 for success, -1 when no association)."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=requestor_handlers())
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=requestor_handlers(), tls_args=tls_args)
     if not assoc.is_established:
         return -1
     try:
