@@ -166,8 +166,9 @@ def test_oblique_mprage_round_trip(study: dict[str, object]) -> None:
     for ijk in ((0, 0, 0), (10, 20, 30), (volume.shape3d[2] - 1, volume.shape3d[1] - 1, volume.shape3d[0] - 1)):
         np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), volume.index_to_patient(ijk), atol=1e-3)
     assert abs(volume.direction[2, 1]) > 0.1  # the grid is really oblique
-    with pytest.raises(UnsuitableInput):  # no MPRAGE model configured
-        BrainmetsAnalyzer().analyze(_job(root, series, BrainmetsSettings(space_model=Path(str(study["model"])))))
+    with pytest.raises(UnsuitableInput):  # setting B asked for, but no model trained with SPACE-derived labels
+        BrainmetsAnalyzer().analyze(_job(root, series, BrainmetsSettings(space_model=Path(str(study["model"])),
+                                                                         cross_technique=True)))
     settings = BrainmetsSettings(mprage_model=Path(str(study["model"])), mirroring=False, threads=1)
     result = BrainmetsAnalyzer().analyze(_job(root, series, settings))
     assert result.findings["technique"] == "mprage"
