@@ -217,7 +217,10 @@ def train_phantom_model(
         metrics=tuple(metrics),
         references=("Isensee et al., nnU-Net, Nat Methods 2021",
                     "MRI cross-technique transfer learning for brain metastasis detection, Eur Radiol Exp 2025;9:15"),
-        limitations=("trained on synthetic phantoms only", f"{epochs} epochs x {iterations} iterations: a short run"),
+        limitations=("trained on synthetic phantoms only",
+                     f"{epochs} epochs x {iterations} iterations"
+                     + (f" fine-tuning the weights of {init_weights}" if init_weights is not None else "")
+                     + ": a short run"),
         extra={"epochs": epochs, "iterations_per_epoch": iterations, "device": device, "threads": threads,
                "trainer": trainer_class.__name__, "oversample_foreground_percent": oversample,
                "training_seconds": round(time.monotonic() - started, 1),
