@@ -7,7 +7,10 @@ two take turns request by request so that load on a shared machine hits both ali
   request, one connection, the same client for both servers);
 * QIDO-RS: median latency of a study search by PatientID (keep-alive connection);
 * WADO-RS: MB/s retrieving the whole series as multipart/related application/dicom in the
-  stored transfer syntax (median of ``--repeats``);
+  stored transfer syntax (median of ``--repeats``), once with httpx (a Python client, as
+  researchers' scripts and dicomweb-client are) and once with ``curl`` writing to
+  /dev/null (a client that costs almost nothing, so the row shows the servers' own
+  speed; it includes curl's start, a few ms, for both);
 * WADO-RS series metadata: median seconds (informative, no target);
 * pacsnode's resident memory (VmRSS of the node process, sampled every 20 ms) while it
   streams a ``--rss-instances`` series (2,000 by default) in one WADO-RS request: the
@@ -23,13 +26,16 @@ and compare the ratios only (the machines are noisy): ratio > 1 means pacsnode i
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -53,6 +59,7 @@ class Measurement:
     qido: list[float] = field(default_factory=list)
     wado: list[float] = field(default_factory=list)
     wado_bytes: int = 0
+    wado_curl: list[float] = field(default_factory=list)
     metadata_first: float = 0.0
     metadata: list[float] = field(default_factory=list)
 
@@ -67,6 +74,10 @@ class Measurement:
     @property
     def wado_series_mb_per_s(self) -> float:
         return self.wado_bytes / statistics.median(self.wado) / 1e6
+
+    @property
+    def wado_curl_mb_per_s(self) -> float:
+        return self.wado_bytes / statistics.median(self.wado_curl) / 1e6 if self.wado_curl else float("nan")
 
     @property
     def metadata_median_s(self) -> float:
@@ -124,6 +135,14 @@ def measure_servers(servers: list[Measurement], files: list[Path], *, study_uid:
                                    f"expected at least {expected}")
             m.wado_bytes = received
 
+        def wado_curl(m: Measurement) -> None:
+            done = subprocess.run(
+                ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", "-H", f"Accept: {_ACCEPT_DICOM}",
+                 f"{m.url}/studies/{study_uid}/series/{series_uid}"], capture_output=True, text=True, check=False)
+            if done.returncode != 0 or int(done.stdout or 0) < expected:
+                raise RuntimeError(f"{m.name}: curl WADO-RS failed ({done.returncode}): {done.stderr.strip()} "
+                                   f"{done.stdout} bytes")
+
         def metadata(m: Measurement) -> None:
             response = https[m.name].get(f"/studies/{study_uid}/series/{series_uid}/metadata",
                                          headers={"Accept": "application/dicom+json"})
@@ -136,15 +155,19 @@ def measure_servers(servers: list[Measurement], files: list[Path], *, study_uid:
             wado(m)
         for index in range(qido_repeats):
             for m in turns(index):
-                m.qido.append(_timed(lambda m=m: qido(m)))
+                m.qido.append(_timed(partial(qido, m)))
         for index in range(repeats):
             for m in turns(index):
-                m.wado.append(_timed(lambda m=m: wado(m)))
+                m.wado.append(_timed(partial(wado, m)))
+        if shutil.which("curl"):
+            for index in range(repeats):
+                for m in turns(index):
+                    m.wado_curl.append(_timed(partial(wado_curl, m)))
         for m in servers:
-            m.metadata_first = _timed(lambda m=m: metadata(m))
+            m.metadata_first = _timed(partial(metadata, m))
         for index in range(max(1, repeats // 2)):
             for m in turns(index):
-                m.metadata.append(_timed(lambda m=m: metadata(m)))
+                m.metadata.append(_timed(partial(metadata, m)))
     finally:
         for client in clients.values():
             client.close()
@@ -203,9 +226,11 @@ def _table(ours: Measurement, orthanc: Measurement, instances: int, size_kib: fl
          orthanc.stow_instances_per_s, ours.stow_instances_per_s / orthanc.stow_instances_per_s),
         ("QIDO-RS studies?PatientID median (ms)", ours.qido_median_ms, orthanc.qido_median_ms,
          orthanc.qido_median_ms / ours.qido_median_ms),
-        (f"WADO-RS whole series, {instances} x {size_kib:.0f} KiB (MB/s)",
+        (f"WADO-RS whole series, {instances} x {size_kib:.0f} KiB, httpx client (MB/s)",
          ours.wado_series_mb_per_s, orthanc.wado_series_mb_per_s,
          ours.wado_series_mb_per_s / orthanc.wado_series_mb_per_s),
+        ("WADO-RS whole series, curl client (MB/s)", ours.wado_curl_mb_per_s, orthanc.wado_curl_mb_per_s,
+         ours.wado_curl_mb_per_s / orthanc.wado_curl_mb_per_s),
         ("WADO-RS series metadata, first (s), informative", ours.metadata_first,
          orthanc.metadata_first, orthanc.metadata_first / ours.metadata_first),
         ("WADO-RS series metadata, again, median (s), informative", ours.metadata_median_s,

@@ -70,7 +70,10 @@ class HttpServer:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._server.serve())
+            # uvicorn's own loop choice ("auto": uvloop when installed, its transports copy
+            # less per write than asyncio's; WADO-RS streaming is mostly writes).
+            with asyncio.Runner(loop_factory=self._config.get_loop_factory()) as runner:
+                runner.run(self._server.serve())
         except (SystemExit, OSError) as exc:  # uvicorn exits on a bind failure
             log.error("DICOMweb server stopped: %s", exc)
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from node.config import HttpSettings
+from node.dicomweb.buffers import BufferPool
 from node.ingest import Ingestor
 from node.storage.index import Index
 from node.storage.store import InstanceStore
@@ -48,6 +49,9 @@ class DicomwebService:
     index: Index
     ingestor: Ingestor
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    #: WADO-RS batch buffers (8 MB plus room for one more instance), reused across requests.
+    buffers: BufferPool = field(default_factory=lambda: BufferPool(12 * 1024 * 1024, keep=4),
+                                init=False, repr=False)
 
     @property
     def pool(self) -> ThreadPoolExecutor:

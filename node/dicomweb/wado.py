@@ -141,22 +141,22 @@ def transcode_to_explicit_le(path: Path) -> bytes:
 
 
 def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict, bool]],
-                first: bool) -> bytes | memoryview:
-    """The multipart bytes of one batch: each part's header and the file as stored.
+                first: bool) -> tuple[bytes | memoryview, mmap.mmap | None]:
+    """The multipart bytes of one batch (each part's header and the file as stored), and
+    the pool buffer holding them, to hand back once sent.
 
-    Files sent as stored are read with ``readinto`` straight into one buffer (anonymous
-    memory) sized from their known lengths (one copy of the data, no per-file objects to
-    join; freed when the last slice of it has been sent); a batch with
-    a transcoded instance, or whose files changed size, is assembled piece by piece.
+    Files sent as stored are read with ``readinto`` straight into a buffer of
+    ``service.buffers`` sized from their known lengths (one copy of the data, no per-file
+    objects to join); a batch with a transcoded instance, or whose files changed size, is
+    assembled piece by piece.
     """
     if any(transcode for _, transcode in batch) or any(row.get("size") is None for row, _ in batch):
-        return _read_parts_joined(service, boundary, batch, first)
+        return _read_parts_joined(service, boundary, batch, first), None
     headers = [part_header(boundary, f"application/dicom; transfer-syntax={row['transfer_syntax_uid']}",
                            first=first and index == 0) for index, (row, _) in enumerate(batch)]
-    # Anonymous memory, not a bytearray: a bytearray is zero-filled (and its pages faulted in)
-    # while this thread holds the GIL; these pages are faulted in by readinto, without it.
-    buffer = mmap.mmap(-1, sum(len(h) for h in headers) + sum(int(row["size"]) for row, _ in batch))
-    view = memoryview(buffer)
+    length = sum(len(h) for h in headers) + sum(int(row["size"]) for row, _ in batch)
+    buffer = service.buffers.take(length)
+    view = memoryview(buffer)[:length]
     position = 0
     for header, (row, _) in zip(headers, batch, strict=True):
         size = int(row["size"])
@@ -170,12 +170,16 @@ def _read_parts(service: DicomwebService, boundary: str, batch: list[tuple[dict,
                     if not count:
                         break
                     read += count
-                if read != size or handle.read(1):
-                    return _read_parts_joined(service, boundary, batch, first)  # changed on disk
+                complete = read == size and not handle.read(1)
+                del target
         except OSError:
-            return _read_parts_joined(service, boundary, batch, first)  # logs and skips it
+            complete = False  # the joined path logs and skips it
+        if not complete:  # changed on disk, or unreadable
+            view.release()
+            service.buffers.give(buffer)
+            return _read_parts_joined(service, boundary, batch, first), None
         position += len(header) + size
-    return view
+    return view, buffer
 
 
 def _read_parts_joined(service: DicomwebService, boundary: str, batch: list[tuple[dict, bool]],
@@ -208,7 +212,7 @@ async def _stream_instances(service: DicomwebService, boundary: str,
         batches[-1].append(item)
         size += int(item[0]["size"] or 0)
     loop = asyncio.get_running_loop()
-    ahead: deque[asyncio.Future[bytes | memoryview]] = deque()
+    ahead: deque[asyncio.Future[tuple[bytes | memoryview, mmap.mmap | None]]] = deque()
     submitted = 0
 
     def submit() -> None:
@@ -221,17 +225,24 @@ async def _stream_instances(service: DicomwebService, boundary: str,
         while submitted < min(_READ_AHEAD, len(batches)):
             submit()
         while ahead:
-            chunk = memoryview(await ahead.popleft())
+            data, buffer = await ahead.popleft()
             if submitted < len(batches):
                 submit()
+            chunk = memoryview(data)
             # Slices the socket takes at once: a larger write is mostly copied into the
             # transport's buffer first and sent from there.
             for start in range(0, len(chunk), _SEND_BYTES):
                 yield chunk[start:start + _SEND_BYTES]
+            del chunk, data
+            if buffer is not None:
+                service.buffers.give(buffer)
         yield closing_delimiter(boundary)
     finally:
         for future in ahead:
-            future.cancel()
+            if not future.cancel() and not future.cancelled() and future.exception() is None:
+                _, buffer = future.result()
+                if buffer is not None:
+                    service.buffers.give(buffer)
 
 
 async def retrieve_instances(service: DicomwebService, request: Request) -> Response:

@@ -210,7 +210,7 @@ def test_retrieval_reads_a_bounded_distance_ahead(service: RunningService,
     reads: list[int] = []
     original = wado._read_parts
 
-    def counting(*args: object) -> bytes:
+    def counting(*args: object) -> object:
         reads.append(1)
         return original(*args)  # type: ignore[arg-type]
 
@@ -254,3 +254,32 @@ def test_streamed_batches_are_bounded_and_exact(service: RunningService,
     assert max(len(c) for c in chunks) <= limit + max(sizes) + 256 * 2
     expected = wado._read_parts_joined(app_service, "b", [(r, False) for r in rows], True)
     assert b"".join(chunks) == expected + wado.closing_delimiter("b")
+
+
+def test_buffers_still_being_sent_are_not_overwritten(service: RunningService,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer that keeps the streamed slices without copying them (as uvloop keeps a
+    slice it could not write at once) still sees the right bytes once the stream is over:
+    batch buffers are reused only when nothing views them any more."""
+    import asyncio
+
+    from node.dicomweb import wado
+
+    app_service = service.server.app.state.dicomweb  # type: ignore[attr-defined]
+    rows = app_service.index.stored_instances(study_uid=service.study_uid)
+    monkeypatch.setattr(wado, "_CHUNK_BYTES", 1)  # one file per batch: every batch reuses a buffer
+
+    async def keep_views() -> list[object]:
+        return [chunk async for chunk in wado._stream_instances(app_service, "b", [(r, False) for r in rows])]
+
+    views = asyncio.run(keep_views())
+    expected = wado._read_parts_joined(app_service, "b", [(r, False) for r in rows], True)
+    assert b"".join(bytes(v) for v in views) == expected + wado.closing_delimiter("b")  # type: ignore[call-overload]
+    views.clear()
+
+    async def copy_out() -> list[bytes]:
+        return [bytes(chunk) async for chunk in
+                wado._stream_instances(app_service, "b", [(r, False) for r in rows])]
+
+    assert b"".join(asyncio.run(copy_out())) == expected + wado.closing_delimiter("b")
+    assert app_service.buffers.idle >= 1  # handed back once no view was left
