@@ -58,3 +58,36 @@ def test_init_weights_of_another_network_are_refused(tmp_path: Path, monkeypatch
     with pytest.raises(TrainingError, match="does not hold weights of this network"):
         train_phantom_model(tmp_path / "run", cases=2, seed=7, technique="space", labels_from="truth", epochs=1,
                             iterations=1, spacing_mm=3.0, init_weights=other / "fold_0" / "checkpoint_final.pth")
+
+
+def test_lesion_balanced_sampling_draws_every_lesion_alike(tmp_path: Path) -> None:
+    """After balancing, nnU-Net's foreground patch centres (a uniform draw from
+    ``class_locations``) fall on a one-voxel lesion as often as on a large one."""
+    import pickle
+
+    import numpy as np
+
+    from analyzers.brainmets.dataset import DatasetError, balance_lesion_sampling
+
+    seg = np.zeros((1, 12, 12, 12), dtype=np.int8)
+    seg[0, 1:6, 1:6, 1:6] = 1  # 125 voxels
+    seg[0, 9, 9, 9] = 1  # one voxel
+    cases = {"with_lesions": seg, "empty": np.zeros_like(seg)}
+    for name, label in cases.items():
+        np.savez(tmp_path / f"{name}.npz", data=np.zeros(label.shape, dtype=np.float32), seg=label)
+        locations = np.argwhere(label == 1)  # what nnU-Net's preprocessor stores: every lesion voxel
+        with open(tmp_path / f"{name}.pkl", "wb") as handle:
+            pickle.dump({"class_locations": {1: locations}, "spacing": [2.0, 2.0, 2.0]}, handle)
+    assert balance_lesion_sampling(tmp_path, per_lesion=50) == 2
+    with open(tmp_path / "with_lesions.pkl", "rb") as handle:
+        properties = pickle.load(handle)
+    assert properties["spacing"] == [2.0, 2.0, 2.0]  # the rest of the properties is kept
+    drawn = properties["class_locations"][1]
+    assert drawn.shape == (100, 4)
+    assert (drawn[:, 0] == 0).all() and (seg[tuple(drawn.T)] == 1).all()
+    on_single = np.all(drawn[:, 1:] == (9, 9, 9), axis=1)
+    assert on_single.sum() == 50  # was 1 of 126 before
+    with open(tmp_path / "empty.pkl", "rb") as handle:
+        assert len(pickle.load(handle)["class_locations"][1]) == 0
+    with pytest.raises(DatasetError, match="per_lesion"):
+        balance_lesion_sampling(tmp_path, per_lesion=0)

@@ -28,6 +28,7 @@ __all__ = [
     "CONFIGURATION",
     "LABEL_NAME",
     "DatasetError",
+    "balance_lesion_sampling",
     "compact_plans",
     "dataset_json",
     "phantom_case_arrays",
@@ -227,3 +228,46 @@ def write_phantom_dataset(
         sitk.WriteImage(labels, str(raw_folder / "labelsTr" / f"{name}.nii.gz"))
     (raw_folder / "dataset.json").write_text(json.dumps(dataset_json(len(cases)), indent=2))
     return raw_folder
+
+
+def balance_lesion_sampling(preprocessed_folder: Path, *, per_lesion: int = 100, seed: int = 0) -> int:
+    """Make every lesion equally likely as a training patch centre; return the lesion count.
+
+    nnU-Net centres its foreground-oversampled patches on a voxel drawn uniformly from
+    ``properties["class_locations"]`` (a sample of all foreground voxels of the case),
+    so a lesion is drawn in proportion to its volume: a one-voxel metastasis next to a
+    1,000-voxel one is almost never the centre of a patch, and the network learns to
+    ignore single-voxel spots. This rewrites the locations of each preprocessed case as
+    ``per_lesion`` voxels drawn (with replacement) from every connected component
+    (26-connectivity) of the label, so the draw is uniform over lesions. Only the
+    ``.pkl`` properties change; images, labels and the trainer stay stock nnU-Net.
+    """
+    import pickle
+
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from analyzers.brainmets.metrics import connected_components
+
+    if per_lesion < 1:
+        raise DatasetError("per_lesion must be at least 1")
+    folder = Path(preprocessed_folder)
+    dataset = infer_dataset_class(str(folder))(str(folder))
+    rng = np.random.default_rng(seed)
+    lesions = 0
+    for identifier in dataset.identifiers:
+        _, seg, _, properties = dataset.load_case(identifier)
+        label = np.asarray(seg[:])
+        if label.ndim != 4:
+            raise DatasetError(f"{identifier}: expected a (channel, z, y, x) label, got shape {label.shape}")
+        components, count = connected_components(label[0] > 0)
+        locations = []
+        for lesion in range(1, count + 1):
+            voxels = np.argwhere(components == lesion)
+            picked = voxels[rng.integers(0, len(voxels), size=per_lesion)]
+            locations.append(np.concatenate([np.zeros((per_lesion, 1), dtype=picked.dtype), picked], axis=1))
+        key = next((k for k in properties["class_locations"] if k not in (0, (0,))), 1)
+        properties["class_locations"][key] = np.concatenate(locations) if locations else []
+        with open(folder / f"{identifier}.pkl", "wb") as handle:
+            pickle.dump(properties, handle)
+        lesions += count
+    return lesions

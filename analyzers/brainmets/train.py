@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", type=Path, metavar="CHECKPOINT",
                    help="start from the network weights of an nnU-Net checkpoint_final.pth trained with the same "
                         "plans (fine-tuning: a further run with a fresh learning-rate schedule)")
+    p.add_argument("--lesion-balanced", action="store_true",
+                   help="centre foreground patches on every lesion equally often instead of in proportion to "
+                        "its volume (small metastases are seen as often as large ones)")
     return p
 
 
@@ -85,16 +88,19 @@ def train_phantom_model(
     patch: Sequence[int] = (24, 32, 32),
     batch_size: int = 3,
     init_weights: Path | None = None,
+    lesion_balanced: bool = False,
 ) -> Path:
     """Run the whole pipeline on phantoms; return the results folder ``out/model``.
 
     ``init_weights`` (an nnU-Net ``checkpoint_final.pth`` of the same plans) starts the
-    network from those weights instead of a random initialisation.
+    network from those weights instead of a random initialisation. ``lesion_balanced``
+    centres foreground patches on every lesion equally often
+    (:func:`dataset.balance_lesion_sampling`) instead of in proportion to its volume.
     """
     import torch
 
     from analyzers._shared.modelcard import CardMetric, DataDescription, ModelCard, write_model_card
-    from analyzers.brainmets.dataset import compact_plans, write_phantom_dataset
+    from analyzers.brainmets.dataset import balance_lesion_sampling, compact_plans, write_phantom_dataset
     from analyzers.phantoms.brainmets import simulate_brainmets
 
     if cases < 2 or epochs < 1 or iterations < 1:
@@ -157,6 +163,10 @@ def train_phantom_model(
     shutil.copy(raw / "dataset.json", pre / "dataset.json")
     print("[brainmets] nnU-Net preprocessing", flush=True)
     DefaultPreprocessor(verbose=False).run(dataset_id, "3d_fullres", "nnUNetPlans", num_processes=1)
+    if lesion_balanced:
+        balanced = balance_lesion_sampling(pre / plans["configurations"]["3d_fullres"]["data_identifier"],
+                                           seed=seed)
+        print(f"[brainmets] patch centres balanced over {balanced} lesions", flush=True)
     dataset = json.loads((raw / "dataset.json").read_text())
     # nnU-Net's own entry point passes this flag inside the plans dict.
     # Stock nnU-Net trainers only, so that stock nnU-Net finds the class named in the checkpoint.
@@ -224,7 +234,8 @@ def train_phantom_model(
         extra={"epochs": epochs, "iterations_per_epoch": iterations, "device": device, "threads": threads,
                "trainer": trainer_class.__name__, "oversample_foreground_percent": oversample,
                "training_seconds": round(time.monotonic() - started, 1),
-               "init_weights": str(init_weights) if init_weights is not None else None},
+               "init_weights": str(init_weights) if init_weights is not None else None,
+               "lesion_balanced_sampling": lesion_balanced},
     )
     write_model_card(card, Path(out))
     return model
@@ -300,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=args.epochs, iterations=args.iterations, spacing_mm=args.spacing, device=args.device,
             threads=args.threads, eval_cases=args.eval_cases, oversample=args.oversample, augment=args.augment,
             patch=args.patch, batch_size=args.batch_size, init_weights=args.init_weights,
+            lesion_balanced=args.lesion_balanced,
         )
     except (TrainingError, ValueError) as exc:
         print(f"pacsnode train brainmets: {exc}", file=sys.stderr)
