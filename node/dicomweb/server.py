@@ -10,6 +10,7 @@ import time
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from node.config import HttpSettings
 
@@ -20,6 +21,21 @@ log = logging.getLogger(__name__)
 
 class HttpServerError(OSError):
     """The HTTP server could not start (port in use, bad certificate, ...)."""
+
+
+# Bytes a connection's transport may hold unsent before the response stream waits. The
+# asyncio default (64 KiB) wakes the WADO-RS stream for every 64 KiB the client reads; with
+# a few MB the transport keeps writing the slices it holds (without copying them, on uvloop)
+# while the stream waits.
+_WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+
+
+class _StreamingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a write buffer sized for streamed series."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        transport.set_write_buffer_limits(high=_WRITE_BUFFER_HIGH)
 
 
 class HttpServer:
@@ -44,6 +60,7 @@ class HttpServer:
             if http.tls.require_client_cert:
                 options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         self._config = uvicorn.Config(app, host=http.host, port=http.port, log_level="warning",
+                                      http=_StreamingHttpProtocol,
                                       access_log=False, lifespan="on", server_header=False,
                                       timeout_keep_alive=30, **options)  # type: ignore[arg-type]
         self._server = uvicorn.Server(self._config)

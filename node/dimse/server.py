@@ -39,6 +39,7 @@ from pynetdicom import (
     VerificationPresentationContexts,
     evt,
 )
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -436,6 +437,11 @@ class DimseServer:
         ``extra_handlers`` are further pynetdicom notification handlers (the audit trail's).
         """
         ssl_context = tls_context(self.settings.tls, server=True) if self.settings.tls else None
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # Otherwise pynetdicom decodes every C-FIND/C-MOVE/C-GET identifier a second time
+            # and formats it, and every C-FIND match, line by line for a log that is off.
+            pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+            pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
