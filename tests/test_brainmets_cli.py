@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from analyzers.brainmets import evaluate, train
 from analyzers.brainmets.dataset import DatasetError, compact_plans, dataset_json
 from analyzers.brainmets.evaluate import vessel_false_positives
 
@@ -35,7 +32,3 @@ def test_compact_plans_validation() -> None:
         dataset_json(0)
 
 
-def test_labels_source_is_refused_honestly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert train.main(["--labels", str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert evaluate.main(["--labels", str(tmp_path), "--model", str(tmp_path)]) == 2
-    assert "not supported yet" in capsys.readouterr().err

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "dataset_json",
     "phantom_case_arrays",
     "untrained_network",
+    "write_dataset_cases",
     "write_phantom_dataset",
     "write_results_folder",
 ]
@@ -209,6 +210,25 @@ def phantom_case_arrays(
     return image, sitk_image(labels, ijk(technique))
 
 
+def write_dataset_cases(raw_folder: Path, cases: Iterable[tuple[Any, Any]], count: int) -> Path:
+    """Write ``count`` (SimpleITK image, label image) pairs as an nnU-Net raw dataset."""
+    import SimpleITK as sitk
+
+    raw_folder = Path(raw_folder)
+    (raw_folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (raw_folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    written = 0
+    for n, (image, labels) in enumerate(cases):
+        name = f"bm_{n:04d}"
+        sitk.WriteImage(image, str(raw_folder / "imagesTr" / f"{name}_0000.nii.gz"))
+        sitk.WriteImage(labels, str(raw_folder / "labelsTr" / f"{name}.nii.gz"))
+        written += 1
+    if written != count:
+        raise DatasetError(f"expected {count} cases, got {written}")
+    (raw_folder / "dataset.json").write_text(json.dumps(dataset_json(count), indent=2))
+    return raw_folder
+
+
 def write_phantom_dataset(
     raw_folder: Path,
     cases: Sequence[Any],
@@ -216,18 +236,8 @@ def write_phantom_dataset(
     labels_from: Literal["truth", "space"] = "truth",
 ) -> Path:
     """Write an nnU-Net raw dataset of phantom cases into ``raw_folder``."""
-    import SimpleITK as sitk
-
-    raw_folder = Path(raw_folder)
-    (raw_folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (raw_folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    for n, case in enumerate(cases):
-        image, labels = phantom_case_arrays(case, technique, labels_from)
-        name = f"bm_{n:04d}"
-        sitk.WriteImage(image, str(raw_folder / "imagesTr" / f"{name}_0000.nii.gz"))
-        sitk.WriteImage(labels, str(raw_folder / "labelsTr" / f"{name}.nii.gz"))
-    (raw_folder / "dataset.json").write_text(json.dumps(dataset_json(len(cases)), indent=2))
-    return raw_folder
+    return write_dataset_cases(raw_folder, (phantom_case_arrays(c, technique, labels_from) for c in cases),
+                               len(cases))
 
 
 def balance_lesion_sampling(preprocessed_folder: Path, *, per_lesion: int = 100, seed: int = 0) -> int:

@@ -1,7 +1,9 @@
 """``pacsnode train brainmets``: train an nnU-Net v2 brain-metastasis model.
 
 Builds an nnU-Net raw dataset from brain-metastasis phantoms (``--phantom
---cases N``), extracts nnU-Net's dataset fingerprint, writes a compact
+--cases N``) or from labelled studies (``--labels``: a folder of DICOM files such as
+the node's storage, or a labels.csv; see :mod:`analyzers.brainmets.labelled`),
+extracts nnU-Net's dataset fingerprint, writes a compact
 ``3d_fullres`` plan in stock nnU-Net v2 format (:func:`dataset.compact_plans`:
 a small PlainConvUNet that trains on CPU; a GPU site can train the stock plans
 with nnU-Net's own commands instead), preprocesses with nnU-Net's
@@ -23,11 +25,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["TrainingError", "main", "train_phantom_model"]
+__all__ = ["TrainingError", "main", "train_labelled_model", "train_phantom_model"]
 
 _DATASET_ID = {"space": 921, "mprage": 922}
 
@@ -40,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacsnode train brainmets", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--phantom", action="store_true", help="train on brain-metastasis phantoms")
-    src.add_argument("--labels", type=Path, help="labelled studies of the node (not supported yet)")
+    src.add_argument("--labels", type=Path, metavar="FOLDER_OR_CSV",
+                     help="labelled studies: a folder of DICOM files (the node's [storage] path, an export) "
+                          "with a SEG per labelled series, or a labels.csv (series_dir, seg[, seg_on, case])")
     p.add_argument("--cases", type=int, default=20, help="number of phantom cases (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for the results folder and model card")
@@ -60,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=3)
     p.add_argument("--augment", action="store_true",
                    help="nnU-Net's full data augmentation (nnUNetTrainer) instead of nnUNetTrainerNoDA")
-    p.add_argument("--eval-cases", type=int, default=0, help="held-out phantoms to evaluate into the model card")
+    p.add_argument("--eval-cases", type=int, default=0,
+                   help="held-out cases to evaluate into the model card (phantoms of seed + 1000, or the last "
+                        "labelled cases, which are then not trained on)")
     p.add_argument("--init-weights", type=Path, metavar="CHECKPOINT",
                    help="start from the network weights of an nnU-Net checkpoint_final.pth trained with the same "
                         "plans (fine-tuning: a further run with a fresh learning-rate schedule)")
@@ -68,6 +74,108 @@ def _parser() -> argparse.ArgumentParser:
                    help="centre foreground patches on every lesion equally often instead of in proportion to "
                         "its volume (small metastases are seen as often as large ones)")
     return p
+
+
+class _Source(Protocol):
+    """Where the training cases come from: phantoms or labelled studies."""
+
+    description: str
+    validation: str
+    limitation: str
+
+    def write(self, raw: Path, technique: str, labels_from: str) -> tuple[int, int, int]:
+        """Write the nnU-Net raw dataset; return cases, lesions and cases with lesions."""
+        ...
+
+    def held_out(self, technique: str) -> Iterator[tuple[Any, Any, Any]]:
+        """Held-out (image, labels, vessel fraction or None) to evaluate the model on."""
+        ...
+
+
+class _PhantomSource:
+    def __init__(self, cases: int, seed: int, spacing_mm: float, eval_cases: int) -> None:
+        self.cases, self.seed, self.spacing_mm, self.eval_cases = cases, seed, spacing_mm, eval_cases
+        self.description = f"phantom cohort brainmets, seed {seed}, {cases} cases at {spacing_mm} mm"
+        self.validation = (f"held-out phantoms (seed {seed + 1000}, {eval_cases} cases), instance metrics of the study"
+                           if eval_cases > 0 else "none beyond nnU-Net's training pseudo-Dice")
+        self.limitation = "trained on synthetic phantoms only"
+
+    def write(self, raw: Path, technique: str, labels_from: str) -> tuple[int, int, int]:
+        from analyzers.brainmets.dataset import write_phantom_dataset
+        from analyzers.phantoms.brainmets import simulate_brainmets
+
+        manifest = {"cases": self.cases, "seed": self.seed, "spacing_mm": self.spacing_mm,
+                    "labels_from": labels_from}
+        cache = raw / "pacsnode_phantoms.json"
+        if cache.is_file() and {"source", "lesions", "positive_cases"} <= set(json.loads(cache.read_text())) \
+                and json.loads(cache.read_text())["source"] == manifest:
+            # Same phantoms as last time: reuse the written dataset (simulation is the slow part on CPU).
+            cached = json.loads(cache.read_text())
+            print(f"[brainmets] reusing the phantom dataset in {raw}", flush=True)
+            return self.cases, int(cached["lesions"]), int(cached["positive_cases"])
+        phantoms = []
+        for n in range(self.cases):
+            print(f"[brainmets] phantom {n + 1}/{self.cases}", flush=True)
+            phantoms.append(simulate_brainmets(self.seed, n, spacing_mm=self.spacing_mm))
+        write_phantom_dataset(raw, phantoms, technique, labels_from)  # type: ignore[arg-type]
+        n_lesions = sum(len(c.truth["lesions"]) for c in phantoms)
+        n_positive = sum(bool(c.truth["lesions"]) for c in phantoms)
+        cache.write_text(json.dumps({"source": manifest, "lesions": n_lesions, "positive_cases": n_positive}))
+        return self.cases, n_lesions, n_positive
+
+    def held_out(self, technique: str) -> Iterator[tuple[Any, Any, Any]]:
+        from analyzers.brainmets.dataset import phantom_case_arrays
+        from analyzers.phantoms.brainmets import simulate_brainmets
+
+        for k in range(self.eval_cases):
+            case = simulate_brainmets(self.seed + 1000, k, spacing_mm=self.spacing_mm)
+            image, labels = phantom_case_arrays(case, technique)  # type: ignore[arg-type]
+            yield image, labels, case.truth_maps[f"{technique}_vessels"]
+
+
+class _LabelledSource:
+    def __init__(self, labels: Path, technique: str, labels_from: str, eval_cases: int) -> None:
+        from analyzers.brainmets.labelled import describe, find_labelled_cases
+
+        cases = find_labelled_cases(labels, technique, labels_from)  # type: ignore[arg-type]
+        if len(cases) - eval_cases < 2:
+            raise TrainingError(f"{describe(cases)} in {labels}: {eval_cases} held out leaves fewer than 2 to train on")
+        self.train_cases = cases[:len(cases) - eval_cases]
+        self.test_cases = cases[len(cases) - eval_cases:]
+        self.description = f"labelled studies in {labels}: {describe(self.train_cases)}"
+        self.validation = (f"{len(self.test_cases)} held-out labelled case(s) of {labels} (the last in UID order), "
+                           "instance metrics of the study" if self.test_cases
+                           else "none beyond nnU-Net's training pseudo-Dice")
+        self.limitation = f"trained on {len(self.train_cases)} labelled case(s) only"
+
+    def write(self, raw: Path, technique: str, labels_from: str) -> tuple[int, int, int]:
+        import SimpleITK as sitk
+
+        from analyzers.brainmets.dataset import write_dataset_cases
+        from analyzers.brainmets.labelled import labelled_case_arrays
+        from analyzers.brainmets.metrics import connected_components
+
+        lesions = positive = 0
+
+        def pairs() -> Iterator[tuple[Any, Any]]:
+            nonlocal lesions, positive
+            for number, case in enumerate(self.train_cases, start=1):
+                print(f"[brainmets] labelled case {number}/{len(self.train_cases)}: {case.case_id}", flush=True)
+                image, labels = labelled_case_arrays(case)
+                count = connected_components(sitk.GetArrayFromImage(labels) > 0)[1]
+                lesions += count
+                positive += bool(count)
+                yield image, labels
+
+        write_dataset_cases(raw, pairs(), len(self.train_cases))
+        return len(self.train_cases), lesions, positive
+
+    def held_out(self, technique: str) -> Iterator[tuple[Any, Any, Any]]:
+        from analyzers.brainmets.labelled import labelled_case_arrays
+
+        for case in self.test_cases:
+            image, labels = labelled_case_arrays(case)
+            yield image, labels, None
 
 
 def train_phantom_model(
@@ -80,9 +188,55 @@ def train_phantom_model(
     epochs: int,
     iterations: int,
     spacing_mm: float,
+    eval_cases: int = 0,
+    **options: Any,
+) -> Path:
+    """Run the whole pipeline on phantoms; return the results folder ``out/model``.
+
+    ``options`` are those of :func:`train_labelled_model` (device, threads, oversample,
+    augment, patch, batch_size, init_weights, lesion_balanced).
+    """
+    if cases < 2:
+        raise TrainingError("need at least 2 cases, 1 epoch and 1 iteration per epoch")
+    return _train(out, _PhantomSource(cases, seed, spacing_mm, eval_cases), technique=technique,
+                  labels_from=labels_from, epochs=epochs, iterations=iterations, **options)
+
+
+def train_labelled_model(
+    out: Path,
+    *,
+    labels: Path,
+    technique: str,
+    labels_from: str,
+    epochs: int,
+    iterations: int,
+    eval_cases: int = 0,
+    **options: Any,
+) -> Path:
+    """Train on labelled studies (a folder of DICOM files or a labels.csv, see
+    :mod:`analyzers.brainmets.labelled`); the last ``eval_cases`` cases are held out and
+    evaluated into the model card. Returns the results folder ``out/model``.
+    """
+    if technique == "space" and labels_from == "space":
+        labels_from = "truth"
+    try:
+        source = _LabelledSource(labels, technique, labels_from, eval_cases)
+    except ValueError as exc:  # LabelsError
+        raise TrainingError(str(exc)) from exc
+    return _train(out, source, technique=technique, labels_from=labels_from, epochs=epochs,
+                  iterations=iterations, **options)
+
+
+def _train(
+    out: Path,
+    source: _Source,
+    *,
+    technique: str,
+    labels_from: str,
+    epochs: int,
+    iterations: int,
     device: str = "cpu",
     threads: int = 1,
-    eval_cases: int = 0,
     oversample: float = 0.33,
     augment: bool = False,
     patch: Sequence[int] = (24, 32, 32),
@@ -90,7 +244,7 @@ def train_phantom_model(
     init_weights: Path | None = None,
     lesion_balanced: bool = False,
 ) -> Path:
-    """Run the whole pipeline on phantoms; return the results folder ``out/model``.
+    """Write the raw dataset from ``source``, plan, preprocess, train and write the card.
 
     ``init_weights`` (an nnU-Net ``checkpoint_final.pth`` of the same plans) starts the
     network from those weights instead of a random initialisation. ``lesion_balanced``
@@ -100,10 +254,9 @@ def train_phantom_model(
     import torch
 
     from analyzers._shared.modelcard import CardMetric, DataDescription, ModelCard, write_model_card
-    from analyzers.brainmets.dataset import balance_lesion_sampling, compact_plans, write_phantom_dataset
-    from analyzers.phantoms.brainmets import simulate_brainmets
+    from analyzers.brainmets.dataset import balance_lesion_sampling, compact_plans
 
-    if cases < 2 or epochs < 1 or iterations < 1:
+    if epochs < 1 or iterations < 1:
         raise TrainingError("need at least 2 cases, 1 epoch and 1 iteration per epoch")
     if not 0.0 <= oversample <= 1.0:
         raise TrainingError("oversample must be between 0 and 1")
@@ -120,25 +273,7 @@ def train_phantom_model(
     dataset_name = f"Dataset{dataset_id:03d}_Brainmets{technique.upper()}{suffix}"
     raw = work / "nnUNet_raw" / dataset_name
     started = time.monotonic()
-    manifest = {"cases": cases, "seed": seed, "spacing_mm": spacing_mm, "labels_from": labels_from}
-    cache = raw / "pacsnode_phantoms.json"
-    if cache.is_file() and {"source", "lesions", "positive_cases"} <= set(json.loads(cache.read_text())) \
-            and json.loads(cache.read_text())["source"] == manifest:
-        # Same phantoms as last time: reuse the written dataset (simulation is the slow part on CPU).
-        cached = json.loads((raw / "pacsnode_phantoms.json").read_text())
-        n_lesions, n_positive = int(cached["lesions"]), int(cached["positive_cases"])
-        print(f"[brainmets] reusing the phantom dataset in {raw}", flush=True)
-    else:
-        phantoms = []
-        for n in range(cases):
-            print(f"[brainmets] phantom {n + 1}/{cases}", flush=True)
-            phantoms.append(simulate_brainmets(seed, n, spacing_mm=spacing_mm))
-        write_phantom_dataset(raw, phantoms, technique, labels_from)  # type: ignore[arg-type]
-        n_lesions = sum(len(c.truth["lesions"]) for c in phantoms)
-        n_positive = sum(bool(c.truth["lesions"]) for c in phantoms)
-        del phantoms
-        (raw / "pacsnode_phantoms.json").write_text(
-            json.dumps({"source": manifest, "lesions": n_lesions, "positive_cases": n_positive}))
+    cases, n_lesions, n_positive = source.write(raw, technique, labels_from)
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
@@ -165,7 +300,7 @@ def train_phantom_model(
     DefaultPreprocessor(verbose=False).run(dataset_id, "3d_fullres", "nnUNetPlans", num_processes=1)
     if lesion_balanced:
         balanced = balance_lesion_sampling(pre / plans["configurations"]["3d_fullres"]["data_identifier"],
-                                           seed=seed)
+                                           seed=0)
         print(f"[brainmets] patch centres balanced over {balanced} lesions", flush=True)
     dataset = json.loads((raw / "dataset.json").read_text())
     # nnU-Net's own entry point passes this flag inside the plans dict.
@@ -189,22 +324,21 @@ def train_phantom_model(
         print(f"[brainmets] starting from the weights of {init_weights}", flush=True)
     print(f"[brainmets] training {epochs} epochs x {iterations} iterations on {device}", flush=True)
     trainer.run_training()
-    source = Path(trainer.output_folder_base)
+    results = Path(trainer.output_folder_base)
     model = Path(out) / "model"
     if model.exists():
         shutil.rmtree(model)
     (model / "fold_all").mkdir(parents=True)
     for name in ("dataset.json", "plans.json"):
-        shutil.copy(source / name, model / name)
-    shutil.copy(source / "fold_all" / "checkpoint_final.pth", model / "fold_all" / "checkpoint_final.pth")
+        shutil.copy(results / name, model / name)
+    shutil.copy(results / "fold_all" / "checkpoint_final.pth", model / "fold_all" / "checkpoint_final.pth")
     ema_dice = trainer.logger.get_value("ema_fg_dice", step=-1)
     metrics = [CardMetric("training EMA pseudo-Dice (nnU-Net, training patches)", float(ema_dice),
                           note="nnU-Net's running foreground Dice on validation patches of the training cases; "
                                "not a held-out result")]
-    if eval_cases > 0:
-        metrics += _held_out_metrics(model, eval_cases, seed + 1000, technique, spacing_mm, threads)
+    metrics += _held_out_metrics(model, source.held_out(technique), threads)
     label_note = ("carried from SPACE by rigid registration" if labels_from == "space"
-                  else "drawn on the series itself (phantom truth)")
+                  else "drawn on the series itself")
     card = ModelCard(
         name=f"brainmets-{technique}" + ("-from-space" if labels_from == "space" else ""),
         version="1",
@@ -216,18 +350,17 @@ def train_phantom_model(
         intended_use="research on phantoms: detection and segmentation of brain metastases on 3D T1C; "
                      "not for clinical use",
         data=DataDescription(
-            source=f"phantom cohort brainmets, seed {seed}, {cases} cases at {spacing_mm} mm",
+            source=source.description,
             n_cases=cases, n_patients=cases, n_positive=n_positive,
             positive_label="metastasis voxels", negative_label="background",
             features=(f"{technique.upper()}-like T1C",),
             notes=f"{n_lesions} lesions; labels {label_note}",
         ),
-        validation=(f"held-out phantoms (seed {seed + 1000}, {eval_cases} cases), instance metrics of the study"
-                    if eval_cases > 0 else "none beyond nnU-Net's training pseudo-Dice"),
+        validation=source.validation,
         metrics=tuple(metrics),
         references=("Isensee et al., nnU-Net, Nat Methods 2021",
                     "MRI cross-technique transfer learning for brain metastasis detection, Eur Radiol Exp 2025;9:15"),
-        limitations=("trained on synthetic phantoms only",
+        limitations=(source.limitation,
                      f"{epochs} epochs x {iterations} iterations"
                      + (f" fine-tuning the weights of {init_weights}" if init_weights is not None else "")
                      + ": a short run"),
@@ -241,37 +374,37 @@ def train_phantom_model(
     return model
 
 
-def _held_out_metrics(model: Path, cases: int, seed: int, technique: str, spacing_mm: float,
-                      threads: int) -> list[Any]:
+def _held_out_metrics(model: Path, cases: Iterator[tuple[Any, Any, Any]], threads: int) -> list[Any]:
+    """Card metrics of ``model`` on held-out (image, labels, vessel fraction or None) cases."""
     import SimpleITK as sitk
 
     from analyzers._shared.modelcard import CardMetric
-    from analyzers.brainmets.dataset import phantom_case_arrays
     from analyzers.brainmets.evaluate import vessel_false_positives
     from analyzers.brainmets.inference import NnUNetModel
     from analyzers.brainmets.instances import DEFAULT_MIN_VOXELS
     from analyzers.brainmets.metrics import evaluate_case, pooled_metrics, summarize_cases
-    from analyzers.phantoms.brainmets import simulate_brainmets
 
     net = NnUNetModel(model, threads=threads)
     results, visible = [], []
     on_vessels = 0
-    for k in range(cases):
-        case = simulate_brainmets(seed, k, spacing_mm=spacing_mm)
-        image, labels = phantom_case_arrays(case, technique)  # type: ignore[arg-type]
+    has_vessels = False
+    for k, (image, labels, vessels) in enumerate(cases):
         gt = sitk.GetArrayFromImage(labels) > 0
         pred = net.predict_image(image) > 0
         results.append(evaluate_case(gt, pred, str(k)))
         # As the analyzer reports them: components under DEFAULT_MIN_VOXELS dropped, in truth and prediction.
         visible.append(evaluate_case(_drop_small(gt), _drop_small(pred), str(k)))
-        vessel_fp = vessel_false_positives(pred, gt, case.truth_maps[f"{technique}_vessels"])
+        vessel_fp = vessel_false_positives(pred, gt, vessels) if vessels is not None else 0
+        has_vessels = has_vessels or vessels is not None
         on_vessels += vessel_fp
-        print(f"[brainmets] held-out case {k + 1}/{cases}: {results[-1].true_positives} TP, "
+        print(f"[brainmets] held-out case {k + 1}: {results[-1].true_positives} TP, "
               f"{results[-1].false_positives} FP ({vessel_fp} on vessels), {results[-1].false_negatives} FN",
               flush=True)
+    if not results:
+        return []
     out = [CardMetric("false-positive instances on vessels (sum over held-out cases)", float(on_vessels),
-                      note=f"of {sum(r.false_positives for r in results)} false-positive instances in {cases} "
-                           "cases; bright on MPRAGE-like, dark on SPACE-like phantoms")]
+                      note=f"of {sum(r.false_positives for r in results)} false-positive instances in {len(results)} "
+                           "cases; bright on MPRAGE-like, dark on SPACE-like phantoms")] if has_vessels else []
     for tag, rows in (("", results), (f" (lesions >= {DEFAULT_MIN_VOXELS} voxels)", visible)):
         summary = summarize_cases(rows)
         pooled = pooled_metrics(rows)
@@ -301,18 +434,19 @@ def _drop_small(mask: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of ``pacsnode train brainmets``; returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.labels is not None:
-        print("pacsnode train brainmets: training from the node's labelled studies is not supported yet; "
-              "use --phantom", file=sys.stderr)
-        return 2
+    options = dict(device=args.device, threads=args.threads, oversample=args.oversample, augment=args.augment,
+                   patch=args.patch, batch_size=args.batch_size, init_weights=args.init_weights,
+                   lesion_balanced=args.lesion_balanced)
     try:
-        model = train_phantom_model(
-            args.out, cases=args.cases, seed=args.seed, technique=args.technique, labels_from=args.labels_from,
-            epochs=args.epochs, iterations=args.iterations, spacing_mm=args.spacing, device=args.device,
-            threads=args.threads, eval_cases=args.eval_cases, oversample=args.oversample, augment=args.augment,
-            patch=args.patch, batch_size=args.batch_size, init_weights=args.init_weights,
-            lesion_balanced=args.lesion_balanced,
-        )
+        if args.labels is not None:
+            model = train_labelled_model(
+                args.out, labels=args.labels, technique=args.technique, labels_from=args.labels_from,
+                epochs=args.epochs, iterations=args.iterations, eval_cases=args.eval_cases, **options)
+        else:
+            model = train_phantom_model(
+                args.out, cases=args.cases, seed=args.seed, technique=args.technique, labels_from=args.labels_from,
+                epochs=args.epochs, iterations=args.iterations, spacing_mm=args.spacing,
+                eval_cases=args.eval_cases, **options)
     except (TrainingError, ValueError) as exc:
         print(f"pacsnode train brainmets: {exc}", file=sys.stderr)
         return 1
