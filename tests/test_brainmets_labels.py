@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import generate_uid
 
 from analyzers._shared import outputs as out
 from analyzers._shared.volume import load_series
@@ -41,8 +42,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarr
         assert mask.any()
         seg = out.build_segmentation(volume, [out.Segment(METASTASIS_SEGMENT, mask)],
                                      out.Algorithm(name="labels", version="1"))
+        seg.Manufacturer = "Site annotation tool"  # a reader's labels, not pacsnode's own prediction
         (folder / "seg").mkdir()
         seg.save_as(folder / "seg" / "seg.dcm")
+        if k == 0:  # pacsnode's own prediction stored beside it: not a label
+            seg.SeriesInstanceUID, seg.SOPInstanceUID = generate_uid(), generate_uid()
+            seg.Manufacturer = out.MANUFACTURER
+            seg.save_as(folder / "seg" / "prediction.dcm")
         masks.append(mask)
     return root, masks
 
@@ -55,7 +61,7 @@ def test_a_folder_of_studies_gives_one_case_per_seg_of_the_technique(store: tupl
         assert {p.parent.name for p in case.image_files} == {"space"}
         assert [p.name for p in case.seg_files] == ["seg.dcm"]
         assert case.seg_on == ()
-    with pytest.raises(LabelsError, match="no labelled mprage study"):
+    with pytest.raises(LabelsError, match="no labelled mprage study.*1 SEG series made by pacsnode itself"):
         find_labelled_cases(root, "mprage")
     carried = find_labelled_cases(root, "mprage", "space")  # setting B: SPACE labels onto MPRAGE
     assert len(carried) == 3
@@ -87,7 +93,7 @@ def test_labels_csv_and_its_errors(store: tuple[Path, list[np.ndarray]], tmp_pat
     csv_file.write_text("case,series_dir,seg\n" + "".join(
         f"s{k},study-{k}/space,study-{k}/seg/seg.dcm\n" for k in range(3)), encoding="utf-8")
     cases = find_labelled_cases(csv_file, "space")
-    assert [c.case_id for c in cases] == ["s0", "s1", "s2"]
+    assert [c.case_id for c in cases] == ["s0", "s1", "s2"]  # a CSV names its SEG explicitly
     assert cases[0].seg_files == (root / "study-0" / "seg" / "seg.dcm",)
     broken = tmp_path / "labels.csv"
     broken.write_text("series_dir\nstudy-0/space\n", encoding="utf-8")

@@ -212,11 +212,14 @@ def phantom_case_arrays(
 
 def write_dataset_cases(raw_folder: Path, cases: Iterable[tuple[Any, Any]], count: int) -> Path:
     """Write ``count`` (SimpleITK image, label image) pairs as an nnU-Net raw dataset."""
+    import shutil
+
     import SimpleITK as sitk
 
     raw_folder = Path(raw_folder)
-    (raw_folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (raw_folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.rmtree(raw_folder / sub, ignore_errors=True)  # cases of an earlier, larger run
+        (raw_folder / sub).mkdir(parents=True)
     written = 0
     for n, (image, labels) in enumerate(cases):
         name = f"bm_{n:04d}"

@@ -8,7 +8,10 @@ segment of the SEG counts as metastasis). Two ways to name them:
   Sequence names an image series present in the folder makes a case. The image
   series' technique is read from its header as the analyzer reads it
   (:func:`analyzers.brainmets.inference.detect_technique`), and only cases of the
-  requested technique are kept. For ``--technique mprage --labels-from space``
+  requested technique are kept. SEGs made by pacsnode itself (Manufacturer
+  ``pacsnode``: the analyzers' own predictions, which a node's storage holds too) are
+  not labels and are skipped, as are SEGs without a Referenced Series Sequence (name
+  those in a labels.csv). For ``--technique mprage --labels-from space``
   (the study's setting B) a SEG drawn on a SPACE series labels the MPRAGE series
   of the same study: the labels are carried by rigid registration.
 * a ``labels.csv`` with one row per case: ``series_dir`` (folder of the image
@@ -30,6 +33,7 @@ import numpy as np
 __all__ = ["LabelledCase", "LabelsError", "describe", "find_labelled_cases", "labelled_case_arrays"]
 
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+_OWN_MANUFACTURER = "pacsnode"  # analyzers._shared.outputs.MANUFACTURER
 
 
 class LabelsError(ValueError):
@@ -55,6 +59,7 @@ class _Series:
     study_uid: str
     modality: str
     sop_class: str
+    manufacturer: str
     attributes: dict[str, Any]
     files: list[Path]
     referenced_series: set[str]
@@ -69,7 +74,7 @@ def _scan(folder: Path) -> dict[str, _Series]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True,
                                  specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "Modality",
-                                                "SOPClassUID", "SequenceName", "SeriesDescription",
+                                                "SOPClassUID", "Manufacturer", "SequenceName", "SeriesDescription",
                                                 "ProtocolName", "ScanningSequence", "ReferencedSeriesSequence"])
         except (InvalidDicomError, OSError, EOFError, ValueError):
             continue  # not DICOM (an index, a log): the folder may be a node's storage
@@ -80,7 +85,7 @@ def _scan(folder: Path) -> dict[str, _Series]:
         if entry is None:
             entry = series[uid] = _Series(
                 study_uid=str(ds.get("StudyInstanceUID", "")), modality=str(ds.get("Modality", "")),
-                sop_class=str(ds.get("SOPClassUID", "")),
+                sop_class=str(ds.get("SOPClassUID", "")), manufacturer=str(ds.get("Manufacturer", "")),
                 attributes={k: ds.get(k) for k in ("SequenceName", "SeriesDescription", "ProtocolName",
                                                   "ScanningSequence")},
                 files=[], referenced_series=set())
@@ -100,11 +105,16 @@ def _technique_of(entry: _Series) -> str | None:
         return None
 
 
-def _from_folder(folder: Path, technique: str, labels_from: str) -> list[LabelledCase]:
+def _from_folder(folder: Path, technique: str, labels_from: str) -> tuple[list[LabelledCase], list[str]]:
+    """The cases of a scanned folder, and what was skipped (for the message when none is found)."""
     series = _scan(folder)
     segs = [(uid, s) for uid, s in series.items() if s.modality == "SEG" or s.sop_class == _SEG_SOP_CLASS]
+    own = [uid for uid, s in segs if s.manufacturer == _OWN_MANUFACTURER]
+    unreferenced = [uid for uid, s in segs if not s.referenced_series]
     cases: list[LabelledCase] = []
-    for seg_uid, seg in segs:
+    for _, seg in segs:
+        if seg.manufacturer == _OWN_MANUFACTURER:
+            continue
         for drawn_on in sorted(seg.referenced_series & series.keys()):
             source = series[drawn_on]
             source_technique = _technique_of(source)
@@ -115,11 +125,14 @@ def _from_folder(folder: Path, technique: str, labels_from: str) -> list[Labelle
                     if other.study_uid == source.study_uid and _technique_of(other) == "mprage":
                         cases.append(LabelledCase(f"{other.study_uid}/{uid}", tuple(other.files),
                                                   tuple(seg.files), tuple(source.files)))
-        if not seg.referenced_series:
-            raise LabelsError(f"the SEG series {seg_uid} has no Referenced Series Sequence: "
-                              "name its image series in a labels.csv instead")
+    skipped = []
+    if own:
+        skipped.append(f"{len(own)} SEG series made by pacsnode itself (its predictions are not labels)")
+    if unreferenced:
+        skipped.append(f"{len(unreferenced)} SEG series without a Referenced Series Sequence "
+                       "(name their image series in a labels.csv)")
     unique = {c.case_id: c for c in cases}
-    return [unique[k] for k in sorted(unique)]
+    return [unique[k] for k in sorted(unique)], skipped
 
 
 def _files(path: Path) -> tuple[Path, ...]:
@@ -158,16 +171,18 @@ def find_labelled_cases(source: Path, technique: Literal["space", "mprage"],
         Nothing labelled of the technique was found, or the CSV is broken.
     """
     source = Path(source)
+    skipped: list[str] = []
     if source.is_file():
         cases = _from_csv(source)
     elif source.is_dir():
-        cases = _from_folder(source, technique, labels_from)
+        cases, skipped = _from_folder(source, technique, labels_from)
     else:
         raise LabelsError(f"{source} is neither a folder of DICOM files nor a labels.csv")
     if not cases:
         wanted = "a SEG on a SPACE series and an MPRAGE series in the same study" if (
             technique == "mprage" and labels_from == "space") else f"a SEG that references a {technique} series"
-        raise LabelsError(f"no labelled {technique} study in {source}: each case needs {wanted}")
+        raise LabelsError(f"no labelled {technique} study in {source}: each case needs {wanted}"
+                          + (f"; skipped: {'; '.join(skipped)}" if skipped else ""))
     return cases
 
 

@@ -297,6 +297,8 @@ def _train(
     (pre / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
     shutil.copy(raw / "dataset.json", pre / "dataset.json")
     print("[brainmets] nnU-Net preprocessing", flush=True)
+    # nnU-Net trains fold "all" on every case it finds here: drop those of an earlier run.
+    shutil.rmtree(pre / plans["configurations"]["3d_fullres"]["data_identifier"], ignore_errors=True)
     DefaultPreprocessor(verbose=False).run(dataset_id, "3d_fullres", "nnUNetPlans", num_processes=1)
     if lesion_balanced:
         balanced = balance_lesion_sampling(pre / plans["configurations"]["3d_fullres"]["data_identifier"],
