@@ -61,7 +61,7 @@ def test_a_folder_of_studies_gives_one_case_per_seg_of_the_technique(store: tupl
         assert {p.parent.name for p in case.image_files} == {"space"}
         assert [p.name for p in case.seg_files] == ["seg.dcm"]
         assert case.seg_on == ()
-    with pytest.raises(LabelsError, match="no labelled mprage study.*1 SEG series made by pacsnode itself"):
+    with pytest.raises(LabelsError, match=r"no labelled mprage study.*1 SEG series made by pacsnode itself"):
         find_labelled_cases(root, "mprage")
     carried = find_labelled_cases(root, "mprage", "space")  # setting B: SPACE labels onto MPRAGE
     assert len(carried) == 3
