@@ -579,3 +579,11 @@ def test_report_citing_its_predecessor_is_valid(axial: Volume, tmp_path: Path) -
     back = hd.sr.srread(path)
     cited = back.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert cited.ReferencedSOPInstanceUID == earlier.SOPInstanceUID
+
+
+def test_default_series_description_names_pacsnode_once(axial: Volume) -> None:
+    for name in ("meningioma", "pacsnode brainmets"):
+        _, _, _, description = out.OutputSeries().resolve(axial, out.Algorithm(name, "1"), "SEG", 300)
+        assert description == f"pacsnode {name.removeprefix('pacsnode ')} SEG"
+    given = out.OutputSeries(series_description="site text").resolve(axial, out.Algorithm("dce", "1"), "PM", 1)
+    assert given[3] == "site text"

@@ -143,7 +143,9 @@ class OutputSeries:
         self, source: Volume, algorithm: Algorithm, kind: str, default_number: int
     ) -> tuple[str, str, int, str]:
         """Series UID, SOP UID, series number and description of the object."""
-        description = self.series_description or f"pacsnode {algorithm.name} {kind}"
+        # Some analyzers name themselves "pacsnode dsc", others "meningioma": one prefix either way.
+        name = algorithm.name if algorithm.name.startswith(MANUFACTURER) else f"{MANUFACTURER} {algorithm.name}"
+        description = self.series_description or f"{name} {kind}"
         description = description[:64]
         series_uid = self.series_instance_uid or derive_uid(
             source.series_instance_uid, algorithm.name, algorithm.version, kind, "series"
