@@ -131,3 +131,17 @@ def test_train_on_labelled_studies_holds_out_and_cards(store: tuple[Path, list[n
     assert f"labelled studies in {root}: 2 labelled case(s)" in card
     assert "1 held-out labelled case(s)" in card and "pooled instance F1" in card
     assert train.main(["--labels", str(root), "--out", str(run), "--eval-cases", "2"]) == 1
+
+
+def test_a_node_storage_is_read_from_store_not_from_duplicates(store: tuple[Path, list[np.ndarray]],
+                                                               tmp_path: Path) -> None:
+    import shutil
+
+    root, _ = store
+    node = tmp_path / "var"
+    shutil.copytree(root / "study-0", node / "store" / "study-0")
+    (node / "duplicates").mkdir()
+    shutil.copytree(root / "study-1", node / "duplicates" / "study-1")  # a differing copy set aside
+    (node / "index.sqlite").write_bytes(b"SQLite format 3\x00")
+    cases = find_labelled_cases(node, "space")
+    assert [c.image_files[0].parent.parent.name for c in cases] == ["study-0"]

@@ -3,8 +3,9 @@
 A labelled case is a 3D T1C image series and a DICOM SEG of its metastases (every
 segment of the SEG counts as metastasis). Two ways to name them:
 
-* a folder of DICOM files, such as the node's ``[storage] path`` or a PACS export:
-  it is scanned recursively (headers only); every SEG whose Referenced Series
+* a folder of DICOM files, such as the node's ``[storage] path`` (of which only
+  ``store/`` is read, not the duplicates set aside) or a PACS export: it is scanned
+  recursively (headers only); every SEG whose Referenced Series
   Sequence names an image series present in the folder makes a case. The image
   series' technique is read from its header as the analyzer reads it
   (:func:`analyzers.brainmets.inference.detect_technique`), and only cases of the
@@ -69,6 +70,10 @@ def _scan(folder: Path) -> dict[str, _Series]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    if (folder / "index.sqlite").is_file() and (folder / "store").is_dir():
+        # A node's storage: its instances are under store/; duplicates/ holds the differing
+        # copies the keep_first policy set aside, which are not the stored instances.
+        folder = folder / "store"
     series: dict[str, _Series] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
