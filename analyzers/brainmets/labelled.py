@@ -34,7 +34,6 @@ import numpy as np
 __all__ = ["LabelledCase", "LabelsError", "describe", "find_labelled_cases", "labelled_case_arrays"]
 
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-_OWN_MANUFACTURER = "pacsnode"  # analyzers._shared.outputs.MANUFACTURER
 
 
 class LabelsError(ValueError):
@@ -112,22 +111,24 @@ def _technique_of(entry: _Series) -> str | None:
 
 def _from_folder(folder: Path, technique: str, labels_from: str) -> tuple[list[LabelledCase], list[str]]:
     """The cases of a scanned folder, and what was skipped (for the message when none is found)."""
+    from analyzers._shared.outputs import MANUFACTURER
+
     series = _scan(folder)
     segs = [(uid, s) for uid, s in series.items() if s.modality == "SEG" or s.sop_class == _SEG_SOP_CLASS]
-    own = [uid for uid, s in segs if s.manufacturer == _OWN_MANUFACTURER]
+    own = [uid for uid, s in segs if s.manufacturer == MANUFACTURER]
     unreferenced = [uid for uid, s in segs if not s.referenced_series]
+    techniques = {uid: _technique_of(s) for uid, s in series.items()}
     cases: list[LabelledCase] = []
     for _, seg in segs:
-        if seg.manufacturer == _OWN_MANUFACTURER:
+        if seg.manufacturer == MANUFACTURER:
             continue
         for drawn_on in sorted(seg.referenced_series & series.keys()):
             source = series[drawn_on]
-            source_technique = _technique_of(source)
-            if source_technique == technique:
+            if techniques[drawn_on] == technique:
                 cases.append(LabelledCase(f"{source.study_uid}/{drawn_on}", tuple(source.files), tuple(seg.files)))
-            elif technique == "mprage" and labels_from == "space" and source_technique == "space":
+            elif technique == "mprage" and labels_from == "space" and techniques[drawn_on] == "space":
                 for uid, other in series.items():
-                    if other.study_uid == source.study_uid and _technique_of(other) == "mprage":
+                    if other.study_uid == source.study_uid and techniques[uid] == "mprage":
                         cases.append(LabelledCase(f"{other.study_uid}/{uid}", tuple(other.files),
                                                   tuple(seg.files), tuple(source.files)))
     skipped = []

@@ -217,8 +217,6 @@ def train_labelled_model(
     :mod:`analyzers.brainmets.labelled`); the last ``eval_cases`` cases are held out and
     evaluated into the model card. Returns the results folder ``out/model``.
     """
-    if technique == "space" and labels_from == "space":
-        labels_from = "truth"
     try:
         source = _LabelledSource(labels, technique, labels_from, eval_cases)
     except ValueError as exc:  # LabelsError
@@ -297,12 +295,12 @@ def _train(
     (pre / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
     shutil.copy(raw / "dataset.json", pre / "dataset.json")
     print("[brainmets] nnU-Net preprocessing", flush=True)
+    preprocessed = pre / plans["configurations"]["3d_fullres"]["data_identifier"]
     # nnU-Net trains fold "all" on every case it finds here: drop those of an earlier run.
-    shutil.rmtree(pre / plans["configurations"]["3d_fullres"]["data_identifier"], ignore_errors=True)
+    shutil.rmtree(preprocessed, ignore_errors=True)
     DefaultPreprocessor(verbose=False).run(dataset_id, "3d_fullres", "nnUNetPlans", num_processes=1)
     if lesion_balanced:
-        balanced = balance_lesion_sampling(pre / plans["configurations"]["3d_fullres"]["data_identifier"],
-                                           seed=0)
+        balanced = balance_lesion_sampling(preprocessed, seed=0)
         print(f"[brainmets] patch centres balanced over {balanced} lesions", flush=True)
     dataset = json.loads((raw / "dataset.json").read_text())
     # nnU-Net's own entry point passes this flag inside the plans dict.
