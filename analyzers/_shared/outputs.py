@@ -86,6 +86,9 @@ class Algorithm:
     name: str
     version: str
     family: Code = c.ARTIFICIAL_INTELLIGENCE
+    parameters: tuple[str, ...] = ()
+    """TID 4019 Algorithm Parameters of the SR (e.g. the probability model and its
+    validation, :meth:`analyzers._shared.probability.ProbabilityCalibration.algorithm_parameters`)."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -99,7 +102,9 @@ class Algorithm:
 
     def sr_template(self) -> hd.sr.AlgorithmIdentification:
         """The SR template TID 4019 Algorithm Identification."""
-        return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
+        return hd.sr.AlgorithmIdentification(
+            name=self.name, version=self.version, parameters=list(self.parameters) or None
+        )
 
 
 @dataclass(frozen=True)
@@ -744,6 +749,7 @@ def build_measurement_report(
     study_measurements: Sequence[MeasuredValue] = (),
     texts: Sequence[tuple[Code, str]] = (),
     evidence: Sequence[Dataset] = (),
+    evaluations: Sequence[tuple[Code, Code]] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report (Comprehensive 3D SR) with one group per lesion.
 
@@ -766,6 +772,11 @@ def build_measurement_report(
         (which always hold the not-for-clinical-use text).
     evidence:
         Other instances referenced (e.g. a prior study's SR).
+    evaluations:
+        Coded statements about the whole study, added to the report's
+        Qualitative Evaluations (TID 1500 row "Qualitative Evaluations"), e.g.
+        ``(codes.MENINGIOMA, codes.ABSENT)`` when the analyzer found nothing:
+        the "nothing found" outcome is then a coded finding, not a missing one.
     """
     refs = _Evidence(source, segmentation, tuple(evidence))
     groups: list[object] = [_lesion_group(les, template, refs, algorithm) for les in lesions]
@@ -774,7 +785,7 @@ def build_measurement_report(
         raise OutputError(f"tracking identifiers must be unique, got {ids}")
     if study_measurements:
         groups.append(_study_group(source, template, algorithm, study_measurements, ()))
-    return _report_document(template, groups, refs, algorithm, output, texts)
+    return _report_document(template, groups, refs, algorithm, output, texts, evaluations)
 
 
 def _study_group(
