@@ -319,9 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose options the analyzers parse (``pacsnode phantom --help`` included).
+_DELEGATED = ("phantom", "train", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in _DELEGATED:
+        # argparse's REMAINDER drops a leading option such as --help; hand everything over as is.
+        return _delegate(arguments[0])(argparse.Namespace(rest=arguments[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -143,8 +143,9 @@ VERTEBRAE: MappingProxyType[str, Code] = MappingProxyType({
     "L3": Code("36470004", "SCT", "L3 vertebra"),
     "L4": Code("11994002", "SCT", "L4 vertebra"),
     "L5": Code("49668003", "SCT", "L5 vertebra"),
+    "S1": Code("65985001", "SCT", "First sacral vertebra"),
 })
-"""Vertebral levels (SCT) keyed by their usual label."""
+"""Vertebral levels (SCT) keyed by their usual label (the spine phantom and detector reach S1)."""
 
 # -------------------------------------------------------------------------- UCUM
 NO_UNITS = Code("1", "UCUM", "no units")

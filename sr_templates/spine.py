@@ -44,7 +44,7 @@ TEMPLATE = ReportTemplate(
 
 
 def vertebra(level: str) -> Code:
-    """SCT code of a thoracolumbar vertebral level (``"T12"``, ``"L1"``)."""
+    """SCT code of a thoracolumbar or S1 vertebral level (``"T12"``, ``"L1"``, ``"S1"``)."""
     try:
         return c.VERTEBRAE[level.upper()]
     except KeyError:

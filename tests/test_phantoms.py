@@ -489,3 +489,14 @@ class TestCli:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert phantom_main(["dsc", "--out", str(tmp_path), "--set", "bogus=1"]) == 2
         assert "no option 'bogus'" in capsys.readouterr().err
+
+
+def test_pacsnode_phantom_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """``pacsnode phantom --help`` prints the phantom command's usage (argparse's REMAINDER alone
+    would drop a leading ``--help``)."""
+    from node.cli import main as pacsnode_main
+
+    with pytest.raises(SystemExit) as done:
+        pacsnode_main(["phantom", "--help"])
+    assert done.value.code == 0
+    assert "usage: pacsnode phantom" in capsys.readouterr().out

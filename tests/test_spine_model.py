@@ -106,3 +106,13 @@ def test_training_command_on_a_tiny_phantom_cohort(tmp_path: Path, capsys: pytes
                  "--batch-size", "4", "--search-trials", "1", "--bootstrap", "20", "--threads", "1",
                  "--quiet", "--out", str(out)]) == 0
     assert SpineModelSet.load(out).models.keys() == {"t2", "t1c"}
+
+
+def test_every_level_the_detector_names_has_a_code() -> None:
+    """The detector labels bodies T10-S1; each level gets an SCT code in the SR (S1 once failed
+    the whole job with "unknown vertebral level 'S1'")."""
+    from analyzers.spine.detect import _LEVELS
+    from sr_templates.spine import vertebra
+
+    assert vertebra("S1").value == "65985001"
+    assert all(vertebra(level).scheme_designator == "SCT" for level in _LEVELS)

@@ -115,6 +115,10 @@ def vendor_key(scanner: Scanner) -> str:
     return "siemens" if "siemens" in m else "ge" if m.startswith("ge") else "philips"
 
 
+#: MR Image Module (PS3.3 C.8.3.1) Type 2 attributes: written empty when a sequence does not set them.
+_MR_IMAGE_TYPE2 = ("ScanOptions", "MRAcquisitionType", "EchoTime", "EchoTrainLength")
+
+
 def _base_dataset(series: SeriesData, patient: Patient, scanner: Scanner) -> Dataset:
     study = series.study
     ds = Dataset()
@@ -171,6 +175,10 @@ def _base_dataset(series: SeriesData, patient: Patient, scanner: Scanner) -> Dat
     ds.ImagesInAcquisition = grid.shape[0]
     for keyword, value in series.attributes.items():
         setattr(ds, keyword, value)
+    # MR Image Module Type 2 attributes a phantom's sequence does not set: present and empty.
+    for keyword in _MR_IMAGE_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
     if series.is_dynamic:
         ds.NumberOfTemporalPositions = series.pixels.shape[0]
         if series.pixels.shape[0] > 1:

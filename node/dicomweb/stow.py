@@ -169,9 +169,8 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
         raise PayloadTooLarge(f"the body has {int(declared)} bytes; [http] max_upload_mb allows "
                               f"{limit} ({service.http.max_upload_mb:g} MB)")
     study = request.path_params.get("study")
-    # the source recorded with the instances: the token's name, else the client's address
-    calling = (getattr(request.state, "token_name", "")
-               or (request.client.host if request.client else ""))
+    # SourceApplicationEntityTitle of the stored files: the token's name, else the service's
+    calling = getattr(request.state, "token_name", "") or "STOW-RS"
     reader = MultipartReader(boundary)
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future[PartResult]] = []

@@ -57,6 +57,20 @@ def test_bearer_tokens(tmp_path: Path, files: list[Path]) -> None:
         server.stop()
 
 
+def test_stow_without_a_token_names_the_service_as_source(tmp_path: Path, files: list[Path]) -> None:
+    """SourceApplicationEntityTitle of a STOW-stored file is the token's name, else ``STOW-RS``
+    (never the client's address, which is no AE title)."""
+    server, settings = start_service(tmp_path)
+    try:
+        with StowClient(server.url) as anyone:
+            assert anyone.store_files(files).ok
+        stored = sorted((settings.storage.path / "store").rglob("*.dcm"))
+        assert len(stored) == len(files)
+        assert {dcmread(f).file_meta.SourceApplicationEntityTitle for f in stored} == {"STOW-RS"}
+    finally:
+        server.stop()
+
+
 def test_cors_for_a_browser_viewer(tmp_path: Path) -> None:
     viewer = "http://viewer.example:3000"
     server, _ = start_service(tmp_path, cors_origins=[viewer], tokens=[{"token": READ}])
