@@ -43,6 +43,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "TlsSettings",
+    "ViewerSettings",
     "load_settings",
 ]
 
@@ -302,6 +303,18 @@ class AuditSettings(_Section):
     app_name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[!-~]+$")] = "pacsnode"
 
 
+class ViewerSettings(_Section):
+    """``[viewer]``: the OHIF viewer served at ``/viewer`` (node.ui.viewer).
+
+    ``ohif_path`` names the folder of an OHIF 3 build (the ``dist/`` of ``@ohif/app``);
+    empty means the cache folder ``make demo`` and ``make test`` install it into. The viewer
+    is off when that folder holds no ``index.html`` or ``enabled`` is false.
+    """
+
+    enabled: bool = True
+    ohif_path: str = ""
+
+
 class Settings(_Section):
     """All of the node's settings."""
 
@@ -314,6 +327,7 @@ class Settings(_Section):
     priors: PriorsSettings = Field(default_factory=PriorsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    viewer: ViewerSettings = Field(default_factory=ViewerSettings)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Settings:

@@ -49,6 +49,8 @@ from node.storage.store import InstanceStore
 from node.ui import queries
 from node.ui.activity import IngestRate, LogBuffer, sparkline
 from node.ui.render import render_png, time_curve_png, time_points
+from node.ui.viewer import OhifViewer, app_config, find_ohif
+from node.ui.viewer import PREFIX as VIEWER_PREFIX
 
 __all__ = ["PREFIX", "StatusPages", "create_ui", "mount_ui"]
 
@@ -158,6 +160,7 @@ class StatusPages:
         self._curves: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._dashboard_lock = threading.Lock()
         self._dashboard_cache: tuple[float, dict[str, Any]] = (-1e9, {})
+        self.ohif = find_ohif(settings)
 
     def close(self) -> None:
         """Stop listening to the logs and the ingestor."""
@@ -211,7 +214,7 @@ class StatusPages:
         html = self.env.get_template(template).render(
             request=request, grant=grant, csrf=self.csrf(grant) if grant else "", auth=bool(self._tokens),
             ae_title=self.settings.dicom.ae_title, dicomweb=self.settings.http.base_path.rstrip("/"),
-            msg=request.query_params.get("msg", ""), **context)
+            msg=request.query_params.get("msg", ""), viewer=VIEWER_PREFIX if self.ohif else "", **context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def _guard(self, request: Request) -> Grant | Response:
@@ -517,7 +520,7 @@ class StatusPages:
         form = await request.form()
         presented = str(form.get("token", "")).strip()
         target = str(form.get("next") or PREFIX + "/")
-        if not target.startswith(PREFIX) or "//" in target or "\\" in target:
+        if not target.startswith((PREFIX, VIEWER_PREFIX)) or "//" in target or "\\" in target:
             target = PREFIX + "/"
         for token, scope, name in self._tokens:
             if hmac.compare_digest(token.encode(), presented.encode()):
@@ -528,6 +531,23 @@ class StatusPages:
                 return response
         return self._page(request, None, "login.html", {"next": target, "error": "That token is not valid."},
                           status=401)
+
+    def viewer_config(self, request: Request) -> Response:
+        """OHIF's configuration for the signed-in browser (node.ui.viewer.app_config); a browser
+        not signed in is sent to the sign-in page and back to the viewer page it came from."""
+        headers = {"Cache-Control": "no-store"}
+        if self.ohif is None:
+            return Response("// the OHIF viewer is not installed\n", status_code=404,
+                            media_type="text/javascript", headers=headers)
+        grant = self.grant(request)
+        if grant is None:
+            script = ("window.location.replace('/ui/login?next=' + encodeURIComponent("
+                      "window.location.pathname + window.location.search));\n")
+            return Response(script, media_type="text/javascript", headers=headers)
+        token = None if grant.via == "open" else grant.key.decode()
+        base = self.settings.http.base_path
+        return Response(app_config(base, token, self.settings.dicom.ae_title), media_type="text/javascript",
+                        headers=headers)
 
     async def logout(self, request: Request) -> Response:
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
@@ -555,6 +575,7 @@ class StatusPages:
             Route(p + "/audit", self.audit),
             Route(p + "/instances/{sop}/file", self.download),
             Route(p + "/instances/{sop}/rendered.png", self.rendered),
+            Route(p + "/viewer/app-config.js", self.viewer_config),
             Route(p + "/login", self.login_form, methods=["GET"]),
             Route(p + "/login", self.login, methods=["POST"]),
             Route(p + "/logout", self.logout, methods=["POST"]),
@@ -578,6 +599,7 @@ class _WithUi:
         self.ui = ui
         self.pages = pages
         self.base_path = base_path
+        self.viewer = OhifViewer(pages.ohif) if pages.ohif is not None else None
         self.state = getattr(app, "state", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -585,6 +607,9 @@ class _WithUi:
             path = scope["path"]
             if path == PREFIX or path.startswith(PREFIX + "/"):
                 await self.ui(scope, receive, send)
+                return
+            if self.viewer is not None and (path == VIEWER_PREFIX or path.startswith(VIEWER_PREFIX + "/")):
+                await self.viewer(scope, receive, send)
                 return
             if path == "/" and self.base_path != "/" and scope["method"] in ("GET", "HEAD"):
                 await RedirectResponse(PREFIX + "/", status_code=307)(scope, receive, send)
