@@ -254,7 +254,8 @@ def test_pretreatment_then_followup_sr_in_orthanc_cites_the_first(flat_case: Pat
     second = next(j for j in dce_node.latest().values() if j["id"] != first["id"])
     elapsed = time.monotonic() - started
     assert first["study_uid"] != second["study_uid"]
-    assert len(first["outputs"]) == len(second["outputs"]) == 7  # Ktrans, vp, ve, kep, T1 maps, SEG, SR
+    # Ktrans, vp, ve, kep, T1 maps (float and integer-scaled), SEG, SR
+    assert len(first["outputs"]) == len(second["outputs"]) == 12
 
     first_sr = orthanc_sr(orthanc, first["outputs"], tmp_path / "first")
     second_sr = orthanc_sr(orthanc, second["outputs"], tmp_path / "second")

@@ -239,7 +239,8 @@ def test_measurement_report_roundtrip(axial: Volume, tmp_path: Path, with_seg: b
     assert group.finding_type == c.METASTASIS
     assert [s.value for s in group.finding_sites] == [c.BRAIN]
     values = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()}
-    assert values["118565006"] == pytest.approx((first.sum() * 2.16, "mm3"))
+    assert values["118565006"][0] == pytest.approx(first.sum() * 2.16, rel=5e-4)  # 4 significant digits
+    assert values["118565006"][1] == "mm3"
     assert values["122157"] == (86.5, "%")
     evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
     assert evaluations == {"121073": "128462008", "79654002": "52101004"}
@@ -587,3 +588,76 @@ def test_default_series_description_names_pacsnode_once(axial: Volume) -> None:
         assert description == f"pacsnode {name.removeprefix('pacsnode ')} SEG"
     given = out.OutputSeries(series_description="site text").resolve(axial, out.Algorithm("dce", "1"), "PM", 1)
     assert given[3] == "site text"
+
+
+def test_integer_scaled_companion_map(axial: Volume, tmp_path: Path) -> None:
+    """The integer companion holds the same values within one scaling step, marks missing values
+    outside the mapped range, takes the source's Modality, and dcmtk renders it (the float map it
+    cannot: "no pixel data found")."""
+    values = np.linspace(0.01, 0.4, int(np.prod(axial.shape3d)), dtype=np.float32).reshape(axial.shape3d)
+    values[1, 2, 3] = np.nan
+    quantity = report_template("dce").quantity("ktrans")
+    pm = out.build_parametric_map(axial, values, quantity, out.Algorithm("dce", "0.4"), integer_scaled=True)
+    path = written(pm, tmp_path / "pm-int.dcm")
+    assert dciodvfy_errors(path) == []
+    back = pydicom.dcmread(path)
+    assert back.Modality == axial.headers[0].Modality == "MR"
+    assert back.BitsAllocated == 16 and "PixelData" in back and "FloatPixelData" not in back
+    assert back.SeriesDescription.endswith("Ktrans int")
+    mapping = back.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope, intercept = float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)
+    assert (int(mapping.RealWorldValueFirstValueMapped), int(mapping.RealWorldValueLastValueMapped)) == (0, 65534)
+    frames = back.pixel_array.reshape(-1, *axial.shape3d[1:])
+    grid = np.zeros(axial.shape3d, dtype=np.float64)
+    stored_grid = np.zeros(axial.shape3d, dtype=np.uint16)
+    for index, frame in enumerate(back.PerFrameFunctionalGroupsSequence):
+        here = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        k = round(float(np.ravel(axial.patient_to_index(here))[2]))
+        stored_grid[k] = frames[index]
+        grid[k] = frames[index] * slope + intercept
+    assert stored_grid[1, 2, 3] == 65535
+    finite = np.isfinite(values)
+    np.testing.assert_allclose(grid[finite], values[finite], atol=slope / 2 + 1e-9)
+    if shutil.which("dcmj2pnm"):
+        run = subprocess.run(["dcmj2pnm", "+on", "+Wm", str(path), str(tmp_path / "pm.png")], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert (tmp_path / "pm.png").stat().st_size > 0
+
+
+def test_measurement_values_fit_a_decimal_string(axial: Volume, tmp_path: Path) -> None:
+    """SR numbers are written with 4 significant digits (a DS holds 16 characters); a volume takes
+    no "Mean" derivation; the device observer is named with pacsnode once."""
+    assert out.significant(10.000000000000002) == 10.0
+    assert out.significant(5.46650347986346) == 5.467
+    assert out.significant(0.000123456) == 0.0001235
+    assert out.significant(0.0) == 0.0
+    template = report_template("brainmets")
+    first, _ = lesion_masks(axial)
+    quantity = Quantity("spacing", c.VOLUME, c.CUBIC_MILLIMETER, "Volume", "volume")
+    with pytest.raises(out.OutputError, match="no derivation"):
+        out.MeasuredValue(quantity, 1.0, derivation=c.MEAN).template()
+    lesion = out.LesionFinding("lesion 1", out.LesionRegion.from_mask(first),
+                               measurements=[out.MeasuredValue(quantity, 10.000000000000002)])
+    sr = out.build_measurement_report(axial, template, [lesion], out.Algorithm("pacsnode brainmets", "1"))
+    path = written(sr, tmp_path / "sr.dcm")
+    text = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60).stdout \
+        if shutil.which("dsrdump") else ""
+    numbers = [item.MeasuredValueSequence[0].NumericValue for item in _num_items(pydicom.dcmread(path))]
+    assert numbers and all(len(str(n.original_string if hasattr(n, "original_string") else n)) <= 16
+                           for n in numbers)
+    assert "10.0" in [str(n) for n in numbers]
+    observer = [item.TextValue for item in pydicom.dcmread(path).ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == "121013"]  # Device Observer Name
+    assert observer == ["pacsnode brainmets"]
+    if text:
+        assert 'NUM:(,,"Volume")="10.0"' in text
+
+
+def _num_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        if item.get("ValueType") == "NUM":
+            found.append(item)
+        found += _num_items(item)
+    return found

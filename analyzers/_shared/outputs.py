@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from analyzers._shared.numbers import MEASUREMENT_DIGITS, significant
 from analyzers._shared.volume import Volume
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from sr_templates import Quantity, ReportTemplate, SegmentClass
@@ -39,6 +40,7 @@ from sr_templates import codes as c
 
 __all__ = [
     "MANUFACTURER",
+    "MEASUREMENT_DIGITS",
     "Algorithm",
     "LesionFinding",
     "LesionRegion",
@@ -51,6 +53,7 @@ __all__ = [
     "build_segmentation",
     "build_summary_report",
     "derive_uid",
+    "significant",
 ]
 
 MANUFACTURER = "pacsnode"
@@ -60,11 +63,20 @@ MANUFACTURER = "pacsnode"
 _CONTENT_NOTICE = "NOT FOR CLINICAL USE"
 _SEG_SERIES_NUMBER = 9100
 _PM_SERIES_NUMBER = 9200
+#: Largest stored value of an integer-scaled map; the next one marks voxels without a value.
+_INTEGER_TOP = 65534
 _SR_SERIES_NUMBER = 9300
 
 
 class OutputError(ValueError):
     """Inputs to an output builder are inconsistent (shape, geometry, empty content)."""
+
+
+def _observer_name(algorithm_name: str) -> str:
+    """The device's name with pacsnode once (some analyzers name themselves "pacsnode dsc")."""
+    if algorithm_name.startswith(MANUFACTURER):
+        return algorithm_name
+    return f"{MANUFACTURER} {algorithm_name}"
 
 
 def derive_uid(*parts: str) -> str:
@@ -149,7 +161,7 @@ class OutputSeries:
     ) -> tuple[str, str, int, str]:
         """Series UID, SOP UID, series number and description of the object."""
         # Some analyzers name themselves "pacsnode dsc", others "meningioma": one prefix either way.
-        name = algorithm.name if algorithm.name.startswith(MANUFACTURER) else f"{MANUFACTURER} {algorithm.name}"
+        name = _observer_name(algorithm.name)
         description = self.series_description or f"{name} {kind}"
         description = description[:64]
         series_uid = self.series_instance_uid or derive_uid(
@@ -355,8 +367,9 @@ def build_parametric_map(
     body_part: str | None = "BRAIN",
     fill_value: float | None = None,
     source_datasets: Sequence[Dataset] = (),
+    integer_scaled: bool = False,
 ) -> hd.pm.ParametricMap:
-    """A float32 Parametric Map of one quantity on the source grid.
+    """A float32 (or integer-scaled) Parametric Map of one quantity on the source grid.
 
     Parameters
     ----------
@@ -382,6 +395,14 @@ def build_parametric_map(
         failed fit from a true value of ``fill_value``).
     source_datasets:
         As for :func:`build_segmentation` (Enhanced MR sources).
+    integer_scaled:
+        Write unsigned 16-bit Pixel Data instead of Float Pixel Data, for viewers and
+        converters that show no float images: stored value ``s`` means ``s * slope +
+        intercept`` over the map's finite range (0 to 65534 mapped, the Real World Value
+        Mapping carries slope and intercept); 65535 marks voxels without a value and lies
+        outside the mapped range. The description says "int".
+
+    The map's Modality is the source's (an MR map of an MR series).
     """
     data = np.asarray(values, dtype=np.float32)
     if data.shape != source.shape3d:
@@ -393,17 +414,26 @@ def build_parametric_map(
     low, high = (float(values_set.min()), float(values_set.max())) if values_set.size else (0.0, 1.0)
     if high <= low:
         high = low + 1.0
+    slope, intercept = 1.0, 0.0
+    value_range: tuple[float, float] = (low, high)
+    pixels: np.ndarray = data
+    if integer_scaled:
+        slope, intercept = (high - low) / _INTEGER_TOP, low
+        stored = np.round((np.where(np.isfinite(data), data, low) - intercept) / slope)
+        pixels = np.where(np.isfinite(data), np.clip(stored, 0, _INTEGER_TOP), _INTEGER_TOP + 1).astype(np.uint16)
+        value_range = (0, _INTEGER_TOP)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=quantity.label,
         lut_explanation=quantity.description,
         unit=quantity.unit,
-        value_range=(low, high),
-        slope=1.0,
-        intercept=0.0,
+        value_range=value_range,
+        slope=slope,
+        intercept=intercept,
         quantity_definition=quantity.concept,
     )
+    kind = f"{quantity.label} int" if integer_scaled else quantity.label
     series_uid, sop_uid, number, description = (output or OutputSeries()).resolve(
-        source, algorithm, quantity.label, _PM_SERIES_NUMBER
+        source, algorithm, kind, _PM_SERIES_NUMBER
     )
     # Window over the central 98 % of the finite non-zero (or non-fill) values so the map is readable at once.
     informative = values_set[values_set != (0.0 if fill_value is None else fill_value)]
@@ -411,11 +441,13 @@ def build_parametric_map(
         w_low, w_high = np.percentile(informative, [1.0, 99.0])
     else:
         w_low, w_high = low, high
+    # The window is in stored values: real values for a float map, scaled ones for an integer map.
+    w_low, w_high = (w_low - intercept) / slope, (w_high - intercept) / slope
     width = max(float(w_high - w_low), 1e-6)
     source_images, plane_positions = _source_images(source, source_datasets)
     pm = hd.pm.ParametricMap(
         source_images=source_images,
-        pixel_array=data,
+        pixel_array=pixels,
         plane_positions=plane_positions,
         series_instance_uid=series_uid,
         series_number=number,
@@ -440,6 +472,7 @@ def build_parametric_map(
         content_description=_CONTENT_NOTICE,
     )
     _stamp(pm, description, body_part)
+    pm.Modality = str(source.headers[0].get("Modality") or pm.Modality)
     # Laterality (Type 2C) only for paired body parts: copy it when the source has one.
     laterality = source.headers[0].get("Laterality", "")
     if laterality:
@@ -465,9 +498,12 @@ class MeasuredValue:
         """The TID 300 Measurement."""
         if not np.isfinite(self.value):
             raise OutputError(f"{self.quantity.key} is not finite ({self.value})")
+        if self.derivation is not None and self.quantity.concept == c.VOLUME:
+            # TID 1419: a derivation (Mean, Maximum) summarises voxel values; a volume is no such summary.
+            raise OutputError(f"{self.quantity.key}: a volume takes no derivation ({self.derivation.meaning})")
         return hd.sr.Measurement(
             name=self.quantity.concept,
-            value=float(self.value),
+            value=significant(self.value),
             unit=self.quantity.unit,
             method=self.method,
             derivation=self.derivation,
@@ -599,7 +635,7 @@ class _Evidence:
 def _observation_context(algorithm: Algorithm) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=derive_uid("device", algorithm.name),
-        name=f"pacsnode {algorithm.name}"[:64],
+        name=_observer_name(algorithm.name)[:64],
         manufacturer_name=MANUFACTURER,
         model_name=algorithm.name,
     )

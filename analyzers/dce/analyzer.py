@@ -93,6 +93,9 @@ class DceSettings(AnalyzerSettings):
     lesion_late_threshold_mm: Annotated[float, Field(gt=0.0)] = 0.05
     lesion_min_volume_ml: Annotated[float, Field(ge=0.0)] = 0.1
     series_number: Annotated[int, Field(ge=1, le=99000)] = 9500
+    integer_maps: bool = True
+    """Also write each map as an integer-scaled Parametric Map (16-bit, slope and intercept in its
+    Real World Value Mapping) for viewers and PACS that show no float images."""
     failed_fit_value: float | None = None
     """Value of a failed voxel fit in the Parametric Maps; None = NaN (IEEE 754 float pixel
     data: no value). A number (e.g. -1, impossible for these quantities) only for a viewer
@@ -372,6 +375,11 @@ def _outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[
             dynamic, written, quantities[key], algorithm,
             out.OutputSeries.for_job(job.job_id, f"pm-{key}", series_number=number + offset),
             fill_value=settings.failed_fit_value))
+        if settings.integer_maps:
+            datasets.append(out.build_parametric_map(
+                dynamic, written, quantities[key], algorithm,
+                out.OutputSeries.for_job(job.job_id, f"pm-{key}-int", series_number=number + 30 + offset),
+                fill_value=settings.failed_fit_value, integer_scaled=True))
     segments = []
     for entry in readouts:
         segments.append(out.Segment(TEMPLATE.segment_classes["lesion"], entry["mask"],

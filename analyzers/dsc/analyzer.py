@@ -83,6 +83,9 @@ class DscSettings(AnalyzerSettings):
     candidate_min_rcbv: float = Field(2.5, gt=1.0)
     max_candidates: int = Field(5, ge=1)
     series_number: int = Field(9400, ge=1)
+    integer_maps: bool = True
+    """Also write each map as an integer-scaled Parametric Map (16-bit, slope and intercept in its
+    Real World Value Mapping) for viewers and PACS that show no float images."""
 
 
 class LesionResult(dict[str, Any]):
@@ -175,7 +178,7 @@ class DscAnalyzer:
         from analyzers.dsc.report import build_outputs
 
         datasets = build_outputs(job.job_id, volume, maps, results, findings, settings.series_number,
-                                 self.version)
+                                 self.version, integer_maps=settings.integer_maps)
         return AnalysisResult(datasets=datasets, findings=findings)
 
 

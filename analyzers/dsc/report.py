@@ -47,8 +47,11 @@ def build_outputs(
     findings: Mapping[str, Any],
     series_number: int,
     version: str,
+    *,
+    integer_maps: bool = True,
 ) -> list[Dataset]:
-    """Parametric Maps, a SEG (when there is anything to segment) and the SR of one job."""
+    """Parametric Maps (float, and integer-scaled with ``integer_maps``), a SEG (when there is
+    anything to segment) and the SR of one job."""
     algorithm = out.Algorithm(name="pacsnode dsc", version=version)
     q = TEMPLATE.quantities
     reference_cbv = results[0]["reference"].cbv if results else float("nan")
@@ -67,6 +70,11 @@ def build_outputs(
             volume, values, quantity, algorithm,
             out.OutputSeries.for_job(job_id, f"pm-{quantity.key}",
                                      series_number=series_number + offset)))
+        if integer_maps:
+            datasets.append(out.build_parametric_map(
+                volume, values, quantity, algorithm,
+                out.OutputSeries.for_job(job_id, f"pm-{quantity.key}-int",
+                                         series_number=series_number + 30 + offset), integer_scaled=True))
     segments = [out.Segment(TEMPLATE.segment_classes["lesion"], r["mask"], tracking_id=r["lesion_id"])
                 for r in results]
     segments += [out.Segment(TEMPLATE.segment_classes["reference_wm"], r["reference_mask"],
@@ -103,7 +111,9 @@ def _lesion_group(segment_number: int, result: Mapping[str, Any]) -> out.LesionF
         (q["rcbv"], ratios["rCBV"]), (q["rcbf"], ratios["rCBF"]), (q["rpsr"], ratios["rPSR"]),
         (RWIT_QUANTITY, ratios["rWiT"]),
     ]
-    measurements = [out.MeasuredValue(quantity, float(value), derivation=c.MEAN)
+    # Mean over the lesion's voxels for the maps' values; the volume is no such mean.
+    measurements = [out.MeasuredValue(quantity, float(value),
+                                      derivation=None if quantity is q["volume"] else c.MEAN)
                     for quantity, value in candidates if np.isfinite(value)]
     impression = None
     if result["probability"] is not None:

@@ -16,6 +16,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from analyzers._shared.numbers import significant
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.qc.geometry import GeometryFindings
 from sr_templates import codes as c
@@ -62,7 +63,8 @@ def build_report(
             name="pacsnode qc", manufacturer_name="pacsnode", model_name="qc"),
     )
     measurements = [
-        hd.sr.Measurement(name=c.private_code(value, meaning), value=float(getattr(findings, attribute)), unit=unit)
+        hd.sr.Measurement(name=c.private_code(value, meaning), value=significant(getattr(findings, attribute)),
+                          unit=unit)
         for attribute, value, meaning, unit in _MEASUREMENTS
         if getattr(findings, attribute) is not None
     ]

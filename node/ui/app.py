@@ -49,8 +49,8 @@ from node.storage.store import InstanceStore
 from node.ui import queries
 from node.ui.activity import IngestRate, LogBuffer, sparkline
 from node.ui.render import render_png, time_curve_png, time_points
-from node.ui.viewer import OhifViewer, app_config, find_ohif
 from node.ui.viewer import PREFIX as VIEWER_PREFIX
+from node.ui.viewer import OhifViewer, app_config, find_ohif
 
 __all__ = ["PREFIX", "StatusPages", "create_ui", "mount_ui"]
 
