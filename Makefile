@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pacsnode-installed
 
-.PHONY: setup system demo test lint typecheck pytest bench clean
+.PHONY: setup system demo test lint typecheck pytest bench clean engine images images-lock compose-test
 
 setup: system $(STAMP)
 
@@ -38,6 +38,22 @@ test: lint typecheck pytest
 
 bench: setup
 	$(PY) -m bench.ingest
+
+# Container images built here from Debian packages and the locked wheels (docs/operations.md,
+# "Docker"): `engine` starts dockerd when none answers, `images` builds the base images when
+# missing and then pacsnode, pacsnode-worker and pacsnode-orthanc, `images-lock` rewrites the
+# Debian and Python locks, `compose-test` runs docker/compose.yaml end to end.
+engine:
+	@scripts/start-dockerd.sh
+
+images: setup engine
+	PYTHON=$(PY) docker/build.sh images
+
+images-lock: setup
+	PYTHON=$(PY) docker/build.sh lock
+
+compose-test: setup images system
+	PACSNODE_COMPOSE_TEST=1 $(VENV)/bin/pytest -q -rs -s tests/test_docker.py
 
 clean:
 	rm -rf var .demo .pytest_cache .mypy_cache .ruff_cache
