@@ -69,6 +69,8 @@ def _check_ae_title(value: str) -> str:
 
 
 AeTitle = Annotated[str, Field(min_length=1, max_length=16)]
+_MIN_PDU = 4096
+_MAX_PDU = 256 * 1024 * 1024
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -104,11 +106,31 @@ class DicomSettings(_Section):
     tls: TlsSettings | None = None
     acse_timeout: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
+    # Seconds of silence after which an association is aborted: between PDUs and also in the
+    # middle of one (a peer that sends part of a PDU and stops).
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
-    maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    # Seconds one PDU may take to arrive once its header came (a peer that trickles bytes).
+    pdu_read_timeout: Annotated[float, Field(gt=0)] = 120.0
+    # Seconds a TLS client has to finish its handshake; it runs beside the listener.
+    tls_handshake_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # The largest P-DATA PDU the node accepts (and announces in the association); a longer
+    # one aborts the association before anything is allocated for it.
+    maximum_pdu_size: Annotated[int, Field(ge=_MIN_PDU, le=_MAX_PDU)] = 4 * 1024 * 1024
+    # Refuse associations that call another AE title than ae_title (0x07, called AE not recognised).
+    require_called_ae_title: bool = True
     storage_sop_classes: list[str] = Field(default_factory=list)
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("maximum_pdu_size", mode="before")
+    @classmethod
+    def _bounded_pdu(cls, value: Any) -> Any:
+        if value == 0:
+            raise ValueError(
+                "0 (no limit) would let any peer make the node reserve up to 4 GiB with one PDU "
+                f"header; give a size in bytes from {_MIN_PDU} to {_MAX_PDU}, e.g. 4194304"
+            )
+        return value
 
     @model_validator(mode="after")
     def _closed_needs_peers(self) -> DicomSettings:
@@ -132,6 +154,9 @@ class StorageSettings(_Section):
     duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
     min_free_gb: Annotated[float, Field(ge=0)] = 1.0
     fsync: bool = True
+    # An instance whose sequences nest deeper than this is refused (C-STORE 0xC000, STOW 400);
+    # real objects stay far below it, and a parser recursing through such nesting runs out of stack.
+    max_sequence_depth: Annotated[int, Field(ge=1, le=128)] = 32
     # Series older than this many days (by their last received instance), analyzed, delivered and
     # not needed as a prior comparison are removed (node.ops.retention); None keeps everything.
     # A route's own retention_days (routes.toml) overrides it for the series it takes.

@@ -37,6 +37,7 @@ from pydicom.uid import (
 )
 
 from node import __version__
+from node.dataset_checks import check_element_lengths, check_pixel_length, nests_deeper_than
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
 from node.storage.attributes import ATTRIBUTES
 from node.storage.index import CommitHook, Index, InstanceRecord
@@ -238,11 +239,12 @@ def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
     return int(tag) in _PIXEL_TAGS
 
 
-def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
+def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dataset:
     """Parse the top-level elements before the pixel data (values stay raw until used).
 
     The offset where parsing stopped (the Pixel Data element, or the end) is kept on the
-    dataset as ``_pacsnode_header_end`` for :func:`_check_pixel_length`.
+    dataset as ``_pacsnode_header_end`` for :func:`~node.dataset_checks.check_pixel_length`. Sequences nested
+    deeper than ``max_depth`` are refused before pydicom recurses through them.
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         try:
@@ -251,15 +253,23 @@ def _parse_header(data: bytes, transfer_syntax: UID) -> Dataset:
             raise InvalidDataset(f"deflated dataset cannot be inflated: {exc}") from exc
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
+    if nests_deeper_than(data, implicit=implicit, little=little, limit=max_depth):
+        raise InvalidDataset(
+            f"sequences are nested more than {max_depth} levels deep, more than this node "
+            "accepts ([storage] max_sequence_depth); the sender's object is malformed"
+        )
     stream = BytesIO(data)
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
-        _check_element_lengths(ds)
+        check_element_lengths(ds)
         uids: dict[str, str] = {}
         for keyword in _REQUIRED:
             if keyword in ds:
                 value = ds[keyword].value  # converted here, so a broken element fails here
                 uids[keyword] = "" if value is None else str(value)
+    except RecursionError as exc:
+        raise InvalidDataset("sequences are nested too deeply to be read; the sender's object is "
+                             "malformed") from exc
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
             NotImplementedError) as exc:
         raise InvalidDataset(
@@ -280,52 +290,6 @@ def _uids(ds: Dataset) -> dict[str, str]:
     return uids
 
 
-def _check_element_lengths(ds: Dataset) -> None:
-    """pydicom reads a value shorter than its declared length without complaint; such an element
-    means the dataset was cut off or is corrupt."""
-    for tag, element in ds._dict.items():
-        if isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF:
-            present = len(element.value) if element.value is not None else 0
-            if present < element.length:
-                raise InvalidDataset(
-                    f"element ({tag.group:04X},{tag.element:04X}) declares {element.length} bytes "
-                    f"but only {present} arrived: the dataset is truncated or corrupt"
-                )
-
-
-def _check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
-    """A native (uncompressed) Pixel Data shorter than its header promises is a truncated dataset."""
-    if UID(transfer_syntax).is_compressed or transfer_syntax == DeflatedExplicitVRLittleEndian:
-        return
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return
-    expected = rows * cols * samples * frames * bits // 8
-    # The remaining bytes after the header hold the Pixel Data element (tag, VR, length, value).
-    consumed = _header_length(ds, data, transfer_syntax)
-    remaining = len(data) - consumed
-    if consumed and remaining < expected:
-        raise InvalidDataset(
-            f"Pixel Data is truncated: {rows}x{cols}x{frames} at {bits} bits needs {expected} "
-            f"bytes, {max(remaining, 0)} arrived"
-        )
-
-
-def _header_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> int:
-    """Offset of the Pixel Data value, or 0 when the parse did not stop at Pixel Data."""
-    at = int(getattr(ds, "_pacsnode_header_end", 0) or 0)
-    if at <= 0 or at + 8 > len(data):
-        return 0
-    if int.from_bytes(data[at:at + 2], "little") != 0x7FE0 or int.from_bytes(data[at + 2:at + 4], "little") != 0x0010:
-        return 0
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    return at + (8 if implicit else 12)
-
-
 class Ingestor:
     """Validates, stores and indexes instances.
 
@@ -344,6 +308,8 @@ class Ingestor:
         has an ``in_commit(conn, records)`` method (completion tracking) is called that way
         instead, inside the transaction that adds the instances' rows (once per group
         commit, for all its rows); what it returns runs after the commit.
+    max_sequence_depth:
+        Instances whose sequences nest deeper are refused (``[storage] max_sequence_depth``).
     """
 
     def __init__(
@@ -354,8 +320,10 @@ class Ingestor:
         allowed_sop_classes: Collection[str],
         duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first",
         listeners: list[Listener] | None = None,
+        max_sequence_depth: int = 32,
     ) -> None:
         self.store = store
+        self.max_sequence_depth = max_sequence_depth
         self.index = index
         self.allowed_sop_classes = frozenset(allowed_sop_classes)
         self.duplicate_policy = duplicate_policy
@@ -384,9 +352,9 @@ class Ingestor:
     ) -> IngestOutcome:
         """Store an encoded dataset as it arrived over DIMSE (no file meta, no preamble)."""
         ts = UID(transfer_syntax)
-        ds = _parse_header(data, ts)
+        ds = _parse_header(data, ts, self.max_sequence_depth)
         self._validate(ds, context_sop_class)
-        _check_pixel_length(ds, data, ts)
+        check_pixel_length(ds, data, ts)
         meta = self._file_meta(ds, ts, calling_ae)
         return self._store(ds, meta, data, ts, calling_ae)
 
@@ -395,9 +363,9 @@ class Ingestor:
         meta, offset = split_part10(data)
         ts = UID(str(meta.TransferSyntaxUID))
         body = data[offset:]
-        ds = _parse_header(body, ts)
+        ds = _parse_header(body, ts, self.max_sequence_depth)
         self._validate(ds, None)
-        _check_pixel_length(ds, body, ts)
+        check_pixel_length(ds, body, ts)
         own_meta = self._file_meta(ds, ts, calling_ae)
         return self._store(ds, own_meta, body, ts, calling_ae)
 
@@ -581,7 +549,7 @@ class Ingestor:
             meta, offset = split_part10(raw)
             ts = UID(str(meta.TransferSyntaxUID))
             body = raw[offset:]
-            ds = _parse_header(body, ts)
+            ds = _parse_header(body, ts, self.max_sequence_depth)
             digest = hashlib.blake2b(body, digest_size=20).hexdigest()
             calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
             self.index.add_instance(self._record(ds, path, len(raw), digest, ts, calling_ae))

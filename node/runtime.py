@@ -43,6 +43,7 @@ class Node:
             self.index,
             allowed_sop_classes=settings.dicom.storage_sop_classes or storage_sop_classes(),
             duplicate_policy=storage.duplicate_policy,
+            max_sequence_depth=storage.max_sequence_depth,
         )
         self.dimse = DimseServer(
             settings.dicom,

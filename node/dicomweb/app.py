@@ -149,7 +149,8 @@ def create_app(settings: Settings, *, store: InstanceStore | None = None,
         from node.dimse.server import storage_sop_classes
 
         ingestor = Ingestor(store, index, allowed_sop_classes=storage_sop_classes(),
-                            duplicate_policy=settings.storage.duplicate_policy)
+                            duplicate_policy=settings.storage.duplicate_policy,
+                            max_sequence_depth=settings.storage.max_sequence_depth)
     http = settings.http
     service = DicomwebService(http=http, store=store, index=index, ingestor=ingestor)
     routes = _routes(service)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
@@ -45,6 +46,8 @@ from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from node.dimse.guard import PduLimits, PduTooLong, PduTooSlow, check_pdu_header, read_exactly, send_abort
+
 __all__ = ["FastStoreReader", "StoreRequest", "parse_command"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,6 @@ log = logging.getLogger(__name__)
 _P_DATA_TF = 0x04
 _C_STORE_RQ = 0x0001
 _NO_DATASET = 0x0101
-_READ_CHUNK = 1 << 20
 # Events whose handlers need pynetdicom's own objects for every PDU or message.
 _RAW_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 
@@ -124,10 +126,15 @@ class FastStoreReader:
         The accepted association (after ``make_event_driven``).
     encode_success:
         Encodes the command set of a C-STORE success response (``encode_store_success``).
+    limits:
+        The longest PDU accepted and how long one may take to arrive.
     """
 
-    def __init__(self, assoc: Association, encode_success: Callable[[int, str, str], bytes]) -> None:
+    def __init__(self, assoc: Association, encode_success: Callable[[int, str, str], bytes],
+                 limits: PduLimits) -> None:
         self.assoc = assoc
+        self.limits = limits
+        self._peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
         self.dul = assoc.dul
         self.encode_success = encode_success
         self._header = bytearray(6)
@@ -156,23 +163,29 @@ class FastStoreReader:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _recv_into(self, view: memoryview) -> None:
-        sock: Any = self.dul.socket.socket  # type: ignore[union-attr]
-        while view:
-            count = sock.recv_into(view, min(len(view), _READ_CHUNK))
-            if not count:
-                raise _PeerClosed
-            view = view[count:]
-
     def read_pdu(self) -> bool:
         """Read one PDU (the socket is readable) and act on it; returns True as pynetdicom's
-        reader does when an event was produced or data handled."""
+        reader does when an event was produced or data handled.
+
+        The header's length is checked before the body is allocated, and the body must
+        arrive within the limits (:mod:`node.dimse.guard`); otherwise the association ends."""
         dul = self.dul
+        sock: Any = dul.socket.socket  # type: ignore[union-attr]
         try:
-            self._recv_into(memoryview(self._header))
-            pdu_type, _, length = struct.unpack(">BBI", self._header)
+            if read_exactly(sock, memoryview(self._header), None) < 6:
+                raise _PeerClosed
+            pdu_type = self._header[0]
+            length = check_pdu_header(self._header, self.limits)
             body = bytearray(length)
-            self._recv_into(memoryview(body))
+            deadline = time.monotonic() + self.limits.pdu_read_timeout
+            if read_exactly(sock, memoryview(body), deadline) < length:
+                raise _PeerClosed
+        except (PduTooLong, PduTooSlow) as exc:
+            log.warning("association with %s aborted: %s", self._peer, exc)
+            if isinstance(exc, PduTooLong):
+                send_abort(sock)
+            dul.event_queue.put("Evt17")  # the connection is closed (pynetdicom's AA-4)
+            return True
         except (OSError, _PeerClosed):
             dul.event_queue.put("Evt17")  # transport connection closed
             return True

@@ -55,6 +55,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings, TlsSettings
 from node.dimse.fast_store import FastStoreReader
+from node.dimse.guard import AssociationPolicy, AssociationSlots, NodeAssociationServer, PduLimits, guard_association
 from node.dimse.handlers import DimseHandlers
 from node.dimse.scu import requestor_handlers
 
@@ -163,7 +164,7 @@ def _is_plain_store_success(primitive: Any) -> bool:
             and not getattr(primitive, "OffendingElement", None))
 
 
-def make_event_driven(assoc: Association) -> None:
+def make_event_driven(assoc: Association, limits: PduLimits | None = None) -> None:
     """Replace pynetdicom's 1 ms polling by blocking waits for one accepted association,
     and take the per-message costs that log nothing off its path.
 
@@ -174,6 +175,8 @@ def make_event_driven(assoc: Association) -> None:
     to run pynetdicom's own checks (ARTIM and idle timers, release, abort). Written
     against pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
     ``Association._run_reactor``; does nothing where ``os.eventfd`` is missing.
+    ``limits`` are the PDU limits the node's own C-STORE reader enforces (the defaults of
+    ``[dicom]`` when not given).
     """
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         # pynetdicom's standard handlers format a log text for every PDU and DIMSE message,
@@ -268,7 +271,8 @@ def make_event_driven(assoc: Association) -> None:
             dul.join(5)
         return True
 
-    fast = FastStoreReader(assoc, encode_store_success) if FastStoreReader.usable(assoc) else None
+    limits = limits or PduLimits.of(DicomSettings())
+    fast = FastStoreReader(assoc, encode_store_success, limits) if FastStoreReader.usable(assoc) else None
 
     def read_or_wait() -> bool:
         # Sta6 (established): the node reads the PDUs itself (node.dimse.fast_store), but only
@@ -340,10 +344,6 @@ def make_event_driven(assoc: Association) -> None:
     dimse.send_msg = send_msg_fast  # type: ignore[method-assign]
 
 
-def _on_connection_open(event: Event) -> None:
-    make_event_driven(event.assoc)
-
-
 _polls = [0]
 
 
@@ -411,12 +411,18 @@ class DimseServer:
         self.settings = settings
         self.handlers = handlers
         self.ae = _NodeAE(ae_title=settings.ae_title)
-        self.ae.maximum_associations = settings.max_associations
+        # The node counts associations itself (node.dimse.guard.AssociationSlots): pynetdicom's
+        # count of live acceptor threads races under a burst and includes idle connections.
+        self.ae.maximum_associations = 1 << 20
+        self.slots = AssociationSlots(settings.max_associations)
+        self.policy = AssociationPolicy(settings)
+        self.limits = PduLimits.of(settings)
         self.ae.acse_timeout = settings.acse_timeout
         self.ae.dimse_timeout = settings.dimse_timeout
         self.ae.network_timeout = settings.network_timeout
         self.ae.maximum_pdu_size = settings.maximum_pdu_size
-        if not settings.allow_any:
+        self.ae.require_called_aet = settings.require_called_ae_title
+        if not settings.allow_any:  # the policy also checks each peer's host
             self.ae.require_calling_aet = [p.ae_title for p in settings.peers]
         syntaxes = _transfer_syntaxes()
         for cx in VerificationPresentationContexts:
@@ -442,14 +448,21 @@ class DimseServer:
             # and formats it, and every C-FIND match, line by line for a log that is off.
             pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
             pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-        self._server = self.ae.start_server(
+        server = self.ae.make_server(
             (self.settings.host, self.settings.port),
-            block=False,
             contexts=[_CheapCopyContext.of(cx) for cx in self.ae.supported_contexts],
-            evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, _on_connection_open),
+            evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, self._on_connection_open),
                           *extra_handlers],
             ssl_context=ssl_context,
+            server_class=NodeAssociationServer,
+            network_timeout=self.settings.network_timeout,
+            tls_handshake_timeout=self.settings.tls_handshake_timeout,
         )
+        assert isinstance(server, NodeAssociationServer)
+        # As pynetdicom's start_server(block=False): serve in a daemon thread, listed by the AE.
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        self.ae._servers.append(server)
+        self._server = server
         # pynetdicom's server runs a full gc.collect() every 60 polls (30 s), a pause of
         # hundreds of ms holding the GIL on a node with a large heap, whatever is being
         # received. The node's accepted associations release their resources when they end
@@ -458,6 +471,10 @@ class DimseServer:
             self._server.service_actions = _young_collection  # type: ignore[method-assign]
         log.info("DIMSE listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
                  self.settings.port, " (TLS)" if ssl_context else "")
+
+    def _on_connection_open(self, event: Event) -> None:
+        guard_association(event.assoc, self.policy, self.slots, self.limits)
+        make_event_driven(event.assoc, self.limits)
 
     def stop(self) -> None:
         if self._server is not None:
