@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -478,12 +479,28 @@ def test_seg_and_pm_on_enhanced_mr_source(
         np.testing.assert_allclose(positions[number], here, atol=1e-3)
 
 
-def test_sr_on_enhanced_mr_source_is_refused(enhanced_phantom: tuple[Volume, Volume, Path]) -> None:
-    # The SR's SCOORD needs each slice's frame number, which the volume does not keep.
-    _, volume, _ = enhanced_phantom
+def test_sr_on_enhanced_mr_source_references_the_slice_frame(
+        enhanced_phantom: tuple[Volume, Volume, Path], tmp_path: Path) -> None:
+    # The SR's SCOORD references the frame that holds the slice, by its frame number.
+    _, volume, source_path = enhanced_phantom
     lesion = out.LesionFinding("lesion 1", out.LesionRegion.circle((20, 20, 5), 3))
-    with pytest.raises(out.OutputError, match="multi-frame"):
-        out.build_measurement_report(volume, report_template("brainmets"), [lesion], ALGORITHM)
+    sr = out.build_measurement_report(volume, report_template("brainmets"), [lesion], ALGORITHM)
+    positions = _frame_positions(source_path)
+    found = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if item.get("ValueType") == "SCOORD":
+                found.append(item.ContentSequence[0].ReferencedSOPSequence[0])
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    assert len(found) == 1
+    reference = found[0]
+    assert str(reference.ReferencedSOPInstanceUID) == volume.headers[0].SOPInstanceUID
+    np.testing.assert_allclose(positions[int(reference.ReferencedFrameNumber)],
+                               volume.index_to_patient([0, 0, 5]), atol=1e-3)
+    assert written(sr, tmp_path / "sr.dcm").is_file()
 
 
 def test_enhanced_source_not_from_a_file_needs_its_dataset() -> None:

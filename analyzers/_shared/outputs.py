@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from analyzers._shared.numbers import MEASUREMENT_DIGITS, significant
+from analyzers._shared.output_sources import OutputError, region_reference, source_images
 from analyzers._shared.volume import Volume
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from sr_templates import Quantity, ReportTemplate, SegmentClass
@@ -66,10 +65,6 @@ _PM_SERIES_NUMBER = 9200
 #: Largest stored value of an integer-scaled map; the next one marks voxels without a value.
 _INTEGER_TOP = 65534
 _SR_SERIES_NUMBER = 9300
-
-
-class OutputError(ValueError):
-    """Inputs to an output builder are inconsistent (shape, geometry, empty content)."""
 
 
 def _observer_name(algorithm_name: str) -> str:
@@ -198,61 +193,6 @@ def _stamp(dataset: Dataset, description: str, body_part: str | None) -> None:
             ]
 
 
-def _full_multiframe(header: Dataset, given: Sequence[Dataset]) -> Dataset:
-    """The multi-frame source instance of ``header`` with its per-frame functional groups."""
-    uid = str(header.SOPInstanceUID)
-    for dataset in given:
-        if str(dataset.SOPInstanceUID) == uid:
-            return dataset
-    if "PerFrameFunctionalGroupsSequence" in header:
-        return header
-    # load_series keeps one header per instance without the per-frame groups; read them again
-    # from the file it came from (without pixel data: the builders need only the metadata).
-    filename = getattr(header, "filename", None)
-    if isinstance(filename, str) and filename:
-        try:
-            return pydicom.dcmread(filename, stop_before_pixels=True)
-        except (OSError, InvalidDicomError) as exc:
-            raise OutputError(f"cannot re-read the multi-frame source {filename}: {exc}") from exc
-    raise OutputError(
-        f"the multi-frame source {uid} was not read from a file; pass it as source_datasets"
-    )
-
-
-def _source_images(
-    source: Volume, source_datasets: Sequence[Dataset] = ()
-) -> tuple[list[Dataset], list[hd.PlanePositionSequence] | None]:
-    """The source images for highdicom and, for a multi-frame source, the output's plane positions.
-
-    Classic sources (one instance per slice) are referenced slice by slice. For an
-    Enhanced MR (multi-frame) source, the instance holding the first time point's
-    frames is the source image and each output plane gets the patient position
-    of its slice; highdicom matches these to the source frames and references
-    them by frame number (Derivation Image Sequence, Referenced Frame Number).
-    """
-    if not source.headers:
-        raise OutputError("the source volume has no headers to reference")
-    if all(int(h.get("NumberOfFrames", 1) or 1) <= 1 for h in source.headers):
-        return list(source.headers), None
-    first = source.sop_instance_uids[0] if source.is_dynamic else source.sop_instance_uids
-    uids = list(dict.fromkeys(str(u) for u in np.ravel(first)))
-    if len(uids) != 1:
-        raise OutputError(
-            f"the first time point of the multi-frame source spans {len(uids)} instances; "
-            "an output can reference one multi-frame source instance"
-        )
-    header = next(h for h in source.headers if str(h.SOPInstanceUID) == uids[0])
-    dataset = _full_multiframe(header, source_datasets)
-    positions = [
-        hd.PlanePositionSequence(
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            image_position=[float(v) for v in source.affine[:3, 2] * k + source.affine[:3, 3]],
-        )
-        for k in range(source.shape3d[0])
-    ]
-    return [dataset], positions
-
-
 # --------------------------------------------------------------------------- SEG
 @dataclass(frozen=True)
 class Segment:
@@ -332,11 +272,11 @@ def build_segmentation(
     series_uid, sop_uid, number, description = (output or OutputSeries()).resolve(
         source, algorithm, "SEG", _SEG_SERIES_NUMBER
     )
-    source_images, plane_positions = _source_images(source, source_datasets)
+    sources = source_images(source, source_datasets)
     seg = hd.seg.Segmentation(
-        source_images=source_images,
+        source_images=sources.images,
         pixel_array=pixel_array,
-        plane_positions=plane_positions,
+        **sources.geometry,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
@@ -444,11 +384,11 @@ def build_parametric_map(
     # The window is in stored values: real values for a float map, scaled ones for an integer map.
     w_low, w_high = (w_low - intercept) / slope, (w_high - intercept) / slope
     width = max(float(w_high - w_low), 1e-6)
-    source_images, plane_positions = _source_images(source, source_datasets)
+    sources = source_images(source, source_datasets)
     pm = hd.pm.ParametricMap(
-        source_images=source_images,
+        source_images=sources.images,
         pixel_array=pixels,
-        plane_positions=plane_positions,
+        **sources.geometry,
         series_instance_uid=series_uid,
         series_number=number,
         sop_instance_uid=sop_uid,
@@ -563,18 +503,22 @@ class LesionRegion:
         return cls(round(k), points)
 
     def scoord(self, source: Volume) -> hd.sr.ImageRegion:
-        """SCOORD ELLIPSE on the referenced slice image (pixel centres at +0.5)."""
+        """SCOORD ELLIPSE on the stored image of the slice (pixel centres at +0.5).
+
+        The stored image is the slice's frame of a multi-frame source, or its
+        mosaic image (offset to the slice's tile) for a Siemens MOSAIC.
+        """
         if not 0 <= self.slice_index < source.shape3d[0]:
             raise OutputError(f"slice {self.slice_index} is outside the source volume")
-        uids = source.sop_instance_uids[0] if source.is_dynamic else source.sop_instance_uids
-        classes = source.sop_class_uids[0] if source.is_dynamic else source.sop_class_uids
+        where = region_reference(source, self.slice_index)
         image = hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(classes[self.slice_index]),
-            referenced_sop_instance_uid=str(uids[self.slice_index]),
+            referenced_sop_class_uid=where.sop_class_uid,
+            referenced_sop_instance_uid=where.sop_instance_uid,
+            referenced_frame_numbers=None if where.frame_number is None else [where.frame_number],
         )
         return hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-            graphic_data=np.asarray(self.points, dtype=np.float64) + 0.5,
+            graphic_data=np.asarray(self.points, dtype=np.float64) + 0.5 + np.asarray(where.pixel_offset),
             source_image=image,
         )
 
@@ -749,11 +693,11 @@ def _report_document(
         evidence.source, algorithm, "SR",
         _SR_SERIES_NUMBER,
     )
-    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in evidence.source.headers):
-        # The SCOORD on a referenced image would need the frame number of every slice,
-        # which the volume does not keep; refuse rather than reference the wrong frame.
-        raise OutputError("SR on a multi-frame (Enhanced MR) source series is not supported")
-    documents = list(_source_images(evidence.source)[0]) + list(evidence.extra)
+    if evidence.source.frame_numbers is None and any(
+            int(h.get("NumberOfFrames", 1) or 1) > 1 for h in evidence.source.headers):
+        # The SCOORD on a referenced image needs the frame number of every slice.
+        raise OutputError("SR on a multi-frame source read without its frame numbers is not supported")
+    documents = list(source_images(evidence.source).images) + list(evidence.extra)
     if evidence.segmentation is not None:
         documents.append(evidence.segmentation)
     sr = hd.sr.Comprehensive3DSR(

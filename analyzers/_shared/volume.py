@@ -28,7 +28,22 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from analyzers._shared.dicom_layouts import (
+    CLASSIC,
+    ENHANCED_PER_VOLUME,
+    ENHANCED_WHOLE_SERIES,
+    MOSAIC,
+    SeriesGeometryError,
+    assemble,
+    decimal_string,
+    read_frames,
+)
+
 __all__ = [
+    "CLASSIC",
+    "ENHANCED_PER_VOLUME",
+    "ENHANCED_WHOLE_SERIES",
+    "MOSAIC",
     "SegmentationError",
     "SeriesGeometryError",
     "Volume",
@@ -37,42 +52,8 @@ __all__ = [
     "resample_nearest",
 ]
 
-# Positions closer than this along the slice normal belong to the same slice (mm).
-_POSITION_TOLERANCE_MM = 1e-2
-# Direction cosines of two slices agree when they differ by less than this.
-_ORIENTATION_TOLERANCE = 1e-4
-# A gap between neighbouring slices may differ from the median gap by this fraction.
-_SPACING_RELATIVE_TOLERANCE = 0.1
-
-
-class SeriesGeometryError(ValueError):
-    """The files do not form one regular volume (the message names the problem)."""
-
-
 class SegmentationError(ValueError):
     """A DICOM SEG cannot be read or mapped onto the requested grid."""
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """One 2D image (a classic instance or one frame of an enhanced one)."""
-
-    position: np.ndarray
-    row_cosine: np.ndarray
-    column_cosine: np.ndarray
-    pixel_spacing: tuple[float, float]
-    pixels: np.ndarray
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-    instance_number: int
-    temporal_position: int | None
-    trigger_time_s: float | None
-    acquisition_time_s: float | None
-    content_time_s: float | None
-    echo_time_ms: float | None
-    flip_angle: float | None
-    header: Dataset
 
 
 @dataclass(frozen=True)
@@ -113,6 +94,9 @@ class Volume:
     headers: tuple[Dataset, ...]
     sop_class_uids: np.ndarray
     time_point_headers: tuple[Dataset, ...] = ()
+    layout: str = CLASSIC
+    frame_numbers: np.ndarray | None = None
+    tile_offsets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim not in (3, 4):
@@ -130,6 +114,13 @@ class Volume:
             raise SeriesGeometryError("times must have one entry per time point of a 4D volume")
 
     # ------------------------------------------------------------------ properties
+    def describe(self) -> str:
+        """The layout, size and voxel size in words, for messages."""
+        nz, ny, nx = self.shape3d
+        dz, dy, dx = self.spacing
+        times = f" x {self.data.shape[0]} time points" if self.is_dynamic else ""
+        return f"{self.layout} series of {nz} slices{times} ({nx}x{ny} pixels, {dx:.3g}x{dy:.3g}x{dz:.3g} mm)"
+
     @property
     def is_dynamic(self) -> bool:
         """Whether the volume has a time axis."""
@@ -272,284 +263,37 @@ def resample_nearest(
 
 
 # ---------------------------------------------------------------------- reading
-def _seconds_of_tm(value: Any) -> float | None:
-    """Seconds since midnight of a DICOM TM value (None when absent/unparseable)."""
-    if value is None or str(value).strip() == "":
-        return None
-    text = str(value).strip().replace(":", "")
-    try:
-        hours = int(text[0:2])
-        minutes = int(text[2:4]) if len(text) >= 4 else 0
-        seconds = float(text[4:]) if len(text) > 4 else 0.0
-    except ValueError:
-        return None
-    return hours * 3600.0 + minutes * 60.0 + seconds
+def _normalised_header(header: Dataset, position: np.ndarray, row: np.ndarray, column: np.ndarray,
+                       pixel_spacing: tuple[float, float]) -> Dataset:
+    """A copy of a classic slice header with the series' consensus geometry.
 
-
-def _seconds_of_dt(value: Any) -> float | None:
-    """Seconds since midnight of the time part of a DICOM DT value."""
-    if value is None or len(str(value).strip()) < 8:
-        return None
-    text = str(value).strip()
-    # Drop a UTC offset suffix; timing differences within a series do not need it.
-    for sign in ("+", "-"):
-        if sign in text[8:]:
-            text = text[: 8 + text[8:].index(sign)]
-    return _seconds_of_tm(text[8:]) if len(text) > 8 else 0.0
-
-
-def _float_or_none(value: Any) -> float | None:
-    if value is None or str(value).strip() == "":
-        return None
-    return float(value)
-
-
-def _header_without_pixels(ds: Dataset, owned: bool) -> Dataset:
-    """``ds`` without pixel data (and per-frame groups); in place when ``owned``.
-
-    Files read here are owned and stripped in place, which avoids converting
-    every element of every file; datasets passed in by a caller are copied.
+    The copy shares the other elements; only the geometry elements are new
+    objects, so the caller's datasets are not changed.
     """
-    dropped = ("PixelData", "FloatPixelData", "DoubleFloatPixelData",
-               "PerFrameFunctionalGroupsSequence")
-    if owned:
-        for keyword in dropped:
-            if keyword in ds:
-                delattr(ds, keyword)
-        return ds
-    header = Dataset()
-    for element in ds:
-        if element.keyword not in dropped:
-            header.add(element)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        header.file_meta = meta
-    return header
-
-
-def _vector(value: Any, length: int, what: str, source: str) -> np.ndarray:
-    if value is None:
-        raise SeriesGeometryError(f"{source}: {what} is missing")
-    vector = np.asarray([float(v) for v in value], dtype=np.float64)
-    if vector.shape != (length,):
-        raise SeriesGeometryError(f"{source}: {what} has {vector.size} values, expected {length}")
-    return vector
-
-
-def _classic_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
-    orientation = _vector(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", source)
-    position = _vector(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", source)
-    spacing = _vector(ds.get("PixelSpacing"), 2, "PixelSpacing", source)
-    pixels = ds.pixel_array.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if slope != 1.0 or intercept != 0.0:
-        pixels = pixels * np.float32(slope) + np.float32(intercept)
-    temporal = ds.get("TemporalPositionIdentifier")
-    return [
-        _Frame(
-            position=position,
-            row_cosine=orientation[:3],
-            column_cosine=orientation[3:],
-            pixel_spacing=(float(spacing[0]), float(spacing[1])),
-            pixels=pixels,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-            instance_number=int(ds.get("InstanceNumber", 0) or 0),
-            temporal_position=None if temporal in (None, "") else int(temporal),
-            trigger_time_s=(
-                None if (tt := _float_or_none(ds.get("TriggerTime"))) is None else tt / 1000.0
-            ),
-            acquisition_time_s=(
-                _seconds_of_tm(ds.get("AcquisitionTime"))
-                if ds.get("AcquisitionTime")
-                else _seconds_of_dt(ds.get("AcquisitionDateTime"))
-            ),
-            content_time_s=_seconds_of_tm(ds.get("ContentTime")),
-            echo_time_ms=_float_or_none(ds.get("EchoTime")),
-            flip_angle=_float_or_none(ds.get("FlipAngle")),
-            header=_header_without_pixels(ds, owned),
-        )
-    ]
-
-
-def _group_item(
-    per_frame: Dataset, shared: Dataset | None, keyword: str
-) -> Dataset | None:
-    """The first item of functional group ``keyword``, per-frame first, then shared."""
-    for groups in (per_frame, shared):
-        if groups is not None and keyword in groups and len(groups[keyword].value) > 0:
-            return groups[keyword].value[0]
-    return None
-
-
-def _echo_time(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
-    echo = _group_item(per_frame, shared, "MREchoSequence")
-    if echo is not None:
-        return _float_or_none(echo.get("EffectiveEchoTime"))
-    return _float_or_none(ds.get("EchoTime"))
-
-
-def _flip_angle(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
-    timing = _group_item(per_frame, shared, "MRTimingAndRelatedParametersSequence")
-    if timing is not None and timing.get("FlipAngle") not in (None, ""):
-        return float(timing.FlipAngle)
-    return _float_or_none(ds.get("FlipAngle"))
-
-
-def _enhanced_frames(ds: Dataset, source: str, owned: bool) -> list[_Frame]:
-    """Frames of an Enhanced MR (multi-frame) instance (PS3.3 C.7.6.16)."""
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else None
-    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame_seq:
-        raise SeriesGeometryError(f"{source}: multi-frame image without per-frame groups")
-    all_pixels = ds.pixel_array.astype(np.float32)
-    if all_pixels.ndim == 2:
-        all_pixels = all_pixels[np.newaxis]
-    header = _header_without_pixels(ds, owned)
-    frames = []
-    for index, groups in enumerate(per_frame_seq):
-        where = f"{source} frame {index + 1}"
-        plane_position = _group_item(groups, shared, "PlanePositionSequence")
-        plane_orientation = _group_item(groups, shared, "PlaneOrientationSequence")
-        measures = _group_item(groups, shared, "PixelMeasuresSequence")
-        if plane_position is None or plane_orientation is None or measures is None:
-            raise SeriesGeometryError(f"{where}: plane position/orientation/pixel measures missing")
-        orientation = _vector(
-            plane_orientation.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", where
-        )
-        position = _vector(
-            plane_position.get("ImagePositionPatient"), 3, "ImagePositionPatient", where
-        )
-        spacing = _vector(measures.get("PixelSpacing"), 2, "PixelSpacing", where)
-        pixels = all_pixels[index]
-        transform = _group_item(groups, shared, "PixelValueTransformationSequence")
-        if transform is not None:
-            slope = float(transform.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(transform.get("RescaleIntercept", 0.0) or 0.0)
-            pixels = pixels * np.float32(slope) + np.float32(intercept)
-        content = _group_item(groups, None, "FrameContentSequence")
-        temporal = None if content is None else content.get("TemporalPositionIndex")
-        acquired = None if content is None else _seconds_of_dt(
-            content.get("FrameAcquisitionDateTime")
-        )
-        referenced = None if content is None else _seconds_of_dt(
-            content.get("FrameReferenceDateTime")
-        )
-        cardiac = _group_item(groups, None, "CardiacSynchronizationSequence")
-        trigger = None
-        if cardiac is not None:
-            delay = _float_or_none(cardiac.get("NominalCardiacTriggerDelayTime"))
-            trigger = None if delay is None else delay / 1000.0
-        frames.append(
-            _Frame(
-                position=position,
-                row_cosine=orientation[:3],
-                column_cosine=orientation[3:],
-                pixel_spacing=(float(spacing[0]), float(spacing[1])),
-                pixels=pixels,
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-                instance_number=index + 1,
-                temporal_position=None if temporal in (None, "") else int(temporal),
-                trigger_time_s=trigger,
-                acquisition_time_s=acquired,
-                content_time_s=referenced,
-                echo_time_ms=_echo_time(groups, shared, ds),
-                flip_angle=_flip_angle(groups, shared, ds),
-                header=header,
-            )
-        )
-    return frames
-
-
-def _read_frames(files: Iterable[str | PathLike[str] | Dataset]) -> list[_Frame]:
-    frames: list[_Frame] = []
-    seen: set[str] = set()
-    for item in files:
-        owned = not isinstance(item, Dataset)
-        if isinstance(item, Dataset):
-            ds, source = item, str(item.get("SOPInstanceUID", "dataset"))
-        else:
-            source = str(item)
-            try:
-                ds = pydicom.dcmread(item)
-            except (pydicom.errors.InvalidDicomError, OSError) as exc:
-                raise SeriesGeometryError(f"{source}: not a readable DICOM file ({exc})") from exc
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise SeriesGeometryError(f"{source}: no pixel data (not an image)")
-        # A re-sent instance (same SOP Instance UID) is the same image: keep the first.
-        uid = str(ds.get("SOPInstanceUID", ""))
-        if uid and uid in seen:
-            continue
-        seen.add(uid)
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-            frames.extend(_enhanced_frames(ds, source, owned))
-        else:
-            frames.extend(_classic_frames(ds, source, owned))
-    if not frames:
-        raise SeriesGeometryError("no files given")
-    return frames
-
-
-def _check_consistency(frames: list[_Frame], single_series: bool) -> None:
-    first = frames[0]
-    series = {f.series_instance_uid for f in frames}
-    if single_series and len(series) > 1:
-        raise SeriesGeometryError(f"files belong to {len(series)} series: {sorted(series)}")
-    for frame in frames:
-        if frame.pixels.shape != first.pixels.shape:
-            raise SeriesGeometryError(
-                f"mixed image sizes: {frame.sop_instance_uid} is {frame.pixels.shape}, "
-                f"{first.sop_instance_uid} is {first.pixels.shape}"
-            )
-        if (
-            np.abs(frame.row_cosine - first.row_cosine).max() > _ORIENTATION_TOLERANCE
-            or np.abs(frame.column_cosine - first.column_cosine).max() > _ORIENTATION_TOLERANCE
-        ):
-            raise SeriesGeometryError(
-                f"inconsistent ImageOrientationPatient: {frame.sop_instance_uid} differs from "
-                f"{first.sop_instance_uid}"
-            )
-        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
-            raise SeriesGeometryError(
-                f"inconsistent PixelSpacing: {frame.pixel_spacing} vs {first.pixel_spacing}"
-            )
-
-
-def _time_source(frames: list[_Frame]) -> str | None:
-    """The first timing attribute that all frames carry and that varies."""
-    for attribute in ("trigger_time_s", "acquisition_time_s", "content_time_s"):
-        values = [getattr(f, attribute) for f in frames]
-        if all(v is not None for v in values) and len(set(values)) > 1:
-            return attribute
-    return None
-
-
-def _frame_time(frame: _Frame, source: str | None, reference: float) -> float:
-    if source is None:
-        return 0.0
-    value = float(getattr(frame, source))
-    if source != "trigger_time_s" and value < reference - 12 * 3600:
-        # A time of day earlier than the series start by half a day crossed midnight.
-        value += 24 * 3600.0
-    return value
+    copy = Dataset()
+    copy.update(header)
+    for name in ("file_meta", "filename"):
+        value = getattr(header, name, None)
+        if value is not None:
+            setattr(copy, name, value)
+    copy.add_new(0x00200037, "DS", [decimal_string(v) for v in (*row, *column)])
+    copy.add_new(0x00200032, "DS", [decimal_string(v) for v in position])
+    copy.add_new(0x00280030, "DS", [decimal_string(v) for v in pixel_spacing])
+    return copy
 
 
 def load_series(
     files: Iterable[str | PathLike[str] | Dataset], *, single_series: bool = True
 ) -> Volume:
-    """Read one MR series into a :class:`Volume`.
+    """Read one MR series, of any vendor layout, into a :class:`Volume`.
 
     Parameters
     ----------
     files:
         Paths (or already read datasets) of the series' instances in any order:
-        classic images (one per slice per time point) or Enhanced MR
-        multi-frame instances.
+        classic images (one per slice per time point), Siemens MOSAIC (one per
+        time point, slices as tiles), Enhanced MR multi-frame (one instance per
+        volume, or the whole series in one).
     single_series:
         Refuse files of several series (the default). ``False`` combines
         series of identical geometry, e.g. a variable flip angle acquisition
@@ -558,14 +302,17 @@ def load_series(
     Returns
     -------
     Volume
-        3D for a static, 4D for a dynamic series.
+        3D for a static, 4D for a dynamic series, with the consensus geometry
+        (see :mod:`analyzers._shared.dicom_layouts.geometry`) in its affine and
+        in its classic slice headers, and :attr:`Volume.layout` naming the layout.
 
     Raises
     ------
     SeriesGeometryError
-        Files of several series, inconsistent orientation, pixel spacing or
-        image size, irregular slice spacing (a missing slice), or a different
-        number of time points per slice (a missing time point).
+        (an :class:`~analyzers.contract.UnsuitableInput`) Files of several
+        series, mixed orientations, pixel spacings, image sizes or image types,
+        irregular or missing slices, missing time points, a MOSAIC without its
+        CSA header; the message names the layout.
 
     Notes
     -----
@@ -574,129 +321,41 @@ def load_series(
     TemporalPositionIdentifier (TemporalPositionIndex for enhanced images),
     then by EchoTime or FlipAngle where those vary (a multi-echo or variable
     flip angle series becomes 4D along them), then by TriggerTime,
-    AcquisitionTime or ContentTime, then InstanceNumber.
-    ``times`` comes from TriggerTime when it varies, else AcquisitionTime
-    (or AcquisitionDateTime), else ContentTime, taking the earliest slice of
-    each time point, relative to the first entry of the fourth axis. Instances
-    given twice (same SOP Instance UID) are read once.
+    AcquisitionTime or ContentTime, then InstanceNumber and frame number.
+    ``times`` comes from TriggerTime (enhanced: Temporal Position Time Offset
+    or trigger delay) when it varies, else AcquisitionTime (enhanced:
+    FrameAcquisitionDateTime; MOSAIC: the mosaic's, for all its slices),
+    else ContentTime, taking the earliest slice of each time point,
+    relative to the first. Instances given twice (same SOP Instance UID) are
+    read once.
     """
-    frames = _read_frames(files)
-    _check_consistency(frames, single_series)
-    first = frames[0]
-    normal = np.cross(first.row_cosine, first.column_cosine)
-    distances = np.array([float(f.position @ normal) for f in frames])
-
-    # Cluster positions along the normal into slices.
-    order = np.argsort(distances, kind="stable")
-    slice_of = np.empty(len(frames), dtype=np.int64)
-    slice_index = 0
-    for rank, frame_index in enumerate(order):
-        gap = distances[frame_index] - distances[order[rank - 1]] if rank > 0 else 0.0
-        if gap > _POSITION_TOLERANCE_MM:
-            slice_index += 1
-        slice_of[frame_index] = slice_index
-    n_slices = slice_index + 1
-
-    time_source = _time_source(frames)
-    reference = min(
-        (getattr(f, time_source) for f in frames), default=0.0
-    ) if time_source else 0.0
-
-    per_slice: list[list[int]] = [[] for _ in range(n_slices)]
-    for frame_index, slice_number in enumerate(slice_of.tolist()):
-        per_slice[slice_number].append(frame_index)
-    counts = {len(members) for members in per_slice}
-    if len(counts) > 1:
-        by_count = {len(m): k for k, m in enumerate(per_slice)}
-        raise SeriesGeometryError(
-            "missing time points: slices have "
-            + ", ".join(f"{c} images (e.g. slice {k})" for c, k in sorted(by_count.items()))
-        )
-    n_times = counts.pop()
-
-    use_temporal = all(f.temporal_position is not None for f in frames)
-
-    # Repeated positions that differ in echo time or flip angle (multi-echo, VFA)
-    # are ordered by those values; otherwise by time.
-    varying = [
-        attribute for attribute in ("echo_time_ms", "flip_angle")
-        if len({getattr(f, attribute) for f in frames}) > 1
-        and all(getattr(f, attribute) is not None for f in frames)
-    ]
-
-    def sort_key(frame_index: int) -> tuple[float, ...]:
-        frame = frames[frame_index]
-        temporal = float(frame.temporal_position) if use_temporal else 0.0  # type: ignore[arg-type]
-        return (
-            temporal,
-            *(float(getattr(frame, attribute)) for attribute in varying),
-            _frame_time(frame, time_source, reference),
-            float(frame.instance_number),
-        )
-
-    grid = np.empty((n_times, n_slices), dtype=np.int64)
-    for k, members in enumerate(per_slice):
-        members.sort(key=sort_key)
-        if use_temporal:
-            labels = [frames[m].temporal_position for m in members]
-            if len(set(labels)) != len(labels):
-                raise SeriesGeometryError(
-                    f"slice {k} has repeated TemporalPositionIdentifier values {labels}"
-                )
-        grid[:, k] = members
-    if use_temporal:
-        reference_labels = [frames[m].temporal_position for m in grid[:, 0]]
-        for k in range(n_slices):
-            labels = [frames[m].temporal_position for m in grid[:, k]]
-            if labels != reference_labels:
-                raise SeriesGeometryError(
-                    f"slice {k} has temporal positions {labels}, slice 0 has {reference_labels}"
-                )
-
-    # Slice geometry: regular spacing along the normal, step vector from the ends.
-    positions = np.array([frames[m].position for m in grid[0]])
-    if n_slices > 1:
-        gaps = np.diff(positions @ normal)
-        median_gap = float(np.median(gaps))
-        irregular = np.abs(gaps - median_gap) > _SPACING_RELATIVE_TOLERANCE * median_gap + 1e-3
-        if irregular.any():
-            k = int(np.flatnonzero(irregular)[0])
-            raise SeriesGeometryError(
-                f"irregular slice spacing (missing slice?): gap {gaps[k]:.3f} mm between slices "
-                f"{k} and {k + 1}, median {median_gap:.3f} mm"
-            )
-        step = (positions[-1] - positions[0]) / (n_slices - 1)
-    else:
-        thickness = _float_or_none(first.header.get("SpacingBetweenSlices")) or _float_or_none(
-            first.header.get("SliceThickness")
-        ) or 1.0
-        step = normal * thickness
-    row_spacing, column_spacing = first.pixel_spacing
-    affine = np.eye(4)
-    affine[:3, 0] = first.row_cosine * column_spacing
-    affine[:3, 1] = first.column_cosine * row_spacing
-    affine[:3, 2] = step
-    affine[:3, 3] = positions[0]
-
+    frames = read_frames(files)
+    stack = assemble(frames, single_series)
+    grid = stack.grid
+    n_times = grid.shape[0]
     data = np.stack(
         [np.stack([frames[m].pixels for m in grid[t]]) for t in range(n_times)]
     ).astype(np.float32, copy=False)
     uids = np.array([[frames[m].sop_instance_uid for m in row] for row in grid], dtype=object)
     classes = np.array([[frames[m].sop_class_uid for m in row] for row in grid], dtype=object)
-    headers = tuple(frames[m].header for m in grid[0])
-    spacing = (float(np.linalg.norm(step)), float(row_spacing), float(column_spacing))
-
-    times: np.ndarray | None = None
+    frame_numbers = np.array([[frames[m].frame_number for m in row] for row in grid], dtype=np.int64)
+    tile_offsets = np.array([frames[m].tile_offset for m in grid[0]], dtype=np.int64)
+    row_spacing, column_spacing = stack.spacing[1], stack.spacing[2]
+    if stack.layout == CLASSIC:
+        headers = tuple(
+            _normalised_header(frames[m].header, stack.slice_position(k), stack.row_cosine,
+                               stack.column_cosine, (row_spacing, column_spacing))
+            for k, m in enumerate(grid[0])
+        )
+    else:
+        headers = tuple(frames[m].header for m in grid[0])
     if n_times > 1:
-        if time_source is not None:
-            starts = np.array([
-                min(_frame_time(frames[m], time_source, reference) for m in grid[t])
-                for t in range(n_times)
-            ])
-            times = starts - starts[0]
         per_time_point = tuple(frames[m].header for m in grid[:, 0])
-        return Volume(data, affine, spacing, times, uids, headers, classes, per_time_point)
-    return Volume(data[0], affine, spacing, None, uids[0], headers, classes[0])
+        return Volume(data, stack.affine, stack.spacing, stack.times, uids, headers, classes,
+                      per_time_point, layout=stack.layout, frame_numbers=frame_numbers,
+                      tile_offsets=tile_offsets)
+    return Volume(data[0], stack.affine, stack.spacing, None, uids[0], headers, classes[0],
+                  layout=stack.layout, frame_numbers=frame_numbers[0], tile_offsets=tile_offsets)
 
 
 def load_segmentation(
