@@ -39,6 +39,7 @@ from pydicom.uid import (
 from node import __version__
 from node.dataset_checks import check_element_lengths, check_pixel_length, nests_deeper_than
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
+from node.routing.hints import completion_hints
 from node.storage.attributes import ATTRIBUTES
 from node.storage.index import CommitHook, Index, InstanceRecord
 from node.storage.store import InstanceStore, safe_component
@@ -472,6 +473,7 @@ class Ingestor:
                 calling_ae: str) -> InstanceRecord:
         values = self._values(ds, self._index_specs)
         series_attributes = self._values(ds, self._routing_specs)
+        series_attributes.update(completion_hints(ds))
         return InstanceRecord(
             values=values,
             path=self.store.relative(path),

@@ -44,7 +44,18 @@ POST_3D = ["brainmets", "meningioma"]
     ("tfl3d1_ns", ["brainmets"]), ("BRAVO", ["brainmets"]), ("3D T1 post", POST_3D),
     ("t1_space_tra_KM", POST_3D), ("t1_mprage_tra_iso_KM", POST_3D), ("Ax 3D T1 BRAVO +C", POST_3D),
     ("T1W_3D_TFE +C", POST_3D), ("Ax 3D T1 CUBE BB +C", POST_3D), ("3D_T1_VISTA_BB +C", POST_3D),
+    # vendor names of 3D T1 (Siemens, GE, Philips, Canon) and their post-contrast variants
+    ("3D Ax T1 MP-RAGE_R22", ["brainmets"]), ("MP-RAGE", ["brainmets"]), ("Sag 3D MPRAGE", ["brainmets"]),
+    ("t1_mpr_sag_p2_iso", ["brainmets"]), ("Ax 3D BRAVO", ["brainmets"]), ("Ax T1 FSPGR 3D", ["brainmets"]),
+    ("Sag IR-FSPGR", ["brainmets"]), ("3D T1 TFE", ["brainmets"]), ("T1W_3D_TFE", ["brainmets"]),
+    ("sT1W_3D_TFE_SENSE", ["brainmets"]), ("CUBE T1", ["brainmets"]), ("3D FFE T1", ["brainmets"]),
+    ("MPRAGE +C", POST_3D), ("Ax BRAVO +C", POST_3D), ("Sag FSPGR post contrast", POST_3D),
+    # vendor names of DSC and DCE
+    ("PWI", ["dsc"]), ("Ax PERFUSION", ["dsc"]), ("DSC_PERF", ["dsc"]), ("EPI perfusion", ["dsc"]),
+    ("DISCO", ["dce"]), ("Ax DISCO DCE", ["dce"]), ("THRIVE dyn", ["dce"]), ("T1 THRIVE DCE", ["dce"]),
+    ("TWIST", ["dce"]), ("t1_vibe_perfusion", ["dce"]),
     # spine
+    ("t2_tirm_sag LWS", ["spine"]), ("HWS t2_tirm_sag", ["spine"]),
     ("t2_tse_sag_LWS", ["spine"]), ("t1_tse_sag BWS", ["spine"]), ("STIR_sag HWS", ["spine"]),
     ("Spine T1 post", ["spine"]), ("T2 lumbar spine", ["spine"]),
 ])
@@ -59,9 +70,20 @@ def test_spine_by_body_part(table, description: str) -> None:
 
 
 @pytest.mark.parametrize("description", ["t2_tse_tra", "t2_space_flair_sag", "ep2d_diff_3scan", "localizer",
-                                         "SWI_Images", "t2_tse_sag"])
+                                         "SWI_Images", "t2_tse_sag", "t2_tirm_tra_dark-fluid", "pCASL",
+                                         "ASL perfusion", "WIP SOURCE - 3DpCASL", "t1_vibe_fs_tra", "Ax DWI"])
 def test_other_series_get_only_qc(table, description: str) -> None:
     assert _routes(table, description) == ["qc"]
+
+
+def test_dynamic_vibe_thrive_lava_go_to_dce_by_their_time_axis(table) -> None:
+    for description in ("t1_vibe_fs_tra", "THRIVE", "Ax LAVA"):
+        assert _routes(table, description, NumberOfTemporalPositions="60") == ["dce_multiphase", "qc"]
+        assert _routes(table, description, NumberOfTemporalPositions="1") == ["qc"]
+
+
+def test_dark_fluid_tirm_is_not_spine_stir(table) -> None:
+    assert _routes(table, "t2_tirm_tra_dark-fluid", BodyPartExamined="SPINE") == ["qc"]
 
 
 def test_derived_images_and_non_mr_are_not_analyzed(table) -> None:

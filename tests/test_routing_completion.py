@@ -76,7 +76,7 @@ def _routes(on_late: str = "ignore", stable_after: float | None = None):
 def test_expected_instances_from_headers() -> None:
     assert expected_instances({"ImagesInAcquisition": "20"}) == 20
     assert expected_instances({"ImagesInAcquisition": 20, "NumberOfTemporalPositions": "40"}) == 800
-    assert expected_instances({"NumberOfFrames": "120", "ImagesInAcquisition": "1"}) == 1
+    assert expected_instances({"NumberOfFrames": "120", "ImagesInAcquisition": "1"}) is None
     assert expected_instances({"SeriesDescription": "x"}) is None
     assert expected_instances({"ImagesInAcquisition": "0"}) is None
 

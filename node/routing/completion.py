@@ -7,15 +7,22 @@ memory: an apscheduler timer per open series fires at its ``due_at``, and on sta
 that were being completed when the node died, and opens series whose instances were
 indexed but never tracked (a crash between the index commit and the listener).
 
-Expected instance count (first rule that applies):
+Expected instance count, by layout (completion must err late, never early: a count that
+might be too small is not used, and the quiet timer decides):
 
-* ``NumberOfFrames`` > 1 (an enhanced multi-frame object holds the whole acquisition): 1;
-* ``ImagesInAcquisition`` N with ``NumberOfTemporalPositions`` T > 1: N × T (N read as the
-  images of one time point, as Siemens and Philips write it; GE's convention, N = all
-  images, gives a larger count that is never reached, and the quiet timer completes the
-  series — erring late, never early);
-* ``ImagesInAcquisition`` N alone: N;
-* otherwise no count: the quiet timer decides.
+* Enhanced MR (``NumberOfFrames`` > 1): ``NumberOfTemporalPositions`` T spread over
+  instances that hold k time points each (``TemporalPositionsInInstance``, read from the
+  frames at ingest, :mod:`node.routing.hints`): ceil(T / k) instances; Siemens XA writes one
+  instance per volume (k = 1: T instances), Philips the whole series in one (k = T: 1).
+  Without T the count is unknown.
+* Siemens MOSAIC (ImageType ``MOSAIC``): one instance per time point, so T when stated;
+  ImagesInAcquisition counts the slices inside each mosaic and is not an instance count.
+* GE classic: ImagesInAcquisition N counts every image of the acquisition when it equals
+  GE's Locations in Acquisition S (0021,104F) times T, or S alone without T; when N = S
+  with T > 1 it counts one volume (N x T). Other combinations: unknown.
+* Other classic series: N x T when T > 1 (N read as the images of one time point, as
+  Siemens and Philips write it), else N.
+* Otherwise no count: the quiet timer decides.
 
 An instance arriving after completion is *late*: it is logged and counted, and re-opens
 the series for another round of analysis only for the routes that say
@@ -83,15 +90,35 @@ def _int(value: Any) -> int | None:
     return number if number > 0 else None
 
 
+def _is_mosaic(attributes: Mapping[str, Any]) -> bool:
+    image_type = attributes.get("ImageType")
+    values = image_type if isinstance(image_type, list | tuple) else str(image_type or "").split("\\")
+    return any(str(v).strip().upper() == "MOSAIC" for v in values)
+
+
 def expected_instances(attributes: Mapping[str, Any]) -> int | None:
     """The instance count that completes a series, or ``None`` when the headers do not say."""
+    temporal = _int(attributes.get("NumberOfTemporalPositions"))
     frames = _int(attributes.get("NumberOfFrames"))
-    if frames is not None and frames > 1:
-        return 1
+    if (frames is not None and frames > 1) or attributes.get("TemporalPositionsInInstance"):
+        if temporal is None:
+            return None
+        per_instance = _int(attributes.get("TemporalPositionsInInstance")) or 1
+        return -(-temporal // per_instance)
+    if _is_mosaic(attributes):
+        return temporal
     images = _int(attributes.get("ImagesInAcquisition"))
     if images is None:
         return None
-    temporal = _int(attributes.get("NumberOfTemporalPositions"))
+    if str(attributes.get("Manufacturer", "")).upper().startswith("GE"):
+        locations = _int(attributes.get("GELocationsInAcquisition"))
+        if locations is None:
+            return images * temporal if temporal is not None and temporal > 1 else images
+        if temporal is None or temporal == 1:
+            return images if images % locations == 0 else None
+        if images == locations * temporal:
+            return images
+        return images * temporal if images == locations else None
     return images * temporal if temporal is not None and temporal > 1 else images
 
 
