@@ -195,6 +195,8 @@ class HttpSettings(_Section):
     # its fsyncs, and overlapping them (the file system commits them together) is what
     # makes a large upload fast.
     stow_workers: Annotated[int, Field(ge=1, le=256)] = 32
+    # The most frames one WADO-RS /frames/{list} request may name (each at most once).
+    max_frames_per_request: Annotated[int, Field(ge=1, le=100_000)] = 2048
 
     @field_validator("base_path")
     @classmethod

@@ -1,5 +1,9 @@
 """Checks on an arriving dataset's encoding that must run before, or instead of, a full parse.
 
+:func:`check_element_lengths` and :func:`check_pixel_length` refuse a dataset that was cut
+off: an element, the Pixel Data element or an encapsulated fragment declaring more bytes
+than arrived, or native pixels fewer than the image attributes call for.
+
 :func:`sequence_depth` measures how deeply sequences nest without recursing: pydicom
 parses a sequence of undefined length by recursion, so a dataset nesting a few hundred
 levels deep raises ``RecursionError`` in the middle of a request. The node refuses such a
@@ -18,11 +22,26 @@ from dataclasses import dataclass
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.errors import InvalidDataset
 
-__all__ = ["check_element_lengths", "check_pixel_length", "nests_deeper_than", "sequence_depth"]
+__all__ = [
+    "DECODE_ERRORS",
+    "check_element_lengths",
+    "check_pixel_length",
+    "expected_pixel_bytes",
+    "nests_deeper_than",
+    "sequence_depth",
+]
+
+#: What pydicom raises on bytes it cannot decode: a malformed element, an unknown VR, a value
+#: of the wrong size, a stream that ends early, nesting beyond the stack.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, KeyError, IndexError,
+    OverflowError, NotImplementedError, struct.error, RecursionError, AttributeError, UnicodeError,
+)
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
@@ -170,34 +189,100 @@ def check_element_lengths(ds: Dataset) -> None:
                 )
 
 
-def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
-    """A native (uncompressed) Pixel Data shorter than its header promises is a truncated dataset."""
-    if UID(transfer_syntax).is_compressed or transfer_syntax == DeflatedExplicitVRLittleEndian:
-        return
+# Uncompressed chroma-subsampled colour: two samples per pixel on average (Y Y Cb Cr per pair,
+# PS3.3 C.7.6.3.1.2), whatever Samples per Pixel says.
+_SUBSAMPLED = frozenset(("YBR_FULL_422", "YBR_PARTIAL_422"))
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+
+
+def expected_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes of native Pixel Data the image attributes call for, or None when they are missing."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+    per_pixel = 2 if photometric in _SUBSAMPLED and samples == 3 else samples
+    return (rows * cols * frames * per_pixel * bits + 7) // 8
+
+
+def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
+    """Pixel Data that is cut off is a truncated dataset, whatever the header says.
+
+    * The element's declared length must have arrived (with or without Rows and Columns).
+    * Encapsulated (compressed) Pixel Data must end with its sequence delimiter, every
+      fragment complete.
+    * Native Pixel Data must hold what Rows x Columns x frames x samples (two per pixel for
+      YBR_FULL_422) x Bits Allocated call for.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return  # checked on the inflated bytes would mean inflating twice; pydicom reads it whole
+    located = _pixel_element(ds, data, transfer_syntax)
+    if located is None:
         return
-    expected = rows * cols * samples * frames * bits // 8
-    # The remaining bytes after the header hold the Pixel Data element (tag, VR, length, value).
-    consumed = _header_length(ds, data, transfer_syntax)
-    remaining = len(data) - consumed
-    if consumed and remaining < expected:
+    tag, declared, start = located
+    present = len(data) - start
+    if declared == _UNDEFINED:
+        _check_fragments(data, start, little=UID(transfer_syntax).is_little_endian)
+        return
+    if declared > present:
         raise InvalidDataset(
-            f"Pixel Data is truncated: {rows}x{cols}x{frames} at {bits} bits needs {expected} "
-            f"bytes, {max(remaining, 0)} arrived"
+            f"Pixel Data truncated: {declared} bytes declared, {max(present, 0)} arrived (the "
+            "dataset is cut off or corrupt)"
+        )
+    if tag != (0x7FE0, 0x0010) or UID(transfer_syntax).is_compressed:
+        return
+    expected = expected_pixel_bytes(ds)
+    if expected is not None and declared < expected:
+        raise InvalidDataset(
+            f"Pixel Data truncated: needs {expected} bytes, {declared} arrived "
+            f"({ds.Rows}x{ds.Columns}x{ds.get('NumberOfFrames', 1) or 1} "
+            f"{ds.get('PhotometricInterpretation', '')} at {ds.BitsAllocated} bits)"
         )
 
 
-def _header_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> int:
-    """Offset of the Pixel Data value, or 0 when the parse did not stop at Pixel Data."""
+def _pixel_element(ds: Dataset, data: bytes, transfer_syntax: UID) -> tuple[tuple[int, int], int, int] | None:
+    """(tag, declared length, offset of the value) of the pixel data element where the header
+    parse stopped, or None when it did not stop at one."""
     at = int(getattr(ds, "_pacsnode_header_end", 0) or 0)
     if at <= 0 or at + 8 > len(data):
-        return 0
-    if int.from_bytes(data[at:at + 2], "little") != 0x7FE0 or int.from_bytes(data[at + 2:at + 4], "little") != 0x0010:
-        return 0
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    return at + (8 if implicit else 12)
+        return None
+    little = UID(transfer_syntax).is_little_endian
+    order = "<" if little else ">"
+    group, number = struct.unpack_from(order + "HH", data, at)
+    if (group, number) not in _PIXEL_TAGS:
+        return None
+    if transfer_syntax == ImplicitVRLittleEndian:
+        (declared,) = struct.unpack_from(order + "I", data, at + 4)
+        return (group, number), declared, at + 8
+    if at + 12 > len(data):
+        raise InvalidDataset("Pixel Data truncated: the element is cut off in its header")
+    (declared,) = struct.unpack_from(order + "I", data, at + 8)
+    return (group, number), declared, at + 12
+
+
+def _check_fragments(data: bytes, offset: int, *, little: bool) -> None:
+    """Walk the items of encapsulated Pixel Data up to its sequence delimiter."""
+    order = "<" if little else ">"
+    end = len(data)
+    while offset + 8 <= end:
+        group, number, length = struct.unpack_from(order + "HHI", data, offset)
+        offset += 8
+        if (group, number) == (0xFFFE, 0xE0DD):
+            return
+        if (group, number) != (0xFFFE, 0xE000) or length == _UNDEFINED:
+            raise InvalidDataset(
+                f"encapsulated Pixel Data holds ({group:04X},{number:04X}) where an item or the "
+                "sequence delimiter belongs: the dataset is corrupt"
+            )
+        if offset + length > end:
+            raise InvalidDataset(
+                f"Pixel Data truncated: a fragment declares {length} bytes, {end - offset} "
+                "arrived (the dataset is cut off)"
+            )
+        offset += length
+    raise InvalidDataset("Pixel Data truncated: its fragments end without the sequence delimiter "
+                         "(the dataset is cut off)")

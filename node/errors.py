@@ -26,9 +26,22 @@ class NodeError(Exception):
     dimse: int = 0xC000
     http: int = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self._detail = detail
+
+    @property
+    def detail(self) -> str:
+        """The operator's text for the log: like :attr:`message` (what the peer is told), plus
+        what only the operator may see, such as local paths."""
+        return self._detail or self.message
+
+    def prefix(self, text: str) -> None:
+        """Put ``text`` before both the message and the detail (e.g. which part of a request)."""
+        self.message = text + self.message
+        if self._detail is not None:
+            self._detail = text + self._detail
 
 
 class InvalidDataset(NodeError):

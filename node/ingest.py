@@ -27,7 +27,6 @@ from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import (
     UID,
@@ -37,7 +36,7 @@ from pydicom.uid import (
 )
 
 from node import __version__
-from node.dataset_checks import check_element_lengths, check_pixel_length, nests_deeper_than
+from node.dataset_checks import DECODE_ERRORS, check_element_lengths, check_pixel_length, nests_deeper_than
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
 from node.routing.hints import completion_hints
 from node.storage.attributes import ATTRIBUTES
@@ -271,8 +270,7 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
     except RecursionError as exc:
         raise InvalidDataset("sequences are nested too deeply to be read; the sender's object is "
                              "malformed") from exc
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
-            NotImplementedError) as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidDataset(
             f"the dataset cannot be decoded ({type(exc).__name__}: {exc}); the sender's "
             "file is corrupt or truncated"
@@ -455,8 +453,10 @@ class Ingestor:
                 target.unlink(missing_ok=True)
             if "full" in str(exc).lower():
                 raise OutOfResources(
-                    f"the index at {self.index.path} cannot grow: the disk is full; free space on "
-                    "the storage volume"
+                    "the node's index cannot grow: its disk is full; ask the node's operator to "
+                    "free space",
+                    detail=f"the index at {self.index.path} cannot grow: the disk is full; free space "
+                           "on the storage volume",
                 ) from exc
             raise
         outcome = self._outcome(status, ds, target, size, ts, calling_ae)
@@ -573,11 +573,20 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, int]:
     try:
         read_preamble(stream, force=False)
         meta = _read_file_meta_info(stream)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+    except DECODE_ERRORS as exc:
         raise InvalidDataset(
-            f"not a readable DICOM Part 10 file ({exc}); send application/dicom with the "
-            "128-byte preamble, DICM prefix and file meta information"
+            f"not a readable DICOM Part 10 file ({type(exc).__name__}: {str(exc)[:200]}); send "
+            "application/dicom with the 128-byte preamble, DICM prefix and file meta information"
         ) from exc
-    if not meta.get("TransferSyntaxUID"):
+    try:
+        syntax = UID(str(meta.get("TransferSyntaxUID", "") or ""))
+    except DECODE_ERRORS as exc:
+        raise InvalidDataset(f"the Transfer Syntax UID (0002,0010) cannot be read: {exc}") from exc
+    if not syntax:
         raise InvalidDataset("the file meta information has no Transfer Syntax UID (0002,0010)")
+    if not syntax.is_transfer_syntax:
+        raise InvalidDataset(
+            f"transfer syntax {syntax!r} is not one this node knows; send the instance in a "
+            "standard transfer syntax such as Explicit VR Little Endian (1.2.840.10008.1.2.1)"
+        )
     return meta, stream.tell()

@@ -81,7 +81,7 @@ async def _node_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NodeError)
     status = http_status(exc)
     if status >= 500:
-        log.error("DICOMweb %s %s: %s", request.method, request.url.path, exc.message)
+        log.error("DICOMweb %s %s: %s", request.method, request.url.path, exc.detail)
     return JSONResponse({"error": exc.message}, status_code=status)
 
 

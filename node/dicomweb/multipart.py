@@ -39,6 +39,7 @@ class MalformedMultipart(NodeError):
 class PayloadTooLarge(NodeError):
     """The request body exceeds ``[http] max_upload_mb``."""
 
+    dimse = 0xA700  # the STOW-RS FailureReason of the part left unread: out of resources
     http = 413
 
 

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from node.dicomweb.service import DicomwebService, dicom_json_response
 from node.storage.attributes import ATTRIBUTES, DERIVED, LEVELS, Level, by_keyword, by_tag
-from node.storage.query import InvalidQuery, Query
+from node.storage.query import InvalidQuery, Query, parse_count
 
 __all__ = ["DEFAULT_RETURNS", "parse_search", "search", "to_json_rows"]
 
@@ -75,9 +75,7 @@ def _non_negative(params: QueryParams, name: str) -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise InvalidQuery(f"{name} must be a non-negative integer, got {raw!r}")
-    return int(raw)
+    return parse_count(raw, name)
 
 
 def _visible(level: Level, keyword: str) -> bool:

@@ -12,7 +12,8 @@ after every part was handled:
   instance; the reasons in words in ``Warning`` headers);
 * 409: none was stored;
 * 400: the multipart body itself is malformed (the message says where);
-* 413: the body is larger than ``[http] max_upload_mb``;
+* 413: the body is larger than ``[http] max_upload_mb`` (when parts before the limit were
+  stored, a 202 lists them and reports the rest of the body as one failure instead);
 * 415: the Content-Type is not multipart/related with application/dicom parts;
 * 507: the storage ran out of space (``OutOfResources``).
 """
@@ -26,10 +27,10 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from node.dataset_checks import DECODE_ERRORS
 from node.dicomweb.multipart import (
     MalformedMultipart,
     MultipartReader,
@@ -47,6 +48,7 @@ __all__ = ["PartResult", "store_instances"]
 log = logging.getLogger(__name__)
 
 _MAX_IN_FLIGHT = 64
+_UNREADABLE: tuple[type[BaseException], ...] = (*DECODE_ERRORS, OSError)
 _MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 
 
@@ -69,8 +71,7 @@ def _uids(data: bytes) -> tuple[str, str, str]:
                      specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
         return (str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                 str(ds.get("StudyInstanceUID", "")))
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError,
-            OSError):
+    except _UNREADABLE:
         return "", "", ""
 
 
@@ -88,7 +89,7 @@ def _ingest(service: DicomwebService, part: Part, study: str | None, calling: st
     try:
         outcome = service.ingestor.ingest_part10(part.body, calling_ae=calling)
     except NodeError as exc:
-        exc.message = f"part {part.number}: {exc.message}"
+        exc.prefix(f"part {part.number}: ")
         # the UIDs are read here, on failure only, for the FailedSOPSequence
         sop_class, sop_uid, _ = _uids(part.body)
         return PartResult(part.number, error=exc, sop_class_uid=sop_class,
@@ -152,12 +153,17 @@ def _response(base: str, study: str | None, results: list[PartResult]) -> Respon
         status = 202
     else:
         status = 409
-    warnings = [f'299 pacsnode "{r.error.message[:300]}"'.replace("\r", " ").replace("\n", " ")
-                for r in failed[:20] if r.error]
+    warnings = [f'299 pacsnode "{_header_text(r.error.message[:300])}"' for r in failed[:20] if r.error]
     response = dicom_json_response(dict(sorted(body.items())), status)
     for warning in warnings:
-        response.headers.append("Warning", warning.encode("latin-1", "replace").decode("latin-1"))
+        response.headers.append("Warning", warning)
     return response
+
+
+def _header_text(text: str) -> str:
+    """``text`` as a quoted-string of an HTTP header: visible ASCII only (a sender's UID can hold
+    control characters, which would make the server drop the connection instead of answering)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
 async def store_instances(service: DicomwebService, request: Request) -> Response:
@@ -176,12 +182,19 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
     pending: list[asyncio.Future[PartResult]] = []
     sizes: dict[asyncio.Future[PartResult], int] = {}
     received = 0
+    overflow: PayloadTooLarge | None = None
     try:
         async for chunk in request.stream():
             received += len(chunk)
+            if overflow is not None:
+                if received > 2 * limit:
+                    break  # what was read is reported; the client sees the answer or a reset
+                continue  # read on (not stored), so that the client can read the answer
             if received > limit:
-                raise PayloadTooLarge(f"the body exceeds [http] max_upload_mb "
-                                      f"({service.http.max_upload_mb:g} MB)")
+                overflow = PayloadTooLarge(
+                    f"the body exceeds [http] max_upload_mb ({service.http.max_upload_mb:g} MB); "
+                    f"what followed part {len(pending)} was not stored: send it in a smaller request")
+                continue
             for part in reader.feed(chunk):
                 future = loop.run_in_executor(service.pool, _ingest, service, part, study,
                                               calling)
@@ -194,16 +207,22 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
                         and sum(sizes[f] for f in unfinished) <= _MAX_IN_FLIGHT_BYTES):
                     break
                 await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
-        reader.close()
+        if overflow is None:
+            reader.close()
     except (NodeError, ClientDisconnect):
         # Parts already handed to ingest finish (stored instances stay stored); then the error.
         if pending:
             await asyncio.wait(pending)
         raise
     results = [await f for f in pending]
+    if overflow is not None:
+        if not any(r.outcome is not None for r in results):
+            raise overflow
+        # Some parts are stored: a 202 lists them, and the rest of the body as one failure.
+        results.append(PartResult(len(results) + 1, error=overflow))
     if not results:
         raise MalformedMultipart("the multipart body has no part")
     for result in results:
         if result.error is not None:
-            log.warning("STOW-RS from %s: %s", calling, result.error.message)
+            log.warning("STOW-RS from %s: %s", calling, result.error.detail)
     return _response(service.base_url(request), study, results)

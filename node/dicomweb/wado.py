@@ -43,7 +43,7 @@ from node.dicomweb.multipart import (
 )
 from node.dicomweb.service import DICOM_JSON, DicomwebService
 from node.errors import InvalidDataset, NotFound
-from node.storage.query import InvalidQuery
+from node.storage.query import InvalidQuery, parse_count
 
 __all__ = ["render_instance", "retrieve_bulkdata", "retrieve_frames", "retrieve_instances",
            "retrieve_metadata", "retrieve_rendered"]
@@ -400,13 +400,18 @@ def _encapsulated_frames(path: Path, numbers: list[int]) -> list[bytes]:
     return [frames[n - 1] for n in numbers]
 
 
-def _frame_numbers(text: str) -> list[int]:
-    numbers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise InvalidQuery(f"frame numbers are 1, 2, ... separated by commas, got {text!r}")
-        numbers.append(int(item))
+def _frame_numbers(text: str, limit: int) -> list[int]:
+    """A frame list (PS3.18 8.3.3.1: one or more non-duplicate frame numbers), at most ``limit``
+    numbers, each in the digits 0-9."""
+    items = text.split(",", limit)
+    if len(items) > limit:
+        raise InvalidQuery(f"a frame list names at most {limit} frames ([http] "
+                           "max_frames_per_request); ask for the instance, or in several requests")
+    numbers = [parse_count(item.strip(), "a frame number", minimum=1, maximum=2**31 - 1)
+               for item in items]
+    if len(set(numbers)) != len(numbers):
+        raise InvalidQuery("a frame list names each frame once (PS3.18 8.3.3.1); it repeats "
+                           f"{sorted(n for n in set(numbers) if numbers.count(n) > 1)[:10]}")
     return numbers
 
 
@@ -439,7 +444,7 @@ def _multipart(parts: list[bytes], content_type: str, location: str | None = Non
 async def retrieve_frames(service: DicomwebService, request: Request) -> Response:
     """``/frames/{list}``: frames as multipart/related application/octet-stream (or the
     stored compressed media type when asked)."""
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = _frame_numbers(request.path_params["frames"], service.http.max_frames_per_request)
     row = (await service.blocking(_rows, service, request))[0]
     media, encapsulated = _frame_media(request.headers.get("accept"), row["transfer_syntax_uid"])
     path = service.store.absolute(row["path"])
@@ -577,9 +582,7 @@ def render_instance(path: Path, params: dict[str, str], media: str, frame: int |
         image.save(out, format="PNG")
     else:
         quality = params.get("quality", "90")
-        if not quality.isdigit() or not 1 <= int(quality) <= 100:
-            raise InvalidQuery(f"quality is 1 to 100, got {quality!r}")
-        image.save(out, format="JPEG", quality=int(quality))
+        image.save(out, format="JPEG", quality=parse_count(quality, "quality", minimum=1, maximum=100))
     return out.getvalue()
 
 
@@ -597,7 +600,7 @@ async def retrieve_rendered(service: DicomwebService, request: Request) -> Respo
     media = _rendered_media(parse_accept(request.headers.get("accept")))
     frame = None
     if "frames" in request.path_params:
-        numbers = _frame_numbers(request.path_params["frames"])
+        numbers = _frame_numbers(request.path_params["frames"], service.http.max_frames_per_request)
         if len(numbers) != 1:
             raise InvalidQuery("render one frame at a time")
         frame = numbers[0]

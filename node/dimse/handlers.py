@@ -122,7 +122,7 @@ class DimseHandlers:
                 context_sop_class=event.context.abstract_syntax,
             )
         except NodeError as error:
-            log.warning("C-STORE from %s refused (0x%04X): %s", calling, error.dimse, error.message)
+            log.warning("C-STORE from %s refused (0x%04X): %s", calling, error.dimse, error.detail)
             if self.operations is not None:
                 self.operations.metrics.store_refused(error.dimse, calling)
             return _failure(error)

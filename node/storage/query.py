@@ -12,6 +12,7 @@ Shared by C-FIND and QIDO-RS so both protocols match the same way:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,17 @@ from typing import Any
 from node.errors import NodeError
 from node.storage.attributes import DERIVED, LEVELS, Attribute, Level, by_keyword
 
-__all__ = ["InvalidQuery", "Query", "build_sql"]
+__all__ = ["INT64_MAX", "InvalidQuery", "Query", "build_sql", "parse_count"]
+
+#: The largest integer SQLite stores (and so the largest limit, offset or number matched).
+INT64_MAX = 2**63 - 1
 
 _ALIAS = {"patients": "p", "studies": "st", "series": "se", "instances": "i"}
 _LEVEL_TABLE = {"PATIENT": "patients", "STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}
 _NUMERIC = {"IS", "US", "UL", "SS", "SL", "DS", "FD", "FL"}
+# ASCII digits only: str.isdigit() and int() also take superscripts and other scripts' digits.
+_COUNT = re.compile(r"[0-9]{1,19}")
+_SIGNED = re.compile(r"[+-]?[0-9]{1,19}")
 
 
 class InvalidQuery(NodeError):
@@ -42,6 +49,21 @@ class Query:
     returns: tuple[str, ...] = ()
     limit: int | None = None
     offset: int = 0
+
+
+def parse_count(text: str, name: str, *, maximum: int = INT64_MAX, minimum: int = 0) -> int:
+    """A count written in ASCII digits (``limit``, ``offset``, a frame number), within bounds.
+
+    Raises
+    ------
+    InvalidQuery
+        Anything else: other characters (superscripts and other scripts' digits included), a
+        sign, or a value outside ``minimum``..``maximum``; the message names ``name``.
+    """
+    if not _COUNT.fullmatch(text) or not minimum <= int(text) <= maximum:
+        raise InvalidQuery(f"{name} must be a whole number from {minimum} to {maximum} in the "
+                           f"digits 0-9, got {text[:40]!r}")
+    return int(text)
 
 
 def _column(attr: Attribute) -> str:
@@ -88,12 +110,12 @@ def _condition(attr: Attribute, value: str, params: list[Any]) -> str | None:
             raise InvalidQuery(f"{attr.keyword}: a range needs a start or an end, got {value!r}")
         return f"({column} IS NOT NULL AND {' AND '.join(parts)})"
     if attr.vr in _NUMERIC:
-        try:
-            params.append(int(value))
-        except ValueError:
-            raise InvalidQuery(f"{attr.keyword}: expected a number, got {value!r}") from None
+        if not _SIGNED.fullmatch(value.strip()) or abs(int(value)) > INT64_MAX:
+            raise InvalidQuery(f"{attr.keyword}: expected a whole number (digits 0-9, at most "
+                               f"{INT64_MAX}), got {value[:40]!r}")
+        params.append(int(value))
         return f"{column} = ?"
-    if attr.vr == "DA" and not value.isdigit():
+    if attr.vr == "DA" and not (value.isascii() and value.isdigit()):
         raise InvalidQuery(f"{attr.keyword}: expected a date YYYYMMDD or a range, got {value!r}")
     if any(c in value for c in "*?"):
         if attr.vr == "PN":

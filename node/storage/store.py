@@ -147,9 +147,11 @@ class InstanceStore:
         """Refuse a write that would take the disk below the configured minimum."""
         if self.min_free_bytes and self.free_bytes() - needed < self.min_free_bytes:
             raise OutOfResources(
-                f"storage at {self.root} has less than the configured minimum free space "
-                f"({self.min_free_bytes / 1e9:.2f} GB, [storage] min_free_gb); free space "
-                "or lower the threshold"
+                "the node's storage is below its configured minimum free space; try again later "
+                "or ask the node's operator to free space",
+                detail=f"storage at {self.root} has less than the configured minimum free space "
+                       f"({self.min_free_bytes / 1e9:.2f} GB, [storage] min_free_gb); free space "
+                       "or lower the threshold",
             )
 
     def _ensure_dir(self, directory: Path) -> None:
@@ -215,8 +217,10 @@ class InstanceStore:
             temp.unlink(missing_ok=True)
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise OutOfResources(
-                    f"no space left on {self.root} while writing an instance; free space on "
-                    "the storage volume"
+                    "the node's storage is full; try again later or ask the node's operator to "
+                    "free space",
+                    detail=f"no space left on {self.root} while writing an instance; free space on "
+                           "the storage volume",
                 ) from exc
             raise self._write_failure(exc) from exc
         return size
@@ -225,8 +229,9 @@ class InstanceStore:
         reason = exc.strerror or type(exc).__name__
         where = exc.filename or self.root
         return OutOfResources(
-            f"storage write failed ({reason}) at {where}; check the storage volume under "
-            f"{self.root} (mounted read-write, no I/O errors, no files where folders belong)"
+            f"storage write failed ({reason}); ask the node's operator to check its storage volume",
+            detail=f"storage write failed ({reason}) at {where}; check the storage volume under "
+                   f"{self.root} (mounted read-write, no I/O errors, no files where folders belong)",
         )
 
     def prune_empty_dirs(self, removed_files: Iterable[Path]) -> int:

@@ -5,7 +5,8 @@ JavaScript, served from this package) refreshes the dashboard and pages of runni
 
 Access follows ``[http] tokens``, like DICOMweb: without tokens every page is open;
 with tokens a browser signs in with a token on ``/ui/login`` (an HttpOnly, SameSite=Strict
-cookie derived from the token is set; no token is stored in it) and scripts may send
+cookie holding a random session identifier is set, node.ui.sessions; signing out ends the
+session on the node) and scripts may send
 ``Authorization: Bearer <token>``. The actions (reprocess a series, send dead letters
 again) are POSTs that need a ``read-write`` token and, from a browser, the form's CSRF
 field.
@@ -49,6 +50,7 @@ from node.storage.store import InstanceStore
 from node.ui import queries
 from node.ui.activity import IngestRate, LogBuffer, sparkline
 from node.ui.render import render_png, time_curve_png, time_points
+from node.ui.sessions import Sessions
 from node.ui.viewer import PREFIX as VIEWER_PREFIX
 from node.ui.viewer import OhifViewer, app_config, find_ohif
 
@@ -75,10 +77,6 @@ class Grant:
     @property
     def can_write(self) -> bool:
         return self.scope == "read-write"
-
-
-def _session_value(token: str) -> str:
-    return hmac.new(token.encode(), b"pacsnode-ui-session", hashlib.sha256).hexdigest()
 
 
 def _fmt_time(value: float | None) -> str:
@@ -156,6 +154,7 @@ class StatusPages:
         self.logs.attach("node", "analyzers")
         self.env = _environment()
         self._open_key = secrets.token_bytes(32)
+        self._sessions = Sessions(_SESSION_SECONDS)
         self._tokens = [(t.token, t.scope, t.name or f"token {n + 1}") for n, t in enumerate(settings.http.tokens)]
         self._curves: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._dashboard_lock = threading.Lock()
@@ -181,10 +180,10 @@ class StatusPages:
                 if hmac.compare_digest(token.encode(), presented):
                     return Grant(scope, name, "header", token.encode())
             return None
-        cookie = request.cookies.get(COOKIE, "")
-        if cookie:
+        signed_in = self._sessions.token(request.cookies.get(COOKIE, ""))
+        if signed_in is not None:
             for token, scope, name in self._tokens:
-                if hmac.compare_digest(_session_value(token), cookie):
+                if hmac.compare_digest(token.encode(), signed_in.encode()):
                     return Grant(scope, name, "cookie", token.encode())
         return None
 
@@ -525,7 +524,7 @@ class StatusPages:
         for token, scope, name in self._tokens:
             if hmac.compare_digest(token.encode(), presented.encode()):
                 response = RedirectResponse(target, status_code=303)
-                response.set_cookie(COOKIE, _session_value(token), max_age=_SESSION_SECONDS, path=PREFIX,
+                response.set_cookie(COOKIE, self._sessions.open(token), max_age=_SESSION_SECONDS, path=PREFIX,
                                     httponly=True, samesite="strict", secure=request.url.scheme == "https")
                 log.info("status page: %s signed in (%s)", name, scope)
                 return response
@@ -550,6 +549,7 @@ class StatusPages:
                         headers=headers)
 
     async def logout(self, request: Request) -> Response:
+        self._sessions.close(request.cookies.get(COOKIE, ""))  # the cookie stops working everywhere
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response
