@@ -22,6 +22,7 @@ from typing import Any
 
 from node import __version__
 from node.config import ConfigError, Settings, load_settings
+from node.errors import IndexUnreadable
 
 __all__ = ["main"]
 
@@ -336,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacsnode: configuration error\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     except argparse.ArgumentTypeError as exc:
+        print(f"pacsnode: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except IndexUnreadable as exc:
         print(f"pacsnode: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 

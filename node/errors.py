@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatasetMismatch",
+    "IndexUnreadable",
     "InvalidDataset",
     "NodeError",
     "NotFound",
@@ -84,6 +85,11 @@ class UnknownDestination(NodeError):
 
     dimse = 0xA801
     http = 400
+
+
+class IndexUnreadable(Exception):
+    """The index file exists but SQLite cannot read it; the message says how to rebuild it
+    (the command line exits with code 2 and that one line)."""
 
 
 def dimse_status(error: NodeError) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import struct
 import threading
 import time
 import zlib
@@ -26,8 +25,7 @@ from typing import Any, Literal
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import FileMetaDataset
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -35,9 +33,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from node import __version__
 from node.dataset_checks import DECODE_ERRORS, check_element_lengths, check_pixel_length, nests_deeper_than
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
+from node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta, split_part10
 from node.routing.hints import completion_hints
 from node.storage.attributes import ATTRIBUTES
 from node.storage.index import CommitHook, Index, InstanceRecord
@@ -45,6 +43,7 @@ from node.storage.store import InstanceStore, safe_component
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
     "SERIES_ROUTING_KEYWORDS",
     "IngestOutcome",
     "Ingestor",
@@ -53,9 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1379.1")
-IMPLEMENTATION_VERSION_NAME = f"PACSNODE_{__version__}"[:16]
 
 # Series attributes kept for routing and completion (node.routing): what identifies the
 # sequence and how many instances to expect.
@@ -195,44 +191,6 @@ def _element_key(ds: Dataset, tag: int, charset: bytes | None) -> tuple[Any, ...
     if value is None or len(value) > _CACHEABLE_LENGTH:
         return None
     return (tag, element.VR, value, charset, element.is_little_endian, element.is_implicit_VR)
-
-
-def _uid_bytes(uid: str) -> bytes:
-    data = uid.encode("ascii")
-    return data + b"\x00" if len(data) % 2 else data
-
-
-def _text_bytes(text: str) -> bytes:
-    data = text.encode("ascii", errors="replace")
-    return data + b" " if len(data) % 2 else data
-
-
-def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element of the file meta group (PS3.10 7.1)."""
-    group, element = tag >> 16, tag & 0xFFFF
-    if vr in (b"OB", b"UN", b"SQ", b"UT", b"OW"):
-        return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
-    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
-                     source_ae: str = "") -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group, encoded directly.
-
-    Gives the same bytes as pydicom's ``write_file_meta_info`` for the elements the node
-    writes, about ten times faster (it is on the path of every instance).
-    """
-    body = b"".join((
-        _meta_element(0x00020001, b"OB", b"\x00\x01"),
-        _meta_element(0x00020002, b"UI", _uid_bytes(sop_class_uid)),
-        _meta_element(0x00020003, b"UI", _uid_bytes(sop_instance_uid)),
-        _meta_element(0x00020010, b"UI", _uid_bytes(transfer_syntax_uid)),
-        _meta_element(0x00020012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
-        _meta_element(0x00020013, b"SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
-        _meta_element(0x00020016, b"AE", _text_bytes(source_ae)) if source_ae else b"",
-    ))
-    length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
-    return b"\x00" * 128 + b"DICM" + length + body
 
 
 def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
@@ -535,7 +493,8 @@ class Ingestor:
         First settles the temporary files a crash left: complete ones (their rename may
         have been lost after they were acknowledged) are promoted to their final name and
         indexed, incomplete ones (never acknowledged) are deleted
-        (:meth:`~node.storage.store.InstanceStore.recover_partial_files`).
+        (:meth:`~node.storage.store.InstanceStore.recover_partial_files`). A stored file that
+        cannot be read is logged and left where it is.
         """
         recovery = self.store.recover_partial_files(
             replace_existing=self.duplicate_policy == "overwrite")
@@ -544,49 +503,39 @@ class Ingestor:
         known = self.index.indexed_paths() - promoted
         added = 0
         for path in self.store.iter_instance_files():
-            relative = self.store.relative(path)
-            if relative in known:
+            if self.store.relative(path) in known:
                 continue
-            raw = path.read_bytes()
-            meta, offset = split_part10(raw)
-            ts = UID(str(meta.TransferSyntaxUID))
-            body = raw[offset:]
-            ds = _parse_header(body, ts, self.max_sequence_depth)
-            digest = hashlib.blake2b(body, digest_size=20).hexdigest()
-            calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
-            self.index.add_instance(self._record(ds, path, len(raw), digest, ts, calling_ae))
+            try:
+                self.index_stored_file(path)
+            except (InvalidDataset, OSError) as exc:
+                log.error("stored file %s cannot be indexed: %s", path, getattr(exc, "detail", exc))
+                continue
             added += 1
         if added:
             log.warning("re-indexed %d stored instance(s) missing from the index", added)
         return added
 
+    def index_stored_file(self, path: Path, *, received_at: float | None = None) -> None:
+        """Add the index row of a file already in the store (recovery, index rebuild).
 
-def split_part10(data: bytes) -> tuple[FileMetaDataset, int]:
-    """The file meta of a Part 10 file and the offset where its dataset starts.
-
-    Raises
-    ------
-    InvalidDataset
-        No preamble/``DICM`` prefix, unreadable file meta, or no transfer syntax.
-    """
-    stream = BytesIO(data)
-    try:
-        read_preamble(stream, force=False)
-        meta = _read_file_meta_info(stream)
-    except DECODE_ERRORS as exc:
-        raise InvalidDataset(
-            f"not a readable DICOM Part 10 file ({type(exc).__name__}: {str(exc)[:200]}); send "
-            "application/dicom with the 128-byte preamble, DICM prefix and file meta information"
-        ) from exc
-    try:
-        syntax = UID(str(meta.get("TransferSyntaxUID", "") or ""))
-    except DECODE_ERRORS as exc:
-        raise InvalidDataset(f"the Transfer Syntax UID (0002,0010) cannot be read: {exc}") from exc
-    if not syntax:
-        raise InvalidDataset("the file meta information has no Transfer Syntax UID (0002,0010)")
-    if not syntax.is_transfer_syntax:
-        raise InvalidDataset(
-            f"transfer syntax {syntax!r} is not one this node knows; send the instance in a "
-            "standard transfer syntax such as Explicit VR Little Endian (1.2.840.10008.1.2.1)"
-        )
-    return meta, stream.tell()
+        Raises
+        ------
+        InvalidDataset
+            The file is not a readable DICOM instance.
+        OSError
+            It cannot be read.
+        """
+        raw = path.read_bytes()
+        meta, offset = split_part10(raw)
+        ts = UID(str(meta.TransferSyntaxUID))
+        body = raw[offset:]
+        ds = _parse_header(body, ts, self.max_sequence_depth)
+        missing = [k for k in _REQUIRED if not _uids(ds).get(k)]
+        if missing:
+            raise InvalidDataset(f"{', '.join(missing)} missing")
+        digest = hashlib.blake2b(body, digest_size=20).hexdigest()
+        calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
+        record = self._record(ds, path, len(raw), digest, ts, calling_ae)
+        if received_at is not None:
+            record.received_at = received_at
+        self.index.add_instance(record)

@@ -3,13 +3,17 @@
 ``pacsnode serve`` builds a :class:`Node`, calls :meth:`Node.start` and waits; tests
 and the demo do the same in-process or in a subprocess. A marker file tells an
 unclean stop (a crash, SIGKILL) from a clean one, so the next start reconciles
-the store with the index only when needed.
+the store with the index only when needed. An index that is missing (while ``store/`` holds
+instances) or unreadable is rebuilt from the stored files once the services listen, with
+``/readyz`` answering 503 until it is done (node.storage.rebuild).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 from node.config import Settings
@@ -18,7 +22,8 @@ from node.dimse.handlers import DimseHandlers
 from node.dimse.server import DimseServer, storage_sop_classes
 from node.ingest import Ingestor
 from node.jobs.run import Pipeline
-from node.storage.index import Index
+from node.storage.index import Index, RebuildProgress
+from node.storage.rebuild import prepare_index, rebuild_index
 from node.storage.store import InstanceStore
 
 __all__ = ["Node"]
@@ -37,7 +42,11 @@ class Node:
             fsync=storage.fsync,
             min_free_bytes=int(storage.min_free_gb * 1e9),
         )
+        # Why the index must be rebuilt from the stored files (None: it need not be).
+        self.rebuild_reason = prepare_index(storage.index_path, self.store)
         self.index = Index(storage.index_path)
+        if self.rebuild_reason is not None:
+            self.index.rebuild = RebuildProgress()  # not ready from the first moment
         self.ingestor = Ingestor(
             self.store,
             self.index,
@@ -70,7 +79,8 @@ class Node:
     def start(self, *, dimse: bool = True, http: bool | None = None) -> None:
         """Start the services: DIMSE unless ``dimse`` is false, DICOMweb when ``http`` is
         true or, when ``http`` is None, when ``[http] enabled``."""
-        self.recover()
+        if self.rebuild_reason is None:
+            self.recover()
         with open(self._marker, "w", encoding="utf-8") as marker:
             marker.write(str(os.getpid()))
             marker.flush()
@@ -99,6 +109,27 @@ class Node:
                 self.http = None
                 self.dimse.stop()
                 raise
+        if self.rebuild_reason is not None:
+            threading.Thread(target=self._rebuild, args=(operations,), name="index-rebuild", daemon=True).start()
+
+    def _rebuild(self, operations: object) -> None:
+        """Rebuild the index from the stored files while the services answer (not ready)."""
+        from node.ops.audit import AuditTrail
+
+        progress = self.index.rebuild or RebuildProgress()
+        step = max(1, progress.total // 10)
+
+        def report(current: RebuildProgress) -> None:
+            if current.done % step == 0 or current.done == current.total:
+                log.warning("index rebuild: %d of %d stored files", current.done, current.total)
+
+        started = time.time()
+        rebuild_index(self.ingestor, progress, report)
+        audit = getattr(operations, "audit", None) or AuditTrail.for_settings(self.settings, self.index)
+        audit.index_rebuilt("pacsnode serve", {"reason": self.rebuild_reason, "files": progress.done,
+                                               "unreadable": progress.unreadable,
+                                               "seconds": round(time.time() - started, 1)})
+        self.rebuild_reason = None
 
     def stop(self) -> None:
         if self.http is not None:

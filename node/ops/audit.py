@@ -19,6 +19,9 @@ Recorded events (column ``event``):
     The node's settings were loaded: :meth:`AuditTrail.config_loaded`.
 ``series-removed``
     The retention job removed a series (files and index rows): :meth:`AuditTrail.series_removed`.
+``index-rebuilt``
+    The index was rebuilt from the stored files (at start, or ``pacsnode index rebuild``):
+    :meth:`AuditTrail.index_rebuilt`.
 
 The table refuses ``UPDATE`` and ``DELETE`` (SQLite triggers), so rows are only ever added.
 With a syslog target, each event is also sent as a DICOM audit message (DICOM PS3.15
@@ -64,7 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("association", "query", "retrieve", "instances-stored", "delivery", "config-load",
-               "series-removed", "operator-action")
+               "series-removed", "operator-action", "index-rebuilt")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
@@ -89,6 +92,8 @@ _EVENT_CODES: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "series-removed": ("110105", "DICOM Study Deleted", "D", None),
     # a person re-queued work (reprocess a series, retry deliveries) from a page or the CLI
     "operator-action": ("110100", "Application Activity", "E", None),
+    # the index rebuilt from the stored files
+    "index-rebuilt": ("110100", "Application Activity", "E", None),
 }
 # EventOutcomeIndicator (RFC 3881): 0 success, 4 minor failure, 8 serious failure.
 _OUTCOME_CODES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
@@ -295,6 +300,11 @@ class AuditTrail:
         """A person queued work again: ``action`` is ``reprocess`` or ``retry-deliveries``."""
         self.record(AuditEvent(time.time(), "operator-action", "success", actor, "", self.source_id,
                                {"action": action, **detail}))
+
+    def index_rebuilt(self, actor: str, detail: dict[str, Any]) -> None:
+        """The index was rebuilt from the stored files; ``detail`` says why and how many."""
+        outcome = "success" if not detail.get("unreadable") else "minor-failure"
+        self.record(AuditEvent(time.time(), "index-rebuilt", outcome, actor, "", self.source_id, detail))
 
     def config_loaded(self, source: str, summary: dict[str, Any]) -> None:
         """The node's settings were loaded from ``source``."""

@@ -1,20 +1,24 @@
-"""``pacsnode audit``: print the audit trail; ``pacsnode retention``: remove expired series now."""
+"""``pacsnode audit``: print the audit trail; ``pacsnode retention``: remove expired series now;
+``pacsnode index rebuild``: rebuild the index from the stored files."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from node.config import Settings
 from node.ops.audit import EVENT_KINDS, InvalidSince, parse_since, read_events
 from node.storage.index import Index
 
-__all__ = ["add_commands", "cmd_audit", "cmd_retention"]
+__all__ = ["add_commands", "cmd_audit", "cmd_index_rebuild", "cmd_retention"]
 
 
 def cmd_audit(settings_of: Callable[[argparse.Namespace], Settings]) -> Callable[[argparse.Namespace], int]:
@@ -94,9 +98,75 @@ def cmd_retention(settings_of: Callable[[argparse.Namespace], Settings]) -> Call
     return run
 
 
+def _running_node(storage: Path) -> int | None:
+    """The process id of a node serving from ``storage``, or None."""
+    try:
+        pid = int((storage / ".running").read_text(encoding="utf-8").strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"pacsnode" in cmdline and pid != os.getpid() else None
+
+
+def cmd_index_rebuild(settings_of: Callable[[argparse.Namespace], Settings]) -> Callable[[argparse.Namespace], int]:
+    """The ``index rebuild`` command bound to the CLI's settings loader."""
+
+    def run(args: argparse.Namespace) -> int:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from node.dimse.server import storage_sop_classes
+        from node.ingest import Ingestor
+        from node.ops.audit import AuditTrail
+        from node.storage.index import RebuildProgress
+        from node.storage.rebuild import index_problem, rebuild_index, set_aside
+        from node.storage.store import InstanceStore
+
+        settings = settings_of(args)
+        storage = settings.storage
+        pid = _running_node(storage.path)
+        if pid is not None:
+            print(f"pacsnode index rebuild: a node (pid {pid}) is serving from {storage.path}; stop it "
+                  "first (a node rebuilds a missing or unreadable index itself when it starts)", file=sys.stderr)
+            return 2
+        problem = index_problem(storage.index_path)
+        try:
+            moved = (set_aside(storage.index_path, "unreadable" if problem else "replaced")
+                     if storage.index_path.exists() else None)
+            index = Index(storage.index_path)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"pacsnode index rebuild: the index {storage.index_path} cannot be rebuilt: {exc}",
+                  file=sys.stderr)
+            return 2
+        store = InstanceStore(storage.path, fsync=storage.fsync)
+        ingestor = Ingestor(store, index, allowed_sop_classes=settings.dicom.storage_sop_classes
+                            or storage_sop_classes(), duplicate_policy=storage.duplicate_policy,
+                            max_sequence_depth=storage.max_sequence_depth)
+        started = time.time()
+        columns = (TextColumn("indexing stored files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        try:
+            with Progress(*columns, disable=args.quiet) as bar:
+                task = bar.add_task("rebuild", total=None)
+                progress = rebuild_index(ingestor, RebuildProgress(),
+                                         lambda p: bar.update(task, total=p.total, completed=p.done))
+            reason = (f"the index could not be read ({problem})" if problem
+                      else "pacsnode index rebuild" if moved else "no index")
+            AuditTrail.for_settings(settings, index).index_rebuilt(
+                f"command line: {os.environ.get('USER', '')}".strip(),
+                {"reason": reason, "files": progress.done, "unreadable": progress.unreadable,
+                 "seconds": round(time.time() - started, 1), "set_aside": moved.name if moved else None})
+        finally:
+            index.close()
+        print(f"rebuilt {storage.index_path} from {progress.done} stored file(s) in {time.time() - started:.1f} s"
+              + (f"; {progress.unreadable} could not be read (see the log)" if progress.unreadable else "")
+              + (f"; the previous index is {moved}" if moved else ""))
+        return 0
+
+    return run
+
+
 def add_commands(sub: Any, settings_of: Callable[[argparse.Namespace], Settings],
                  config_option: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``audit`` to the ``pacsnode`` sub-command parser."""
+    """Add ``audit``, ``retention`` and ``index`` to the ``pacsnode`` sub-command parser."""
     p = sub.add_parser("audit", help="Print the audit trail (associations, queries, retrieves, "
                                      "deliveries, configuration loads).")
     p.set_defaults(func=cmd_audit(settings_of))
@@ -111,3 +181,13 @@ def add_commands(sub: Any, settings_of: Callable[[argparse.Namespace], Settings]
     config_option(p)
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--json", action="store_true", help="one JSON object per series")
+
+    p = sub.add_parser("index", help="Work on the node's index (pacsnode index rebuild).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("rebuild", help="Rebuild the index from the stored files (the node stopped); the old "
+                                           "index is set aside, the rebuild is audited.",
+                           description="Rebuild the index from the stored files (the node stopped); the old "
+                                       "index is set aside, the rebuild is audited.")
+    p.set_defaults(func=cmd_index_rebuild(settings_of))
+    config_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")

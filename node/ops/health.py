@@ -2,8 +2,8 @@
 
 ``/healthz`` answers 200 while the process serves HTTP at all (a container orchestrator
 restarts the node when it stops answering). ``/readyz`` answers 200 only when the node can
-take new instances: the index accepts a write, the storage file system has more free space
-than ``[storage] min_free_gb`` and, with ``[jobs] executor = "dask"``, the scheduler accepts
+take new instances: the index accepts a write (and is not being rebuilt), the storage file
+system has more free space than ``[storage] min_free_gb`` and, with ``[jobs] executor = "dask"``, the scheduler accepts
 a TCP connection. Otherwise it answers 503 with every failed check and why, so a load
 balancer stops sending and an operator sees what to fix.
 """
@@ -60,7 +60,12 @@ class HealthProbes:
         self.connect_timeout = connect_timeout
 
     def check_index(self) -> Check:
-        """A real write (one row replaced in a one-row table) in a write transaction."""
+        """A real write (one row replaced in a one-row table) in a write transaction; not ready
+        while the index is being rebuilt from the stored files."""
+        rebuild = self.index.rebuild
+        if rebuild is not None and not rebuild.finished:
+            return Check("index", False, f"the index is being rebuilt from the stored files: {rebuild.done} "
+                                         f"of {rebuild.total or '?'} done; searches miss what is not yet indexed")
         try:
             with self.index.transaction() as conn:
                 conn.execute(_PROBE_TABLE)

@@ -23,10 +23,12 @@ from typing import Any
 
 import sqlite_utils
 
+from node.errors import IndexUnreadable
 from node.storage.attributes import ATTRIBUTES
 from node.storage.query import Query, build_sql
 
-__all__ = ["CommitHook", "DuplicateOutcome", "Index", "IndexCounts", "InstanceRecord"]
+__all__ = ["CommitHook", "DuplicateOutcome", "Index", "IndexCounts", "IndexUnreadable", "InstanceRecord",
+           "RebuildProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,16 @@ class IndexCounts:
     bytes: int
 
 
+@dataclass
+class RebuildProgress:
+    """How far a rebuild of the index from the stored files has come (node.storage.rebuild)."""
+
+    total: int = 0
+    done: int = 0
+    unreadable: int = 0
+    finished: bool = False
+
+
 def _columns_for(table: str) -> dict[str, type]:
     types: dict[str, type] = {}
     for attr in ATTRIBUTES:
@@ -88,8 +100,16 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._writer = self._connect()
-        self._create_schema()
+        # Set while the index is being rebuilt from the stored files (/readyz is not ready).
+        self.rebuild: RebuildProgress | None = None
+        try:
+            self._writer = self._connect()
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:  # "file is not a database", a damaged schema
+            raise IndexUnreadable(
+                f"the index {self.path} cannot be read ({exc}); stop the node and run `pacsnode index "
+                "rebuild`, or start it: a node rebuilds an unreadable index from the stored files"
+            ) from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
