@@ -194,6 +194,8 @@ cmd_images() {
     --build-arg "BASE=$runtime" --build-arg "BUILD_BASE=$build" --build-arg "WHEELS=$wheels"
   build_image "pacsnode-orthanc:$VERSION" docker/Dockerfile.orthanc "$context" --build-arg "BASE=$orthanc"
   stop_wheel_server
+  # the images these builds replaced (untagged now, with our label): several GB each time
+  "$DOCKER" image prune --force --filter label=org.pacsnode.source-digest >/dev/null
   cmd_sizes
 }
 
