@@ -5,13 +5,15 @@ the analytical forward model of :mod:`analyzers.dsc.simulate` (gamma-variate AIF
 with recirculation, exponential residue, one leaky lesion). Two numbers:
 
 * **pipeline**: :func:`analyzers.dsc.maps.compute_maps` on the whole series
-  (brain mask, bolus timing, ΔR2*, automatic AIF, BSW leakage fit, oSVD, PSR);
-  voxels/s counts the analysed (brain) voxels.
-* **core**: the per-voxel work alone (ΔR2*, BSW fit, oSVD deconvolution, CBV)
-  for every brain voxel, vectorised, against :mod:`analyzers.dsc.loop` (one voxel
-  at a time, each with its own pseudo-inverses and least-squares call) on a random
-  subset of the same voxels, extrapolated linearly (it is a loop). The two agree
-  on that subset; the largest differences are printed.
+  (brain mask, bolus timing, ΔR2*, automatic AIF, model-based leakage estimate
+  and its neighbourhood gate, CBV, deconvolution, PSR), once with the default
+  oSVD and once with the Bayesian method; voxels/s counts the analysed (brain)
+  voxels.
+* **core**: the oSVD deconvolution alone (ΔR2* and oSVD flow) for every brain
+  voxel, vectorised, against :mod:`analyzers.dsc.loop` (one voxel at a time,
+  each with its own truncations) on a random subset of the same voxels,
+  extrapolated linearly (it is a loop). The two agree on that subset; the
+  largest difference is printed.
 
 With ``--detection-cases N`` it also measures the automatic dural-lesion
 candidates (:mod:`analyzers.dsc.candidates`) on N cases of the project's DSC
@@ -38,10 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analyzers.dsc.deconvolution import perfusion_from_concentration
-from analyzers.dsc.leakage import bsw_correct
-from analyzers.dsc.loop import bsw_loop, perfusion_loop
-from analyzers.dsc.maps import compute_maps
+from analyzers.dsc.loop import perfusion_loop
+from analyzers.dsc.maps import MapOptions, compute_maps
 from analyzers.dsc.signal import baseline_signal, delta_r2star
 from analyzers.dsc.simulate import synthetic_series
 
@@ -81,19 +81,15 @@ class _Stage:
         self.waiting = _scheduler_seconds()[1] - self._sched[1]
 
 
-def _loop(signal: np.ndarray, timing: object, te_s: float, reference: np.ndarray,
+def _loop(signal: np.ndarray, timing: object, te_s: float,
           aif: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ΔR2*, BSW and oSVD one voxel at a time (the AIF's SVD is computed once)."""
-    corrected = np.empty(signal.shape, dtype=np.float64)
-    integral = np.concatenate([[0.0], np.cumsum((reference[1:] + reference[:-1]) / 2
-                                                * np.diff(times))])
+    """ΔR2* and oSVD one voxel at a time (the AIF's SVD is computed once)."""
+    curves = np.empty(signal.shape, dtype=np.float64)
     for i, curve in enumerate(signal):
         s0 = baseline_signal(curve[None], timing)  # type: ignore[arg-type]
-        dr2 = delta_r2star(curve[None], s0, te_s)
-        _, k2 = bsw_loop(dr2, reference, times)
-        corrected[i] = dr2[0] + k2[0] * integral
+        curves[i] = delta_r2star(curve[None], s0, te_s)[0]
     # perfusion_loop walks the voxels one by one against one SVD of the AIF matrix.
-    return perfusion_loop(corrected, aif, times)
+    return perfusion_loop(curves, aif, times)
 
 
 def detection(cases: int, seed: int) -> None:
@@ -147,24 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     total = int(np.prod(args.shape))
     with _Stage() as pipeline:
         maps = compute_maps(series.signal, series.times, series.te_s)
+    with _Stage() as bayes:
+        compute_maps(series.signal, series.times, series.te_s, MapOptions(method="bayes"))
     brain = int(maps.brain_mask.sum())
 
     curves = series.signal[:, maps.brain_mask].T.astype(np.float64)
+    scale = 100.0 * 60.0 * maps.options.k_h / maps.options.density
     with _Stage() as core:
         s0 = baseline_signal(curves, maps.timing)
         dr2 = delta_r2star(curves, s0, series.te_s)
-        fit = bsw_correct(dr2, maps.leakage_reference, series.times)
-        perfusion = perfusion_from_concentration(fit.corrected, maps.aif_curve, series.times,
-                                                 deconvolver=maps.deconvolver)
+        cbf = scale * maps.deconvolver.flow(dr2)
 
     rng = np.random.default_rng(args.seed)
     subset = rng.choice(brain, size=min(args.loop_voxels, brain), replace=False)
     with _Stage() as loop:
-        cbv_loop, cbf_loop = _loop(curves[subset], maps.timing, series.te_s, maps.leakage_reference,
-                                   maps.aif_curve, series.times)
+        _, cbf_loop = _loop(curves[subset], maps.timing, series.te_s, maps.aif_curve, series.times)
     loop_rate = subset.size / loop.wall
-    cbv_diff = float(np.max(np.abs(cbv_loop - perfusion.cbv[subset]) / np.abs(cbv_loop)))
-    cbf_diff = float(np.max(np.abs(cbf_loop - perfusion.cbf[subset]) / np.abs(cbf_loop)))
+    cbf_diff = float(np.max(np.abs(cbf_loop - cbf[subset]) / np.abs(cbf_loop)))
 
     cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()[0]
@@ -173,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
           f"frames, {brain} brain voxels of {total}; {cores} CPU cores, load {load:.1f}, "
           f"OMP_NUM_THREADS={threads}, nice {os.nice(0)}")
     print(f"{'stage':<36}{'wall s':>8}{'CPU s':>8}{'queue s':>9}{'voxels/s':>11}{'vs loop':>9}")
-    scale = brain / subset.size
-    rows = [("pipeline (compute_maps, vectorised)", pipeline.wall, pipeline.cpu, pipeline.waiting,
+    factor = brain / subset.size
+    rows = [("pipeline, oSVD (compute_maps)", pipeline.wall, pipeline.cpu, pipeline.waiting,
              brain / pipeline.wall),
-            ("core (dR2*, BSW, oSVD), vectorised", core.wall, core.cpu, core.waiting, brain / core.wall),
-            ("core, per-voxel loop (extrapolated)", loop.wall * scale, loop.cpu * scale,
-             loop.waiting * scale, loop_rate)]
+            ("pipeline, Bayesian (compute_maps)", bayes.wall, bayes.cpu, bayes.waiting,
+             brain / bayes.wall),
+            ("core (dR2*, oSVD), vectorised", core.wall, core.cpu, core.waiting, brain / core.wall),
+            ("core, per-voxel loop (extrapolated)", loop.wall * factor, loop.cpu * factor,
+             loop.waiting * factor, loop_rate)]
     for name, wall, cpu, waiting, rate in rows:
         print(f"{name:<36}{wall:>8.2f}{cpu:>8.2f}{waiting:>9.2f}{rate:>11,.0f}{rate / loop_rate:>8.0f}x")
     cpu_rate = brain / pipeline.cpu
@@ -186,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU-time rates (load-independent): pipeline {cpu_rate:,.0f} voxels/s, loop "
           f"{loop_cpu_rate:,.0f} voxels/s, ratio {cpu_rate / loop_cpu_rate:.0f}x")
     print(f"loop subset: {subset.size} voxels in {loop.wall:.2f} s; largest relative difference "
-          f"loop vs vectorised: CBV {cbv_diff:.1e}, CBF {cbf_diff:.1e}")
-    print(f"whole series under 15 s: wall {'yes' if pipeline.wall < 15.0 else 'no'} "
-          f"({pipeline.wall:.1f} s), CPU {'yes' if pipeline.cpu < 15.0 else 'no'} ({pipeline.cpu:.1f} s over "
-          f"all threads); {pipeline.waiting:.1f} s runnable but waiting for a core")
+          f"of CBF, loop vs vectorised: {cbf_diff:.1e}")
+    for name, stage in (("oSVD", pipeline), ("Bayesian", bayes)):
+        print(f"whole series under 15 s ({name}): wall {'yes' if stage.wall < 15.0 else 'no'} "
+              f"({stage.wall:.1f} s), CPU {'yes' if stage.cpu < 15.0 else 'no'} ({stage.cpu:.1f} s over "
+              f"all threads); {stage.waiting:.1f} s runnable but waiting for a core")
     return 0
 
 

@@ -13,11 +13,15 @@ Measured against the truth maps:
   phantom's rCBV/rCBF (lesion over pure white matter);
 * automatic dural-lesion candidates: which lesions they hit, how many false ones.
 
-The issue's bar (voxel CBV and CBF within 10 %, lesion ratios within 10 %) is
-met for CBV of tissue regions and grey-matter voxels and for lesion rCBV; not
-for CBF (oSVD's truncation bias, shown on noise-free curves with the true AIF)
-nor for white-matter voxel CBV (noise-limited). The tests assert what is
-achieved and keep the unmet part as a strict expected failure with the
+The accuracy bar (voxel CBV and CBF within 10 %, lesion ratios within 10 %) is
+met for CBV of tissue regions and for lesion rCBV; not for CBF with the
+default oSVD (its truncation bias, shown on noise-free curves with the true
+AIF; the Bayesian method brings region CBF to -11 %/-7 %, see
+``test_bayes_method_on_the_phantom``) nor for voxel CBV (noise-limited: GM
+0.11, WM 0.28 median error; the whole-curve BSW fit used before gave 0.09/0.20
+because it projected every voxel on the brain's mean curve shape, the same
+projection that cost slow lesions 23-32 % of their CBV). The tests assert what
+is achieved and keep the unmet part as a strict expected failure with the
 measured numbers.
 """
 
@@ -33,7 +37,7 @@ pytest.importorskip("analyzers.phantoms.dsc", reason="the dsc phantom generator 
 from scipy import ndimage
 
 from analyzers.dsc.candidates import find_candidates
-from analyzers.dsc.maps import compute_maps
+from analyzers.dsc.maps import MapOptions, compute_maps
 from analyzers.dsc.reference import (
     contralateral_reference,
     measure_region,
@@ -103,17 +107,19 @@ def test_tissue_cbv_and_cbf_of_regions(phantom: dict[str, Any]) -> None:
         # white matter here; -39 % and -35 % on noise-free curves with the true AIF, see
         # test_osvd_cbf_bias_is_the_truncation_not_the_data): the truncation, not noise.
         assert -0.45 <= row["roi_cbf_error"] <= -0.20, (name, row)
-    # Grey matter voxels meet the issue's CBV bar; white matter's 4 % signal drop at SNR 60 does not.
-    assert phantom["tissue"]["gm"]["cbv_error"] <= 0.10
-    assert phantom["tissue"]["wm"]["cbv_error"] <= 0.25
+    # Voxel CBV is the area of the fitted curve: median error 0.11 (GM) and 0.28 (WM, a 4 %
+    # signal drop at SNR 60); noise-free 0.005 and 0.02.
+    assert phantom["tissue"]["gm"]["cbv_error"] <= 0.13
+    assert phantom["tissue"]["wm"]["cbv_error"] <= 0.32
 
 
 def test_lesion_rcbv_meets_the_issue_bar(phantom: dict[str, Any]) -> None:
-    """rCBV of each lesion's solid part within 10 % of truth (measured: -3.5 % and +5.4 %).
+    """rCBV of each lesion's solid part within 10 % of truth (measured: +5.3 % and +7.4 %).
 
-    Needs the late-window leakage fit (the whole-curve BSW fit gave -31 % for the
-    slow-transit lesion 2) and the purest-white-matter reference (the full
-    white-matter class carries 5 % grey matter into the ratio's denominator).
+    Needs a leakage correction that does not take lesion 2's slow transit (MTT 10 s)
+    for leakage (the whole-curve BSW fit gave -31 %) and the purest-white-matter
+    reference (the full white-matter class carries 5 % grey matter into the ratio's
+    denominator).
     """
     for row in phantom["lesions"]:
         assert row["rcbv"] == pytest.approx(row["rcbv_true"], rel=0.10), row["id"]
@@ -123,7 +129,7 @@ def test_lesion_rcbf(phantom: dict[str, Any]) -> None:
     """rCBF within 40 %: oSVD's CBF bias depends on the transit time, so it does not cancel in the ratio.
 
     Lesion 1 (MTT 3.1 s) loses about 50 % of its CBF, the white-matter reference
-    (4.8 s) about 35 %: rCBF -29 %; lesion 2 (MTT 10 s) loses about 17 %: rCBF +35 %.
+    (4.8 s) about 35 %: rCBF -24 %; lesion 2 (MTT 10 s) loses about 17 %: rCBF +31 %.
     """
     for row in phantom["lesions"]:
         assert row["rcbf"] == pytest.approx(row["rcbf_true"], rel=0.40), row["id"]
@@ -156,18 +162,34 @@ def test_osvd_cbf_bias_is_the_truncation_not_the_data() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue bar not met for CBF and for white-matter voxel CBV. Measured on this case (SNR 60): "
-    "voxel CBF median |error| 0.51 (GM) and 0.53 (WM), region CBF -38 % and -31 %: oSVD (OI 0.035) "
-    "truncation bias on the exponential residue at 1.5 s sampling (-39 %/-35 % even noise-free with the "
-    "true AIF); WM voxel CBV median |error| 0.20: a 4 % signal drop at SNR 60 (noise-limited, the region "
-    "value is within 4 %); lesion rCBF -29 % and +35 % (the CBF bias depends on transit time). "
-    "Met: region CBV (-1 %, +4 %), GM voxel CBV (0.09), lesion rCBV (-3.5 %, +5.4 %)"))
+    "accuracy bar not met for CBF and voxel CBV. Measured on this case (SNR 60) with the default "
+    "oSVD: voxel CBF median |error| 0.51 (GM) and 0.53 (WM), region CBF -38 % and -32 %: oSVD "
+    "(OI 0.035) truncation bias on the exponential residue at 1.5 s sampling (-39 %/-35 % even "
+    "noise-free with the true AIF); voxel CBV median |error| 0.11 (GM) and 0.28 (WM): noise-limited "
+    "(4 % signal drop in WM at SNR 60, the region values are within 4 %); lesion rCBF -24 % and +31 %. "
+    "Met: region CBV (-3 %, -1 %), lesion rCBV (+5 %, +7 %). The Bayesian method: region CBF -11 %/-7 %, "
+    "voxel CBF 0.20/0.37, lesion rCBF -4 %/+20 % (test_bayes_method_on_the_phantom)"))
 def test_issue_accuracy_bar(phantom: dict[str, Any]) -> None:
     for row in phantom["tissue"].values():
         assert row["cbv_error"] <= 0.10 and row["cbf_error"] <= 0.10
     for row in phantom["lesions"]:
         assert abs(row["rcbv"] / row["rcbv_true"] - 1) <= 0.10
         assert abs(row["rcbf"] / row["rcbf_true"] - 1) <= 0.10
+
+
+def test_bayes_method_on_the_phantom() -> None:
+    """The Bayesian model-based method on the same case: region CBF within 15 % (measured
+    -11 % grey, -7 % white matter), where oSVD loses 32-38 %."""
+    case = simulate_dsc(seed=11, case_index=0, label="dural_metastasis", lesions=2, snr=60.0)
+    series, maps_truth, truth = case.series[0], case.truth_maps, case.truth
+    maps = compute_maps(series.pixels, series.times_s, truth["constants"]["te_s"],
+                        MapOptions(method="bayes"))
+    clean = ((maps_truth["lesion_fraction"] == 0) & (maps_truth["artery_fraction"] == 0)
+             & ~maps_truth["edema"] & maps.brain_mask)
+    for name in ("gm", "wm"):
+        region = measure_region(maps, series.pixels, clean & (maps_truth[f"{name}_fraction"] >= 0.95))
+        assert region.cbf == pytest.approx(truth["tissue"][name]["cbf"], rel=0.15), name
+        assert region.cbv == pytest.approx(truth["tissue"][name]["cbv"], rel=0.10), name
 
 
 def test_candidates_find_the_lesions(phantom: dict[str, Any]) -> None:

@@ -66,7 +66,10 @@ _REFERENCE_WORDS = ("reference", "nawm", "normal")
 class DscSettings(AnalyzerSettings):
     """Settings of the ``dsc`` analyzer (``settings`` of its route in routes.toml)."""
 
-    method: Literal["osvd", "ssvd"] = "osvd"
+    method: Literal["osvd", "ssvd", "bayes"] = Field(
+        "osvd", description="deconvolution: oSVD (default), sSVD, or the Bayesian model-based "
+        "estimate (gamma transit-time residue, Mouridsen 2006) that keeps CBF at short transit times"
+    )
     oi_target: float = Field(0.035, gt=0.0, lt=1.0)
     svd_threshold: float = Field(0.2, gt=0.0, lt=1.0)
     leakage_correction: bool = True
@@ -328,7 +331,9 @@ def _findings(
         "oi_target": settings.oi_target if settings.method == "osvd" else None,
         "svd_threshold": settings.svd_threshold if settings.method == "ssvd" else None,
         "leakage_correction": settings.leakage_correction,
+        "leaky_voxels": int(np.count_nonzero(maps.leak_k[maps.brain_mask])),
         "brain_voxels": int(maps.brain_mask.sum()),
+        "masked_voxels": dict(maps.masked),
         "aif": {
             "source": "settings.aif ROI" if settings.aif else "automatic (clustering)",
             "voxels": int(maps.aif_mask.sum()),

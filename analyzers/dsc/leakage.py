@@ -1,33 +1,23 @@
-"""Leakage correction of ΔR2* curves (Boxerman, Schmainda & Weisskoff, AJNR 2006;27:859).
+"""Leakage correction of ΔR2* curves that leaves non-leaky tissue and transit times alone.
 
 Contrast agent leaking through a disrupted blood–brain barrier adds a term
-proportional to the running integral of the intravascular curve:
+proportional to the running integral of the blood curve: positive where the
+extravasated agent's susceptibility effect dominates (T2*-dominant), negative
+where its T1 shortening raises the signal (T1-dominant). Boxerman, Schmainda &
+Weisskoff (AJNR 2006;27:859) fit ``ΔR2* ≈ K1·ΔR2*_ref − K2·∫ΔR2*_ref`` against
+the whole-brain non-enhancing curve in every voxel. That fit assumes every
+voxel's intravascular curve has the reference's shape, so a lesion whose mean
+transit time differs from normal brain's gets a spurious K2 (Bjørnerud et al.,
+JCBFM 2011;31:2041): on this project's digital reference object (MTT 2-12 s,
+no leakage) the whole-curve fit moved CBV by -36 % at MTT 12 s and +24 % at
+MTT 2 s, and it corrected every voxel, leaky or not.
 
-    ΔR2*_measured(t) ≈ K1·ΔR2*_ref(t) − K2·∫₀ᵗ ΔR2*_ref(t') dt'
-
-where ``ΔR2*_ref`` is the whole-brain average of non-enhancing voxels. K1 and K2
-are fitted per voxel by linear least squares (one 2×n pseudo-inverse for all
-voxels) and the corrected curve is ``ΔR2*_measured + K2·∫ΔR2*_ref``. K2 > 0
-means T1-dominant leakage (CBV underestimated without correction), K2 < 0
-T2*-dominant leakage (overestimated). K2 is in 1/s.
-
-Fit window. Boxerman et al. fit every frame. The model's first term assumes
-that the intravascular curve of the voxel has the shape of the reference; a
-lesion whose mean transit time differs from normal brain's has a narrower or
-broader first pass, and a whole-curve fit takes the excess late area of a
-broad curve for T2*-dominant leakage (and the reverse for a narrow one): on
-noise-free curves of the project's phantom, an exponential-residue lesion with
-MTT 9 s (normal brain 4-5 s) loses 23 % of its CBV to the correction even
-without any leakage, one with 11.5 s 32 %, one with 2.4 s gains 11 % (Bjørnerud
-et al., JCBFM 2011;31:2041 describe this MTT sensitivity of the BSW fit).
-Some transit times after the first pass the intravascular curve of every
-tissue is the slowly varying blood curve times its blood volume, i.e.
-proportional to the reference, and only leakage keeps them apart; so
-:func:`bsw_correct` can fit K1 and K2 on the frames from ``fit_start`` on
-(``leakage_fit_delay_s`` = 25 s after bolus arrival in :mod:`analyzers.dsc.maps`) and
-then corrects the whole curve with that K2. The same noise-free lesions then
-keep their CBV within 8 % for MTT 2.4-11.5 s and K2 from −0.02 to +0.01 1/s
-(``tests/test_dsc_leakage.py``).
+Here the leakage term is fitted beside an intravascular term with its own
+transit time, against the AIF (Bjørnerud et al.'s formulation, with the
+parametric residue of :mod:`analyzers.dsc.bayes`), and removed only where the
+neighbourhood shows leakage (:func:`gated_leakage`); every other voxel keeps
+its curve. :func:`non_enhancing_reference` gives the whole-brain non-enhancing
+curve on which K2 is reported (Boxerman's scale).
 """
 
 from __future__ import annotations
@@ -35,11 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import cumulative_trapezoid
+from scipy import ndimage
 
 from analyzers.dsc.errors import DscInputError
 
-__all__ = ["LeakageFit", "bsw_correct", "non_enhancing_reference"]
+__all__ = ["GatedLeakage", "gated_leakage", "non_enhancing_reference"]
 
 # Voxels whose late-to-peak ratio lies within this many robust standard
 # deviations of the brain median count as non-enhancing ...
@@ -52,25 +42,6 @@ _NON_ENHANCING_RELATIVE = 0.25
 _NON_ENHANCING_FLOOR = 0.02
 # The late phase used to judge enhancement: the last fraction of the frames.
 _LATE_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class LeakageFit:
-    """Result of the BSW fit for every voxel.
-
-    Attributes
-    ----------
-    k1:
-        Dimensionless scale of the reference curve.
-    k2:
-        Leakage coefficient in 1/s.
-    corrected:
-        Corrected ΔR2* curves, shape ``(voxels, n)``.
-    """
-
-    k1: np.ndarray
-    k2: np.ndarray
-    corrected: np.ndarray
 
 
 def non_enhancing_reference(
@@ -119,40 +90,94 @@ def non_enhancing_reference(
     return curves[selected].mean(axis=0), selected
 
 
-def bsw_correct(
-    delta_r2: np.ndarray, reference: np.ndarray, times: np.ndarray, fit_start: int = 0
-) -> LeakageFit:
-    """Fit K1, K2 per voxel and return the leakage-corrected curves.
+@dataclass(frozen=True)
+class GatedLeakage:
+    """Leakage correction applied only where the data show leakage (see :func:`gated_leakage`).
+
+    Attributes
+    ----------
+    k:
+        Leakage coefficient removed from each curve (0 where none is), in the
+        curve's units per unit of ``∫C_a`` (1/s).
+    z:
+        Neighbourhood evidence ``E[K]/sd[K]`` that decided it.
+    leaky:
+        Where a correction was applied.
+    corrected:
+        ``curves − k·∫C_a``, shape ``(voxels, n)``.
+    """
+
+    k: np.ndarray
+    z: np.ndarray
+    leaky: np.ndarray
+    corrected: np.ndarray
+
+
+def gated_leakage(
+    curves: np.ndarray,
+    k: np.ndarray,
+    k_sd: np.ndarray,
+    regressor: np.ndarray,
+    mask: np.ndarray,
+    times: np.ndarray,
+    z_threshold: float = 3.0,
+    min_effect: float = 0.05,
+    pool: tuple[int, int, int] = (3, 5, 5),
+    evidence: np.ndarray | None = None,
+) -> GatedLeakage:
+    """Remove ``K·∫C_a`` where the neighbourhood shows leakage, nowhere else.
+
+    ``k`` and ``k_sd`` are the per-voxel posterior mean and standard deviation
+    of the leakage coefficient of the model-based fit
+    (:meth:`analyzers.dsc.bayes.ResidueGrid.leakage`, Bjørnerud et al. 2011's
+    extravasation term beside a residue with its own transit time, so a long or
+    short MTT is not taken for leakage). One voxel's K is noisy; leakage is a
+    property of tissue regions, so the evidence is pooled over the ``pool``
+    neighbourhood inside ``mask`` (mean of K, standard error from the voxels'
+    posterior variances). A voxel is corrected, with its own K (unbiased; a
+    pooled K would carry the neighbours' leakage across tissue borders), where
+    the pooled K is more than ``z_threshold`` standard errors from zero and
+    would change the neighbourhood's CBV (curve area) by at least
+    ``min_effect``; every other voxel keeps its curve unchanged. The effect
+    size keeps noise-free data, whose standard errors are tiny, from correcting
+    a model mismatch of a few per cent.
 
     Parameters
     ----------
-    delta_r2:
-        Shape ``(voxels, n)`` in 1/s.
-    reference:
-        Non-enhancing reference curve, shape ``(n,)``.
+    curves:
+        ΔR2* of the voxels of ``mask`` (in the order of ``mask[mask]``), ``(voxels, n)``.
+    k, k_sd:
+        Shape ``(voxels,)``.
+    regressor:
+        ``∫C_a`` at the frame times, shape ``(n,)``.
+    mask:
+        Boolean ``(z, y, x)`` volume of the voxels.
     times:
-        Frame times in seconds, shape ``(n,)``.
-    fit_start:
-        First frame of the fit (0: the whole curve, as Boxerman et al.); the
-        integral still starts at the first frame and the whole curve is corrected.
-
-    Raises
-    ------
-    DscInputError
-        Shapes differ, the fit window has fewer than 3 frames, or the reference is degenerate.
+        Frame times (s).
+    evidence:
+        Boolean ``(voxels,)``: the voxels whose K counts as evidence (default all;
+        the arterial voxels are left out, they are not tissue).
     """
-    curves = np.atleast_2d(np.asarray(delta_r2, dtype=np.float64))
-    ref = np.asarray(reference, dtype=np.float64)
-    t = np.asarray(times, dtype=np.float64)
-    if ref.shape != (curves.shape[1],) or t.shape != ref.shape:
-        raise DscInputError("reference, times and curves must have the same number of frames")
-    if not 0 <= fit_start <= ref.size - 3:
-        raise DscInputError(f"the leakage fit window from frame {fit_start} has fewer than 3 frames")
-    integral = cumulative_trapezoid(ref, t, initial=0.0)
-    design = np.stack([ref, -integral], axis=1)[fit_start:]
-    if np.linalg.matrix_rank(design) < 2:
-        raise DscInputError("the leakage reference curve is degenerate (no bolus)")
-    coefficients = np.linalg.pinv(design) @ curves[:, fit_start:].T
-    k1, k2 = coefficients[0], coefficients[1]
-    corrected = curves + k2[:, None] * integral[None, :]
-    return LeakageFit(k1=k1, k2=k2, corrected=corrected)
+    curves = np.atleast_2d(np.asarray(curves, dtype=np.float64))
+    volume_mask = np.asarray(mask, dtype=bool)
+    if curves.shape[0] != int(volume_mask.sum()) or np.shape(k) != (curves.shape[0],):
+        raise DscInputError("curves, K and the mask must describe the same voxels")
+
+    def pooled_sum(values: np.ndarray) -> np.ndarray:
+        volume = np.zeros(volume_mask.shape)
+        volume[volume_mask] = values
+        mean = ndimage.uniform_filter(volume, size=pool, mode="constant")
+        return np.asarray(mean)[volume_mask] * float(np.prod(pool))
+
+    weight = np.ones(curves.shape[0]) if evidence is None else np.asarray(evidence, dtype=np.float64)
+    count = np.maximum(pooled_sum(weight), 1e-9)
+    k_pooled = pooled_sum(weight * k) / count
+    standard_error = np.sqrt(np.maximum(pooled_sum(weight * np.asarray(k_sd) ** 2), 0.0)) / count
+    area = pooled_sum(weight * np.trapezoid(curves, times, axis=1)) / count
+    effect = np.abs(k_pooled) * float(np.trapezoid(regressor, times)) >= min_effect * np.abs(area)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(standard_error > 0, k_pooled / standard_error, 0.0)
+    leaky = (np.abs(z) > z_threshold) & effect & (count >= 1.0)
+    applied = np.where(leaky, k, 0.0)
+    return GatedLeakage(k=applied, z=z, leaky=leaky,
+                        corrected=curves - applied[:, None] * np.asarray(regressor)[None, :])

@@ -1,16 +1,14 @@
-"""Per-voxel reference implementation of the DSC deconvolution and leakage fit.
+"""Per-voxel reference implementation of the DSC oSVD deconvolution.
 
-Straightforward loops over voxels, written from the papers independently of
-the vectorised code paths (:mod:`analyzers.dsc.deconvolution`,
-:mod:`analyzers.dsc.leakage`): each voxel is solved with its own
-pseudo-inverses and its own least-squares call. It is slow on purpose and used
+A straightforward loop over voxels, written from the papers independently of
+the vectorised code path (:mod:`analyzers.dsc.deconvolution`): each voxel is
+solved with its own truncations and oscillation indices. It is slow on purpose and used
 only to check the vectorised library and as the baseline of the benchmark.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.integrate import cumulative_trapezoid
 
 from analyzers.dsc.deconvolution import (
     BRAIN_DENSITY_G_PER_ML,
@@ -19,7 +17,7 @@ from analyzers.dsc.deconvolution import (
     oscillation_index,
 )
 
-__all__ = ["bsw_loop", "perfusion_loop"]
+__all__ = ["perfusion_loop"]
 
 
 def _osvd_voxel(
@@ -68,18 +66,3 @@ def perfusion_loop(
         flow = _osvd_voxel(matrix_u, singular, matrix_v, grid, curve, oi_target)
         cbf[i] = 6000.0 * k_h / density * flow
     return cbv, cbf
-
-
-def bsw_loop(
-    delta_r2: np.ndarray, reference: np.ndarray, times: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """K1 and K2 voxel by voxel with ``numpy.linalg.lstsq``."""
-    integral = cumulative_trapezoid(reference, times, initial=0.0)
-    design = np.stack([reference, -integral], axis=1)
-    curves = np.atleast_2d(np.asarray(delta_r2, dtype=np.float64))
-    k1 = np.empty(curves.shape[0])
-    k2 = np.empty(curves.shape[0])
-    for i, curve in enumerate(curves):
-        solution, *_ = np.linalg.lstsq(design, curve, rcond=None)
-        k1[i], k2[i] = solution
-    return k1, k2

@@ -12,19 +12,23 @@ The steps follow the methods of the ``dsc`` analyzer (DESIGN.md, issue text):
    mean curve of a given arterial mask; the baseline is then shortened to end one
    frame before the arterial arrival (arteries fill first) and S0/ΔR2* recomputed,
    so the bolus arrival used by PSR and wash-in time is the arterial one;
-4. Boxerman–Schmainda–Weisskoff leakage correction against the whole-brain
-   non-enhancing reference, K2 kept (:mod:`analyzers.dsc.leakage`). Voxel maps
-   fit every frame (Boxerman et al. 2006). Region values
-   (:func:`analyzers.dsc.reference.measure_region`: lesion and reference ROIs,
-   hence rCBV/rCBF) fit the frames from ``leakage_fit_delay_s`` (25 s) after
-   bolus arrival when at least 10 frames remain there, which makes the
-   correction insensitive to the lesion's transit time; that fit needs the
-   contrast-to-noise ratio of a region's mean curve (on single voxels at SNR 60
-   it doubles the median CBV error of white matter, 0.20 to 0.40, on the
-   project's phantom);
-5. oSVD (default) or sSVD deconvolution, CBV with hematocrit and density
-   correction, CBF, MTT (:mod:`analyzers.dsc.deconvolution`);
-6. wash-in time, PSR and wash-out slope from the signal curves.
+4. noise: the standard deviation of the baseline signal (pooled over the brain)
+   gives each voxel's ΔR2* noise, σ_S/(S0·TE) (:func:`noise_sd`);
+5. leakage: the model-based fit of :mod:`analyzers.dsc.bayes` (gamma
+   transit-time residue plus Bjørnerud's extravasation term ``K·∫C_a``) gives K
+   per voxel; K is removed only where the 3 × 3 × 3 neighbourhood shows leakage
+   (:func:`analyzers.dsc.leakage.gated_leakage`), so non-leaky tissue keeps its
+   curve and a long or short transit time is not taken for leakage. K2 is
+   reported on the scale of Boxerman et al. (relative to the whole-brain
+   non-enhancing curve, positive for T1-dominant leakage);
+6. deconvolution of the corrected curves: CBV as the area ratio with hematocrit
+   and density correction; CBF by oSVD (default), sSVD
+   (:mod:`analyzers.dsc.deconvolution`) or the Bayesian model-based estimate
+   (``"bayes"``: CBF = CBV/MTT with the posterior transit time); MTT = CBV/CBF;
+7. voxels whose CBV, CBF or MTT is not a positive number (noise, or leakage the
+   correction did not remove) are masked (NaN) in all three maps and counted by
+   reason in ``DscMaps.masked``;
+8. wash-in time, PSR and wash-out slope from the signal curves.
 
 Every per-voxel step is a vectorised array operation over all brain voxels.
 """
@@ -32,20 +36,20 @@ Every per-voxel step is a vectorised array operation over all brain voxels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from analyzers.dsc.aif import AifSelection, select_aif
+from analyzers.dsc.bayes import ResidueGrid
 from analyzers.dsc.deconvolution import (
     BRAIN_DENSITY_G_PER_ML,
     HEMATOCRIT_FACTOR,
-    DeconvolutionMethod,
     SvdDeconvolver,
-    perfusion_from_concentration,
 )
 from analyzers.dsc.errors import DscInputError
-from analyzers.dsc.leakage import bsw_correct, non_enhancing_reference
+from analyzers.dsc.leakage import gated_leakage, non_enhancing_reference
 from analyzers.dsc.signal import (
     BolusTiming,
     baseline_signal,
@@ -54,14 +58,28 @@ from analyzers.dsc.signal import (
     dynamic_parameters,
 )
 
-__all__ = ["DscMaps", "MapOptions", "brain_mask_from_signal", "compute_maps", "leakage_fit_start"]
+__all__ = [
+    "METHODS",
+    "DscMaps",
+    "MapMethod",
+    "MapOptions",
+    "brain_mask_from_signal",
+    "compute_maps",
+    "noise_sd",
+    "perfusion_maps",
+]
+
+MapMethod = Literal["osvd", "ssvd", "bayes"]
+#: Deconvolution methods: oSVD (default), sSVD, Bayesian model-based (:mod:`analyzers.dsc.bayes`).
+METHODS: tuple[MapMethod, ...] = ("osvd", "ssvd", "bayes")
 
 # Arterial voxels must have a baseline of at least this fraction of the brain median.
 _AIF_MIN_S0_FRACTION = 0.3
 # A DSC series needs enough frames for a baseline, a first pass and recovery.
 _MIN_FRAMES = 10
-# A late-window leakage fit needs at least this many frames (else every frame is used).
-_MIN_LEAKAGE_FIT_FRAMES = 10
+# Noise floor of ΔR2* as a fraction of the AIF peak (noise-free data would make the
+# posterior of the model-based fit a single grid point and every K "significant").
+_NOISE_FLOOR_FRACTION = 1e-3
 
 
 @dataclass(frozen=True)
@@ -71,18 +89,19 @@ class MapOptions:
     Attributes
     ----------
     method:
-        ``"osvd"`` (block-circulant, OI-regularised, default) or ``"ssvd"``.
+        ``"osvd"`` (block-circulant, OI-regularised, default), ``"ssvd"`` or
+        ``"bayes"`` (model-based, :mod:`analyzers.dsc.bayes`).
     oi_target:
         Oscillation index target of oSVD (Wu 2003).
     svd_threshold:
         Relative singular-value threshold of sSVD.
     leakage_correction:
-        Apply the Boxerman–Schmainda–Weisskoff correction.
-    leakage_fit_delay_s:
-        Region values fit K1 and K2 on the frames from this long after bolus
-        arrival (when at least 10 frames remain, else on every frame); 0 fits
-        every frame as in Boxerman et al. 2006 (see :mod:`analyzers.dsc.leakage`).
-        Voxel maps always fit every frame.
+        Remove leakage where the data show it (:func:`analyzers.dsc.leakage.gated_leakage`).
+    leakage_z:
+        Evidence (the neighbourhood's mean K over its standard error) above
+        which a voxel's leakage is removed.
+    leakage_min_effect:
+        Smallest change of the neighbourhood's CBV (fraction) worth a correction.
     psr_delay_s:
         S1 of PSR and wash-out slope is read this long after bolus arrival.
     skip_frames:
@@ -95,11 +114,12 @@ class MapOptions:
         Hematocrit factor (0.55/0.75) and brain density (1.04 g/ml).
     """
 
-    method: DeconvolutionMethod = "osvd"
+    method: MapMethod = "osvd"
     oi_target: float = 0.035
     svd_threshold: float = 0.2
     leakage_correction: bool = True
-    leakage_fit_delay_s: float = 25.0
+    leakage_z: float = 3.0
+    leakage_min_effect: float = 0.05
     psr_delay_s: float = 90.0
     skip_frames: int = 0
     arrival_fraction: float = 0.1
@@ -111,12 +131,12 @@ class MapOptions:
     density: float = BRAIN_DENSITY_G_PER_ML
 
     def __post_init__(self) -> None:
-        if self.method not in ("osvd", "ssvd"):
-            raise DscInputError(f"method must be 'osvd' or 'ssvd', got {self.method!r}")
+        if self.method not in METHODS:
+            raise DscInputError(f"method must be one of {METHODS}, got {self.method!r}")
         if not (0 < self.oi_target < 1 and 0 < self.svd_threshold < 1):
             raise DscInputError("oi_target and svd_threshold must lie in (0, 1)")
-        if self.leakage_fit_delay_s < 0:
-            raise DscInputError("leakage_fit_delay_s must not be negative")
+        if self.leakage_z <= 0 or not 0 <= self.leakage_min_effect < 1:
+            raise DscInputError("leakage_z must be positive and 0 <= leakage_min_effect < 1")
         if self.psr_delay_s <= 0 or self.skip_frames < 0 or not 0 < self.arrival_fraction < 1:
             raise DscInputError("psr_delay_s > 0, skip_frames >= 0, 0 < arrival_fraction < 1")
         if self.k_h <= 0 or self.density <= 0:
@@ -135,8 +155,12 @@ class DscMaps:
         Baseline signal.
     cbv, cbf, mtt:
         ml/100 g, ml/100 g/min, s.
-    k1, k2:
-        BSW coefficients (K2 in 1/s); zeros when leakage correction is off.
+    k2:
+        Leakage coefficient in 1/s on the scale of Boxerman et al. (relative to
+        ``leakage_reference``; > 0 T1-dominant, < 0 T2*-dominant), 0 where no
+        correction was applied or leakage correction is off.
+    leak_k:
+        The removed term's coefficient relative to the AIF, ``corrected = ΔR2* − leak_k·∫C_a``.
     wash_in_s, psr_percent, washout_slope:
         Dynamic signal parameters.
     aif_mask:
@@ -144,9 +168,11 @@ class DscMaps:
     aif_curve:
         Arterial ΔR2* curve (1/s).
     leakage_reference:
-        Whole-brain non-enhancing ΔR2* curve used by the BSW fit.
-    leakage_fit_start:
-        First frame of the BSW fit window of region values.
+        Whole-brain non-enhancing ΔR2* curve (the scale of K2).
+    noise_signal_sd:
+        Standard deviation of the baseline signal, pooled over the brain.
+    masked:
+        Number of brain voxels masked in the CBV/CBF/MTT maps, by reason.
     timing:
         Bolus timing of the whole-brain curve.
     times:
@@ -157,6 +183,8 @@ class DscMaps:
         Echo time (s).
     deconvolver:
         The SVD of the AIF matrix, reused for region curves.
+    residue_grid:
+        The model-based fit's grid for this AIF, reused for region curves.
     """
 
     brain_mask: np.ndarray
@@ -164,20 +192,22 @@ class DscMaps:
     cbv: np.ndarray
     cbf: np.ndarray
     mtt: np.ndarray
-    k1: np.ndarray
     k2: np.ndarray
+    leak_k: np.ndarray
     wash_in_s: np.ndarray
     psr_percent: np.ndarray
     washout_slope: np.ndarray
     aif_mask: np.ndarray
     aif_curve: np.ndarray
     leakage_reference: np.ndarray
-    leakage_fit_start: int
+    noise_signal_sd: float
+    masked: dict[str, int]
     timing: BolusTiming
     times: np.ndarray
     psr_t1_s: float
     te_s: float
     deconvolver: SvdDeconvolver
+    residue_grid: ResidueGrid
     options: MapOptions = field(default_factory=MapOptions)
 
 
@@ -229,12 +259,6 @@ def _perfused_brain(
     largest = labels == (1 + int(np.argmax(sizes)))
     filled = np.stack([ndimage.binary_fill_holes(plane) for plane in largest])
     return np.asarray(filled & mask, dtype=bool)
-
-
-def leakage_fit_start(times: np.ndarray, arrival_s: float, delay_s: float) -> int:
-    """First frame of the BSW fit: ``delay_s`` after arrival if 10 frames remain, else 0."""
-    start = int(np.searchsorted(times, arrival_s + delay_s, side="left"))
-    return start if delay_s > 0 and times.size - start >= _MIN_LEAKAGE_FIT_FRAMES else 0
 
 
 def _check_times(times: np.ndarray, frames: int) -> np.ndarray:
@@ -360,21 +384,26 @@ def compute_maps(
         aif_curve = dr2[aif_in_mask].mean(axis=0)
 
     reference, _ = non_enhancing_reference(dr2[~aif_in_mask], timing.arrival_index)
-    fit_start = leakage_fit_start(t, timing.arrival_time_s, opts.leakage_fit_delay_s)
-    if opts.leakage_correction:
-        fit = bsw_correct(dr2, reference, t)
-        k1, k2, corrected = fit.k1, fit.k2, fit.corrected
-    else:
-        k1 = np.ones(dr2.shape[0])
-        k2 = np.zeros(dr2.shape[0])
-        corrected = dr2
+    dt = float(np.median(np.diff(t)))
+    noise_signal = _baseline_noise(curves, timing)
+    sigma = noise_sd(s0, noise_signal, te_s, float(np.max(aif_curve)))
+    grid = ResidueGrid(aif_curve, dt)
     deconvolver = SvdDeconvolver(
-        aif_curve, float(np.median(np.diff(t))), method=opts.method, oi_target=opts.oi_target,
-        threshold=opts.svd_threshold,
+        aif_curve, dt, method="ssvd" if opts.method == "ssvd" else "osvd",
+        oi_target=opts.oi_target, threshold=opts.svd_threshold,
     )
-    perfusion = perfusion_from_concentration(
-        corrected, aif_curve, t, k_h=opts.k_h, density=opts.density, deconvolver=deconvolver
-    )
+    corrected, leak_k = dr2, np.zeros(dr2.shape[0])
+    if opts.leakage_correction:
+        estimate = grid.leakage(dr2, sigma)
+        gated = gated_leakage(dr2, estimate.k, estimate.sd, grid.leak_regressor, mask, t,
+                              z_threshold=opts.leakage_z, min_effect=opts.leakage_min_effect,
+                              evidence=~aif_in_mask)
+        corrected, leak_k = gated.corrected, gated.k
+    cbv, cbf, mtt = perfusion_maps(corrected, aif_curve, t, sigma, opts, deconvolver, grid)
+    masked = _mask_invalid(cbv, cbf, mtt, ~aif_in_mask)
+    # K2 on the scale of Boxerman et al.: the leak term over ∫(non-enhancing curve).
+    reference_area = float(np.trapezoid(reference, t))
+    k2 = -leak_k * float(np.trapezoid(aif_curve, t)) / reference_area if reference_area > 0 else leak_k * 0
     dynamic = dynamic_parameters(curves, t, s0, timing, psr_delay_s=opts.psr_delay_s)
 
     def volume(values: np.ndarray) -> np.ndarray:
@@ -387,22 +416,89 @@ def compute_maps(
     return DscMaps(
         brain_mask=mask,
         s0=volume(s0),
-        cbv=volume(perfusion.cbv),
-        cbf=volume(perfusion.cbf),
-        mtt=volume(perfusion.mtt),
-        k1=volume(k1),
+        cbv=volume(cbv),
+        cbf=volume(cbf),
+        mtt=volume(mtt),
         k2=volume(k2),
+        leak_k=volume(leak_k),
         wash_in_s=volume(dynamic.wash_in_s),
         psr_percent=volume(dynamic.psr_percent),
         washout_slope=volume(dynamic.washout_slope),
         aif_mask=aif_volume,
         aif_curve=aif_curve,
         leakage_reference=reference,
-        leakage_fit_start=fit_start,
+        noise_signal_sd=noise_signal,
+        masked=masked,
         timing=timing,
         times=t,
         psr_t1_s=dynamic.t1_s,
         te_s=float(te_s),
         deconvolver=deconvolver,
+        residue_grid=grid,
         options=opts,
     )
+
+
+def _baseline_noise(curves: np.ndarray, timing: BolusTiming) -> float:
+    """Standard deviation of the baseline signal, pooled over voxels (median of variances)."""
+    baseline = curves[:, timing.baseline_start : timing.baseline_end + 1]
+    frames = baseline.shape[1]
+    if frames < 2:
+        return 0.0
+    variance = baseline.var(axis=1, ddof=1)
+    # The median of a variance from k = frames − 1 degrees of freedom is σ²·χ²_k(median)/k.
+    return float(np.sqrt(np.median(variance) * (frames - 1) / stats.chi2.median(frames - 1)))
+
+
+def noise_sd(s0: np.ndarray, signal_sd: float, te_s: float, aif_peak: float) -> np.ndarray:
+    """Noise standard deviation of each voxel's ΔR2*, ``σ_S/(S0·TE)``, with a floor.
+
+    The floor (0.1 % of the AIF peak) stands for the quantisation and model
+    error that noise-free data still have.
+    """
+    base = np.maximum(np.asarray(s0, dtype=np.float64), 1e-12)
+    return np.maximum(signal_sd / (base * te_s), _NOISE_FLOOR_FRACTION * aif_peak)
+
+
+def perfusion_maps(
+    curves: np.ndarray,
+    aif: np.ndarray,
+    times: np.ndarray,
+    sigma: np.ndarray | float,
+    options: MapOptions,
+    deconvolver: SvdDeconvolver,
+    grid: ResidueGrid,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CBV (ml/100 g), CBF (ml/100 g/min) and MTT (s) of leakage-corrected ΔR2* curves.
+
+    CBV is the area ratio; CBF comes from ``options.method``; MTT = CBV/CBF
+    (NaN where CBF is not positive).
+    """
+    fit = grid.transit(curves, sigma)
+    aif_area = float(np.trapezoid(aif, times))
+    if aif_area <= 0:
+        raise DscInputError("the AIF has no positive area")
+    cbv = 100.0 * (options.k_h / options.density) * fit.area / aif_area
+    scale = 100.0 * 60.0 * (options.k_h / options.density)
+    cbf = scale * (fit.flow if options.method == "bayes" else deconvolver.flow(curves))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mtt = np.where(cbf > 0, 60.0 * cbv / np.where(cbf > 0, cbf, 1.0), np.nan)
+    return cbv, cbf, mtt
+
+
+def _mask_invalid(cbv: np.ndarray, cbf: np.ndarray, mtt: np.ndarray,
+                  counted: np.ndarray) -> dict[str, int]:
+    """Set CBV, CBF and MTT to NaN together where any is not a positive number (in place).
+
+    ``counted`` selects the voxels that are counted (the AIF voxels are not tissue).
+    """
+    reasons = {
+        "cbv_not_positive": ~(cbv > 0),
+        "cbf_not_positive": (cbv > 0) & ~(cbf > 0),
+        "mtt_not_finite": (cbv > 0) & (cbf > 0) & ~np.isfinite(mtt),
+    }
+    invalid = ~((cbv > 0) & (cbf > 0) & np.isfinite(mtt) & (mtt > 0))
+    cbv[invalid] = np.nan
+    cbf[invalid] = np.nan
+    mtt[invalid] = np.nan
+    return {reason: int(np.count_nonzero(where & counted)) for reason, where in reasons.items()}

@@ -38,10 +38,8 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from analyzers.dsc.deconvolution import perfusion_from_concentration
 from analyzers.dsc.errors import DscInputError
-from analyzers.dsc.leakage import bsw_correct
-from analyzers.dsc.maps import DscMaps
+from analyzers.dsc.maps import DscMaps, noise_sd, perfusion_maps
 from analyzers.dsc.signal import delta_r2star, dynamic_parameters
 
 __all__ = [
@@ -223,10 +221,10 @@ class RegionMeasurement:
     deconvolved like a voxel's: averaging the curves first raises the
     contrast-to-noise ratio, so the oSVD truncation is not driven by voxel noise
     (the mean of voxel CBF maps of low-CNR white matter is biased low by it).
-    The leakage fit of a region uses the late window of
-    ``maps.leakage_fit_start`` (see :mod:`analyzers.dsc.maps`), so its CBV can
-    differ from the mean of the voxel CBV map (whole-curve fit) in leaky or
-    slow-transit regions; without leakage correction it equals that mean.
+    The region's leakage is judged on the region's own mean curve (its K more
+    than ``leakage_z`` standard deviations from zero and changing its CBV by at
+    least ``leakage_min_effect``), so its CBV can differ from the mean of the
+    voxel CBV map, whose leakage is judged per neighbourhood.
     Wash-in time, PSR and wash-out slope come from the region's mean signal
     curve (the study's time–signal intensity curves). ``cbf_voxel_mean`` is the
     mean of the voxel CBF map, for comparison.
@@ -261,29 +259,47 @@ def measure_region(maps: DscMaps, signal: np.ndarray, region: np.ndarray) -> Reg
     dynamic = dynamic_parameters(
         mean_curve[None], maps.times, np.array([s0]), timing, maps.options.psr_delay_s
     )
-    dr2 = delta_r2star(curves, maps.s0[mask].astype(np.float64), maps.te_s)
+    voxel_s0 = maps.s0[mask].astype(np.float64)
+    dr2 = delta_r2star(curves, voxel_s0, maps.te_s)
     dr2[:, : timing.baseline_start] = 0.0
     region_curve = dr2.mean(axis=0)[None]
-    k2 = 0.0
-    if maps.options.leakage_correction:
-        fit = bsw_correct(region_curve, maps.leakage_reference, maps.times, maps.leakage_fit_start)
-        region_curve, k2 = fit.corrected, float(fit.k2[0])
-    perfusion = perfusion_from_concentration(
-        region_curve, maps.aif_curve, maps.times, k_h=maps.options.k_h,
-        density=maps.options.density, deconvolver=maps.deconvolver,
-    )
+    aif_peak = float(np.max(maps.aif_curve))
+    sigma = float(np.sqrt(np.mean(noise_sd(voxel_s0, maps.noise_signal_sd, maps.te_s, aif_peak) ** 2)
+                          / curves.shape[0]))
+    sigma = max(sigma, 1e-3 * aif_peak)
+    region_curve, k2 = _region_leakage(maps, region_curve, sigma)
+    cbv, cbf, mtt = perfusion_maps(region_curve, maps.aif_curve, maps.times, sigma, maps.options,
+                                   maps.deconvolver, maps.residue_grid)
     return RegionMeasurement(
         voxels=int(mask.sum()),
         s0=s0,
-        cbv=float(perfusion.cbv[0]),
-        cbf=float(perfusion.cbf[0]),
-        mtt=float(perfusion.mtt[0]),
+        cbv=float(cbv[0]),
+        cbf=float(cbf[0]),
+        mtt=float(mtt[0]),
         k2=k2,
         wash_in_s=float(dynamic.wash_in_s[0]),
         psr_percent=float(dynamic.psr_percent[0]),
         washout_slope=float(dynamic.washout_slope[0]),
         cbf_voxel_mean=_mean(maps.cbf[mask]),
     )
+
+
+def _region_leakage(maps: DscMaps, curve: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
+    """The region's curve with its leakage removed where it shows any, and K2 (BSW scale, 1/s)."""
+    options = maps.options
+    if not options.leakage_correction:
+        return curve, 0.0
+    grid = maps.residue_grid
+    estimate = grid.leakage(curve, sigma)
+    k, sd = float(estimate.k[0]), float(estimate.sd[0])
+    regressor = grid.leak_regressor
+    effect = abs(k) * float(np.trapezoid(regressor, maps.times))
+    area = abs(float(np.trapezoid(curve[0], maps.times)))
+    if not (sd > 0 and abs(k) > options.leakage_z * sd and effect >= options.leakage_min_effect * area):
+        return curve, 0.0
+    reference_area = float(np.trapezoid(maps.leakage_reference, maps.times))
+    k2 = -k * float(np.trapezoid(maps.aif_curve, maps.times)) / reference_area if reference_area > 0 else 0.0
+    return curve - k * regressor[None, :], k2
 
 
 def relative_values(lesion: RegionMeasurement, reference: RegionMeasurement) -> dict[str, float]:

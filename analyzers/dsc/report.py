@@ -23,10 +23,10 @@ from sr_templates import Quantity, SegmentClass
 from sr_templates import codes as c
 from sr_templates.dsc import TEMPLATE
 
-__all__ = ["AIF_SEGMENT", "K2_QUANTITY", "RWIT_QUANTITY", "build_outputs"]
+__all__ = ["AIF_SEGMENT", "K2_QUANTITY", "METHOD_NAMES", "RWIT_QUANTITY", "build_outputs", "quality_text"]
 
 K2_QUANTITY = Quantity("k2", c.private_code("BSWK2", "Leakage coefficient K2"), c.PER_SECOND,
-                       "K2", "Boxerman-Schmainda-Weisskoff leakage coefficient K2 (1/s)")
+                       "K2", "Leakage coefficient K2, Boxerman-Schmainda-Weisskoff scale (1/s)")
 RWIT_QUANTITY = Quantity("rwit", c.private_code("RWASHINTIME", "Relative wash-in time"),
                          c.RATIO_UNIT, "rWiT", "Wash-in time relative to contralateral white matter")
 AIF_SEGMENT = SegmentClass("aif", "Arterial input function voxels", c.ANATOMICAL_STRUCTURE,
@@ -144,10 +144,36 @@ def _texts(findings: Mapping[str, Any]) -> list[tuple[Code, str]]:
         f"{model['kind']} on {', '.join(model['features'])}, threshold {model['threshold']:.3f} "
         f"({model['folder']})" if model else str(findings["model_note"]))[:1024]))
     aif = findings["aif"]
+    leakage = (f"model-based where the data show leakage ({findings['leaky_voxels']} voxels)"
+               if findings["leakage_correction"] else "off")
     texts.append((c.COMMENT, (
         f"lesions: {findings['lesion_source']}; AIF: {aif['source']}, {aif['voxels']} voxels "
-        f"(SEG segment 'Arterial input function voxels'); deconvolution {findings['deconvolution']}"
-        f"; leakage correction {'BSW' if findings['leakage_correction'] else 'off'}; "
+        f"(SEG segment 'Arterial input function voxels'); deconvolution "
+        f"{METHOD_NAMES[findings['deconvolution']]}; leakage correction {leakage}; "
         f"S1 of PSR at {findings['psr_s1_time_s']:.1f} s"
     )[:1024]))
+    texts.append((c.COMMENT, quality_text(findings["masked_voxels"], findings["brain_voxels"])[:1024]))
     return texts
+
+
+#: How the SR names each deconvolution method.
+METHOD_NAMES = {
+    "osvd": "oSVD (block-circulant, oscillation index 0.035; Wu 2003)",
+    "ssvd": "sSVD (threshold 0.2; Østergaard 1996)",
+    "bayes": "Bayesian model-based (gamma transit-time residue; Mouridsen 2006)",
+}
+_MASK_REASONS = {
+    "cbv_not_positive": "CBV not positive (noise or leakage left after correction)",
+    "cbf_not_positive": "CBF not positive",
+    "mtt_not_finite": "MTT not finite",
+}
+
+
+def quality_text(masked: Mapping[str, int], brain_voxels: int) -> str:
+    """The quality statement of the SR: which map voxels were masked and why."""
+    total = sum(masked.values())
+    if total == 0:
+        return f"quality: every one of {brain_voxels} brain voxels has positive CBV, CBF and MTT"
+    parts = [f"{count} {_MASK_REASONS.get(reason, reason)}" for reason, count in masked.items() if count]
+    return (f"quality: {total} of {brain_voxels} brain voxels masked (no value) in the CBV, CBF and "
+            f"MTT maps: " + "; ".join(parts))

@@ -6,4 +6,5 @@
 * :mod:`bench.dro.dicomwrite`: classic MR series writer (shares no code with the
   product's phantoms).
 * :mod:`bench.dro.dce_object`: the DCE reference object.
+* :mod:`bench.dro.dsc_object`: the DSC reference object.
 """
