@@ -130,7 +130,10 @@ def test_storescu_study_yields_pm_and_sr_in_orthanc(study: dict[str, Any], ortha
         assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == code, label
         stored = pm.pixel_array.astype(np.float64)
         real = stored * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
-        inside = real[np.isfinite(real)]  # NaN outside the analysed brain
+        # NaN (float maps) or a stored value past the mapped range (integer companions) marks
+        # voxels without a value: outside the analysed brain, or masked as not positive.
+        mapped = stored <= float(mapping.get("RealWorldValueLastValueMapped", np.inf))
+        inside = real[np.isfinite(real) & mapped]
         assert inside.size > 1000 and np.ptp(inside) > 0, label
         assert "NOT FOR CLINICAL USE" in str(pm.ContentDescription).upper(), label
         if label == "CBV":
