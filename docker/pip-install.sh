@@ -35,8 +35,7 @@ case "$mode" in
     python3 -m venv /opt/pacsnode
     /opt/pacsnode/bin/pip install --quiet --require-hashes --no-deps -r "$tmp/wheels.txt"
     /opt/pacsnode/bin/pip install --quiet --no-deps "$built"/*.whl
-    # the wheelhouse URL is a build-time address: keep no trace of it in the image
-    rm -rf /root/.cache
+    rm -rf /root/.cache  # no pip cache in the image (PIP_NO_CACHE_DIR should leave none)
     ;;
   *)
     echo "unknown mode $mode" >&2
