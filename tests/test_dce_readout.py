@@ -49,9 +49,30 @@ def test_hyperperfusion_threshold() -> None:
     assert is_hyperperfused(0.2, 1.5)
     assert not is_hyperperfused(1.49, 1.49)
     assert is_hyperperfused(1.2, 1.1, threshold=1.1)
-    assert not is_hyperperfused(float("nan"), 1.0)
+    # One ratio not computable: at/above the threshold still decides, below it cannot.
+    assert is_hyperperfused(float("nan"), 1.6) is True
+    assert is_hyperperfused(float("nan"), 1.0) is None
     with pytest.raises(DceInputError):
         is_hyperperfused(float("nan"), float("nan"))
+
+
+def test_ratio_below_the_floor_is_not_computable() -> None:
+    ktrans = np.zeros((4, 4))
+    vp = np.full((4, 4), 0.01)
+    lesion = np.zeros((4, 4), bool)
+    lesion[0] = True
+    reference = np.zeros((4, 4), bool)
+    reference[3] = True
+    ktrans[0], vp[0] = 0.2, 0.03
+    ktrans[3] = [0.0, 0.0, 0.0, 0.004]  # normal tissue: Ktrans ~ 0, one noisy voxel
+    out = lesion_ratios(ktrans, vp, lesion, reference, floor_ktrans=0.005, floor_vp=0.005)
+    assert np.isnan(out.r_ktrans) and out.reference_ktrans == pytest.approx(0.001)
+    assert "below the floor 0.005 /min" in out.r_ktrans_note
+    assert out.r_vp == pytest.approx(3.0) and out.r_vp_note == ""
+    # Without a floor the same data give the unbounded ratio the floor exists to prevent.
+    assert lesion_ratios(ktrans, vp, lesion, reference).r_ktrans == pytest.approx(200.0)
+    vp[3] = 0.001
+    assert "below the floor" in lesion_ratios(ktrans, vp, lesion, reference, floor_vp=0.005).r_vp_note
 
 
 # --- one test per branch of the rule ----------------------------------------------------------
@@ -135,6 +156,27 @@ def test_recurrence_model_round_trip_and_direction(tmp_path: Path) -> None:
     assert accuracy > 0.8
 
 
+def test_recurrence_model_calibration_record_round_trip(tmp_path: Path) -> None:
+    from analyzers._shared.probability import ProbabilityCalibration
+
+    cohort = synthetic_ratio_cohort(200, seed=5)
+    model = RecurrenceModel.fit(cohort.r_ktrans, cohort.r_vp, cohort.pre_flag, cohort.recurrence,
+                                name="dce-recurrence-test", version="0")
+    held = synthetic_ratio_cohort(40, seed=6)
+    p = model.predict_proba(held.r_ktrans, held.r_vp, held.pre_flag)
+    calibration = ProbabilityCalibration.measure(held.recurrence, p, model="dce-recurrence-test 0",
+                                                 validation="40 held-out synthetic patients",
+                                                 outcome="recurrent tumour")
+    folder = RecurrenceModel(**{**model.__dict__, "calibration": calibration}).save(tmp_path / "m")
+    loaded = RecurrenceModel.load(folder)
+    assert loaded.calibration == calibration
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "Calibration (held-out)" in card and "40 held-out synthetic patients" in card
+    # Never 0 % or 100 %: 40 validation cases support at most 41/42, printed with 2 digits.
+    assert calibration.format(1.0) == "98 %" and calibration.format(0.0) == "2.4 %"
+    assert "No held-out calibration record" in (model.save(tmp_path / "bare") / "MODEL_CARD.md").read_text()
+
+
 def test_recurrence_model_rejects_foreign_folders(tmp_path: Path) -> None:
     with pytest.raises(RecurrenceModelError):
         RecurrenceModel.load(tmp_path)
@@ -166,6 +208,20 @@ def test_trainer_nested_cv_writes_a_loadable_model(tmp_path: Path) -> None:
     assert model.training["cv"].startswith("3-fold")
     assert model.training["oof_auc"]["estimate"] > 0.7
     assert 0.0 < model.prior_flag_fill < 1.0
+    assert model.calibration is None  # no held-out cases: no probability will be printed
+    # With held-out patients the calibration record, its reliability plot and table exist.
+    held = tmp_path / "held.csv"
+    held.write_text("\n".join(lines[:1] + [line.replace("p", "q", 1) for line in lines[1:41]]) + "\n")
+    assert main(["--cohort", str(csv_path), "--holdout", str(held), "--out", str(out), "--folds", "3",
+                 "--trials", "2", "--n-boot", "50", "--recalibrate"]) == 0
+    model = RecurrenceModel.load(out)
+    assert model.calibration is not None and model.calibration.n_cases == 40
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert model.training["holdout"]["n_cases"] == 40 and "recalibration" in model.training
+    # The recalibration is folded into the coefficients: the held-out record is of that model.
+    held_x, held_y, _ = load_cohort_csv(held)
+    p = model.predict_proba(np.exp(held_x[:, 0]), np.exp(held_x[:, 1]), held_x[:, 2])
+    assert model.calibration.brier == pytest.approx(float(np.mean((p - held_y) ** 2)))
 
 
 def test_automatic_lesion_and_contralateral_reference_on_arrays() -> None:

@@ -9,7 +9,8 @@ as the ``dce`` analyzer of the node. Every clinical output carries
 
 from __future__ import annotations
 
-from analyzers.dce.aif import AifResult, ImageAifSettings, detect_image_aif, parker_aif
+from analyzers.dce.aif import AifResult, parker_aif
+from analyzers.dce.arterial import ArterialInput, ArterialSettings, VfaSignals, find_arterial_input
 from analyzers.dce.concentration import (
     BolusArrival,
     detect_bolus_arrival,
@@ -39,10 +40,11 @@ from analyzers.dce.tofts import (
 
 __all__ = [
     "AifResult",
+    "ArterialInput",
+    "ArterialSettings",
     "BolusArrival",
     "DceInputError",
     "FitBounds",
-    "ImageAifSettings",
     "LesionRatios",
     "PatlakFit",
     "PriorLesion",
@@ -51,10 +53,11 @@ __all__ = [
     "RecurrenceModelError",
     "ToftsFit",
     "VfaFit",
+    "VfaSignals",
     "default_t10",
     "detect_bolus_arrival",
-    "detect_image_aif",
     "extended_tofts",
+    "find_arterial_input",
     "fit_extended_tofts",
     "fit_patlak",
     "fit_vfa_linear",

@@ -5,20 +5,14 @@
   contrast-enhanced MRI", MRM 2006;56:993 (doi:10.1002/mrm.21066), Eq. 1 with the
   Table 1 parameters; whole-blood concentration, converted to plasma with ``1 - Hct``
   as in the OSIPI DCE-DSC-MRI code collection.
-* Image AIF: arterial voxels are those whose concentration curve peaks early, high and
-  narrow (the criteria of Mouridsen et al., MRM 2006;55:524, applied to DCE
-  concentration curves: candidates among the highest peaks, then the earliest arrival
-  and the smallest width). Partial volume of the small arteries is corrected by the
-  venous-output scaling when a dural sinus is in the field of view: the arterial curve
-  is scaled so that its area equals the area of the venous output function
-  (Sourbron et al., MRM 2009;62:205; Knutsson et al., MRM 2010;64:1225), which is
-  larger and less affected by partial volume. When no voxel set passes the criteria,
-  the Parker AIF is the fallback, and the reason is reported.
+* Image AIF: :mod:`analyzers.dce.arterial` finds the arterial voxels and converts their
+  pooled signal; :class:`AifResult` carries whichever AIF was used and why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -28,9 +22,7 @@ from analyzers.dce.errors import DceInputError
 __all__ = [
     "PARKER_PARAMETERS",
     "AifResult",
-    "ImageAifSettings",
     "align_parker_delay",
-    "detect_image_aif",
     "parker_aif",
 ]
 
@@ -77,44 +69,6 @@ def parker_aif(t: ArrayLike, *, delay: float = 0.0, hematocrit: float = 0.0) -> 
 
 
 @dataclass(frozen=True)
-class ImageAifSettings:
-    """Criteria of the automatic AIF detection.
-
-    Parameters
-    ----------
-    peak_percentile:
-        Candidates are voxels whose peak concentration is above this percentile of the
-        peaks of all voxels considered.
-    n_voxels:
-        Number of arterial voxels averaged into the AIF.
-    min_peak_mM:
-        Smallest plausible arterial peak (whole-blood, mM); below it detection fails.
-    max_arrival_s:
-        The arterial peak must come within this many seconds of the earliest bolus
-        arrival; a later peak is venous or tissue.
-    venous_min_delay_s:
-        A venous output voxel peaks at least this much later than the arteries.
-    max_venous_scale:
-        Upper limit on the partial-volume scale factor (guards against a wrong sinus).
-    """
-
-    peak_percentile: float = 99.0
-    n_voxels: int = 10
-    min_peak_mM: float = 1.0
-    max_arrival_s: float = 20.0
-    venous_min_delay_s: float = 2.0
-    max_venous_scale: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not 50.0 <= self.peak_percentile < 100.0:
-            raise DceInputError("peak_percentile must be in [50, 100)")
-        if self.n_voxels < 1:
-            raise DceInputError("n_voxels must be >= 1")
-        if self.max_venous_scale < 1.0:
-            raise DceInputError("max_venous_scale must be >= 1")
-
-
-@dataclass(frozen=True)
 class AifResult:
     """The AIF used for the fit.
 
@@ -133,6 +87,10 @@ class AifResult:
         Flat indices of the venous output voxels used for the scaling.
     reason:
         Why this AIF was chosen (fallback reasons included), for the report.
+    blood_t10_s, blood_t10_source:
+        Blood T10 that converted the image AIF, and where it came from (NaN / "" for Parker).
+    quality:
+        Measures of the image AIF (:func:`analyzers.dce.arterial.find_arterial_input`).
     """
 
     plasma: NDArray[np.float64]
@@ -141,93 +99,9 @@ class AifResult:
     venous_scale: float = 1.0
     venous_voxels: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     reason: str = ""
-
-
-def _width_fwhm(curves: NDArray[np.float64], t: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Time spent above half the peak (s), a robust width for sampled curves."""
-    peak = curves.max(axis=1, keepdims=True)
-    above = curves >= 0.5 * peak
-    dt = np.gradient(t)
-    return np.sum(above * dt, axis=1)
-
-
-def detect_image_aif(t: ArrayLike, conc: ArrayLike, *, bolus_arrival_s: float,
-                     hematocrit: float = 0.45,
-                     settings: ImageAifSettings | None = None) -> AifResult:
-    """Find arterial voxels among concentration curves and build the plasma AIF.
-
-    Parameters
-    ----------
-    t:
-        Frame times (s), shape (T,).
-    conc:
-        Concentration curves of the voxels considered (mM), shape (N, T); curves with
-        non-finite values are ignored.
-    bolus_arrival_s:
-        Bolus arrival time of the series (s), from baseline detection.
-    hematocrit:
-        Large-vessel hematocrit for blood → plasma.
-    settings:
-        Detection criteria.
-
-    Returns
-    -------
-    AifResult
-        The image AIF, or the Parker AIF (delayed to the bolus arrival) with the reason
-        when no arterial voxels qualify.
-    """
-    cfg = settings or ImageAifSettings()
-    t_arr = np.asarray(t, dtype=np.float64)
-    curves = np.asarray(conc, dtype=np.float64)
-    if curves.ndim != 2 or curves.shape[1] != t_arr.size:
-        raise DceInputError(f"conc must be (N, {t_arr.size}), got {curves.shape}")
-
-    def fallback(reason: str) -> AifResult:
-        return AifResult(plasma=parker_aif(t_arr, delay=bolus_arrival_s, hematocrit=hematocrit),
-                         source="parker", reason=reason)
-
-    finite = np.flatnonzero(np.all(np.isfinite(curves), axis=1))
-    if finite.size < cfg.n_voxels:
-        return fallback("too few voxels with finite concentration for an image AIF")
-    sub = curves[finite]
-    peaks = sub.max(axis=1)
-    ttp = t_arr[np.argmax(sub, axis=1)]
-    threshold = np.percentile(peaks, cfg.peak_percentile)
-    early = ttp <= bolus_arrival_s + cfg.max_arrival_s
-    cand = np.flatnonzero((peaks >= threshold) & early & (peaks >= cfg.min_peak_mM))
-    if cand.size < cfg.n_voxels:
-        return fallback(f"fewer than {cfg.n_voxels} voxels with an early peak above "
-                        f"{cfg.min_peak_mM} mM (found {cand.size}); Parker population AIF used")
-    # Among high early peaks keep the earliest and narrowest: rank by TTP, then by width.
-    widths = _width_fwhm(sub[cand], t_arr)
-    order = np.lexsort((-peaks[cand], widths, ttp[cand]))
-    chosen = cand[order[: cfg.n_voxels]]
-    blood = sub[chosen].mean(axis=0)
-    arterial_ttp = float(np.median(ttp[chosen]))
-
-    # Venous output: high, later-peaking, large-area voxels (a sinus), when present.
-    auc = np.asarray(np.trapezoid(sub, t_arr, axis=1), dtype=np.float64)
-    aif_auc = float(np.trapezoid(blood, t_arr))
-    venous = np.flatnonzero((ttp >= arterial_ttp + cfg.venous_min_delay_s)
-                            & (ttp <= arterial_ttp + 3 * cfg.max_arrival_s)
-                            & (peaks >= np.percentile(peaks, cfg.peak_percentile)))
-    scale = 1.0
-    venous_sel = np.zeros(0, np.int64)
-    reason = f"image AIF: mean of {chosen.size} early, high, narrow-peaked voxels"
-    if venous.size >= cfg.n_voxels and aif_auc > 0:
-        venous_sel = venous[np.argsort(-auc[venous])[: cfg.n_voxels]]
-        vof_auc = float(np.mean(auc[venous_sel]))
-        if vof_auc > aif_auc:
-            scale = min(vof_auc / aif_auc, cfg.max_venous_scale)
-            reason += f"; scaled x{scale:.2f} to the venous-output area (sinus found)"
-        else:
-            venous_sel = np.zeros(0, np.int64)
-            reason += "; no partial-volume scaling (venous area not above arterial area)"
-    else:
-        reason += "; no sinus found, no partial-volume scaling"
-    return AifResult(plasma=blood * scale / (1.0 - hematocrit), source="image",
-                     voxels=finite[chosen].astype(np.int64), venous_scale=scale,
-                     venous_voxels=finite[venous_sel].astype(np.int64), reason=reason)
+    blood_t10_s: float = float("nan")
+    blood_t10_source: str = ""
+    quality: dict[str, Any] = field(default_factory=dict)
 
 
 def align_parker_delay(t: ArrayLike, curve: ArrayLike, *, max_delay_s: float | None = None,

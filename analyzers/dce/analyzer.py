@@ -8,9 +8,10 @@ a SEG of the enhancing lesion(s) (role ``roi``). Priors: earlier ``dce`` finding
 patient; the earliest earlier study is taken as the pre-treatment one (setting).
 
 Outputs: Parametric Maps of Ktrans, ve, vp, kep and (with VFA) T10; a binary SEG of the
-lesions and their reference regions; a TID 1500 SR with, per lesion, rKtrans, rVP,
-hyperperfusion, the matched pre-treatment values, the reading of the study's rule, the
-probability of recurrence and the model's identity; the AIF's source, voxels and curve.
+lesions and their reference regions; a TID 1500 SR with, per lesion, rKtrans, rVP (or why
+a ratio is not computable), hyperperfusion, the matched pre-treatment values, the reading
+of the study's rule, the probability of recurrence with the model and validation that
+produced it; the T10s and the AIF used, the AIF's quality and curve (:mod:`analyzers.dce.report`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from pydantic import Field
 from pydicom import Dataset
 
-from analyzers._shared import outputs as out
+from analyzers._shared.probability import ProbabilityError
 from analyzers._shared.volume import (
     SegmentationError,
     SeriesGeometryError,
@@ -33,20 +34,18 @@ from analyzers._shared.volume import (
     load_series,
 )
 from analyzers.contract import (
-    NOT_FOR_CLINICAL_USE,
     AnalysisInput,
     AnalysisResult,
     AnalyzerSettings,
     PriorFinding,
     UnsuitableInput,
 )
+from analyzers.dce.arterial import VfaSignals
 from analyzers.dce.errors import DceInputError, RecurrenceModelError
 from analyzers.dce.model import RecurrenceModel
 from analyzers.dce.pipeline import Acquisition, DceMaps, PipelineSettings, compute_maps
 from analyzers.dce.readout import (
-    LesionRatios,
     PriorLesion,
-    Reading,
     is_hyperperfused,
     lesion_ratios,
     match_prior_lesion,
@@ -58,9 +57,8 @@ from analyzers.dce.regions import (
     enhancing_voxels,
     segment_enhancing_lesions,
 )
+from analyzers.dce.report import build_findings, build_outputs
 from analyzers.dce.t1 import default_t10, fit_vfa_nonlinear
-from sr_templates import codes as c
-from sr_templates.dce import TEMPLATE
 
 __all__ = ["REFERENCE_MODEL_FOLDER", "DceAnalyzer", "DceSettings"]
 
@@ -76,6 +74,14 @@ class DceSettings(AnalyzerSettings):
     aif: Literal["auto", "parker"] = "auto"
     """``auto``: image AIF with the Parker population AIF as fallback; ``parker``: Parker."""
     hematocrit: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.45
+    leakage_test_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | None = 0.05
+    """Level of the F-test that keeps the plasma-only model (Ktrans 0) where extended Tofts
+    does not fit significantly better (Ewing & Bagher-Ebadian 2013); None = no test."""
+    ratio_floor_ktrans_per_min: Annotated[float, Field(ge=0.0)] = 0.005
+    """Reference Ktrans below which rKtrans is not computable (the OSIPI absolute Ktrans
+    tolerance: a smaller reference cannot be told from zero)."""
+    ratio_floor_vp: Annotated[float, Field(ge=0.0)] = 0.005
+    """Reference vp below which rVP is not computable (see docs/analyzers/dce.md)."""
     t10_s: Annotated[float, Field(gt=0.0)] | None = None
     """Fixed T10 without a VFA series; None = white matter at the field strength
     (Stanisz et al. MRM 2005: 0.884 s at 1.5 T, 1.084 s at 3 T)."""
@@ -122,8 +128,8 @@ def _acquisition(vol: Volume, settings: DceSettings) -> Acquisition:
     return Acquisition(flip_deg=flip, tr_s=tr_ms / 1000.0, field_t=field)
 
 
-def _t10_from_vfa(dynamic: Volume, series: Sequence[Any]) -> tuple[np.ndarray, list[float]]:
-    """Nonlinear VFA T1 (s) on the dynamic's grid, from one or more VFA series."""
+def _t10_from_vfa(dynamic: Volume, series: Sequence[Any]) -> tuple[np.ndarray, list[float], VfaSignals]:
+    """Nonlinear VFA T1 (s) on the dynamic's grid, from one or more VFA series, and the signals."""
     images, angles, tr = [], [], None
     for item in series:
         vol = load_series(item.files)
@@ -144,9 +150,10 @@ def _t10_from_vfa(dynamic: Volume, series: Sequence[Any]) -> tuple[np.ndarray, l
             angles.append(fa)
     if len(set(angles)) < 2 or tr is None:
         raise UnsuitableInput(f"VFA T1 needs two or more flip angles, got {sorted(set(angles))}")
-    stack = np.stack(images, axis=-1).reshape(-1, len(angles))
-    fit = fit_vfa_nonlinear(stack, angles, tr / 1000.0)
-    return fit.t1.reshape(dynamic.shape3d), angles
+    grid = np.stack(images, axis=-1).astype(np.float64)
+    fit = fit_vfa_nonlinear(grid.reshape(-1, len(angles)), angles, tr / 1000.0)
+    return (fit.t1.reshape(dynamic.shape3d), angles,
+            VfaSignals(signals=grid, flip_deg=tuple(angles), tr_s=tr / 1000.0))
 
 
 class DceAnalyzer:
@@ -171,14 +178,17 @@ class DceAnalyzer:
         acq = _acquisition(dynamic, settings)
         vfa_series = list(job.related.get("vfa", ()))
         t10_map: np.ndarray | None = None
+        vfa: VfaSignals | None = None
         vfa_angles: list[float] = []
         if vfa_series:
-            t10_map, vfa_angles = _t10_from_vfa(dynamic, vfa_series)
+            t10_map, vfa_angles, vfa = _t10_from_vfa(dynamic, vfa_series)
         pipe = PipelineSettings(model=settings.model, aif=settings.aif,
                                 hematocrit=settings.hematocrit, t10_s=settings.t10_s,
-                                r1_per_mm_s=settings.r1_per_mm_s, agent=settings.agent)
+                                r1_per_mm_s=settings.r1_per_mm_s, agent=settings.agent,
+                                leakage_test_alpha=settings.leakage_test_alpha)
         try:
-            maps = compute_maps(dynamic.data, dynamic.times, acq, t10_map=t10_map, settings=pipe)
+            maps = compute_maps(dynamic.data, dynamic.times, acq, t10_map=t10_map, vfa=vfa,
+                                settings=pipe)
         except DceInputError as exc:
             raise UnsuitableInput(str(exc)) from exc
 
@@ -187,10 +197,11 @@ class DceAnalyzer:
         priors, prior_note = _prior_lesions(job.priors, dynamic, settings)
         readouts = [self._readout(i, mask, dynamic, maps, lesions, priors, model, acq, t10_map,
                                   settings) for i, mask in enumerate(lesions, start=1)]
-        findings = _findings(dynamic, maps, readouts, lesion_source, model, model_note,
-                             prior_note, vfa_angles, settings)
-        datasets = _outputs(job, dynamic, maps, readouts, findings, t10_map is not None,
-                            settings, self.version)
+        findings = build_findings(dynamic, maps, readouts, lesion_source=lesion_source, model=model,
+                                  model_note=model_note, prior_note=prior_note,
+                                  vfa_angles=vfa_angles, settings=settings)
+        datasets = build_outputs(job, dynamic, maps, readouts, findings, t10_map is not None, model,
+                                 settings, self.version)
         return AnalysisResult(datasets=datasets, findings=findings)
 
     # ---------------------------------------------------------------- lesions
@@ -223,30 +234,52 @@ class DceAnalyzer:
             exclude |= other
         reference = contralateral_reference(lesion, maps.mask, exclude, maps.vp, dynamic.affine,
                                             t10=t10_map, wm_t10_s=default_t10(acq.field_t))
-        ratios = lesion_ratios(maps.ktrans, maps.vp, lesion, reference)
+        ratios = lesion_ratios(maps.ktrans, maps.vp, lesion, reference,
+                               floor_ktrans=settings.ratio_floor_ktrans_per_min,
+                               floor_vp=settings.ratio_floor_vp)
         zz, yy, xx = np.nonzero(lesion)
         centroid = dynamic.index_to_patient(np.array([xx.mean(), yy.mean(), zz.mean()]))
         entry: dict[str, Any] = {
             "lesion_id": f"lesion {index}", "mask": lesion, "reference_mask": reference,
             "ratios": ratios, "centroid_mm": [round(float(v), 2) for v in centroid],
             "volume_ml": float(lesion.sum() * np.prod(dynamic.spacing) / 1000.0),
+            "probability": None, "probability_raw": None, "probability_text": "",
         }
         if ratios.n_reference == 0 or not (np.isfinite(ratios.r_ktrans)
                                            or np.isfinite(ratios.r_vp)):
-            entry.update(hyperperfused=None, reading=None, probability=None, prior=None,
-                         note="no usable normal-tissue reference; ratios undefined")
+            why = "no usable normal-tissue reference" if ratios.n_reference == 0 else "no ratio computable"
+            entry.update(hyperperfused=None, reading=None, prior=None, note=f"{why}; no reading",
+                         probability_note="probability not reported: no ratio computable")
             return entry
         hyper = is_hyperperfused(ratios.r_ktrans, ratios.r_vp, settings.hyperperfusion_ratio)
         prior = match_prior_lesion(centroid, priors,
                                    max_distance_mm=settings.prior_match_distance_mm)
-        reading = prior_informed_reading(hyper, prior)
-        probability = None
-        if model is not None and np.isfinite(ratios.r_ktrans) and np.isfinite(ratios.r_vp):
-            flag = np.nan if prior is None else float(prior.hyperperfused)
-            probability = float(model.predict_proba(ratios.r_ktrans, ratios.r_vp, flag)[0])
-        entry.update(hyperperfused=hyper, reading=reading, probability=probability, prior=prior,
-                     note="")
+        reading = None if hyper is None else prior_informed_reading(hyper, prior)
+        entry.update(hyperperfused=hyper, reading=reading, prior=prior, note="")
+        entry.update(_probability(model, ratios.r_ktrans, ratios.r_vp, prior,
+                                  ratios.r_ktrans_note or ratios.r_vp_note))
         return entry
+
+
+def _probability(model: RecurrenceModel | None, r_ktrans: float, r_vp: float,
+                 prior: PriorLesion | None, ratio_note: str) -> dict[str, Any]:
+    """The printed probability (clipped to the validated range, 2 digits) or why there is none."""
+    none = {"probability": None, "probability_raw": None, "probability_text": ""}
+    if model is None:
+        return {**none, "probability_note": "probability not reported: no recurrence model"}
+    if not (np.isfinite(r_ktrans) and np.isfinite(r_vp)):
+        return {**none, "probability_note": f"probability not reported ({ratio_note})"}
+    if model.calibration is None:
+        return {**none, "probability_note": (f"probability not reported: model {model.name} "
+                                             f"{model.version} has no held-out calibration record")}
+    flag = np.nan if prior is None else float(prior.hyperperfused)
+    raw = float(model.predict_proba(r_ktrans, r_vp, flag)[0])
+    try:
+        reported = model.calibration.reported(raw)
+    except ProbabilityError as exc:
+        return {**none, "probability_note": f"probability not reported: {exc}"}
+    return {"probability": reported, "probability_raw": raw,
+            "probability_text": model.calibration.format(raw), "probability_note": ""}
 
 
 def _segmentation_settings(settings: DceSettings) -> LesionSegmentationSettings:
@@ -300,177 +333,3 @@ def _prior_lesions(priors: Sequence[PriorFinding], dynamic: Volume,
             continue
     return lesions, (f"pre-treatment study {chosen.study_date or 'of unknown date'} "
                      f"({chosen.study_instance_uid})")
-
-
-def _findings(dynamic: Volume, maps: DceMaps, readouts: list[dict[str, Any]],
-              lesion_source: str, model: RecurrenceModel | None, model_note: str,
-              prior_note: str, vfa_angles: list[float], settings: DceSettings) -> dict[str, Any]:
-    def num(value: float | None) -> float | None:
-        return None if value is None or not np.isfinite(value) else round(float(value), 5)
-
-    lesions = []
-    for entry in readouts:
-        ratios: LesionRatios = entry["ratios"]
-        prior: PriorLesion | None = entry["prior"]
-        reading: Reading | None = entry["reading"]
-        lesions.append({
-            "lesion_id": entry["lesion_id"], "centroid_mm": entry["centroid_mm"],
-            "volume_ml": round(entry["volume_ml"], 3), "r_ktrans": num(ratios.r_ktrans),
-            "r_vp": num(ratios.r_vp), "lesion_ktrans_per_min": num(ratios.lesion_ktrans),
-            "lesion_vp": num(ratios.lesion_vp), "reference_ktrans_per_min":
-                num(ratios.reference_ktrans), "reference_vp": num(ratios.reference_vp),
-            "n_lesion_voxels": ratios.n_lesion, "n_reference_voxels": ratios.n_reference,
-            "hyperperfused": entry["hyperperfused"],
-            "reading": None if reading is None else reading.name.lower(),
-            "reading_text": None if reading is None else reading.value,
-            "unreliable_marker_of_recurrence": reading is Reading.UNRELIABLE,
-            "probability_recurrence": num(entry["probability"]),
-            "prior": None if prior is None else {
-                "study_date": prior.study_date, "study_instance_uid": prior.study_instance_uid,
-                "job_id": prior.job_id, "lesion_id": prior.lesion_id,
-                "r_ktrans": num(prior.r_ktrans), "r_vp": num(prior.r_vp),
-                "hyperperfused": prior.hyperperfused},
-            "note": entry["note"],
-        })
-    aif = maps.aif
-    return {
-        "notice": NOT_FOR_CLINICAL_USE,
-        "study_date": str(dynamic.headers[0].get("StudyDate", "")) or None,
-        "model": maps.model, "t10_source": maps.t10_source, "vfa_flip_angles": vfa_angles,
-        "r1_per_mM_per_s": maps.r1_per_mm_s, "hematocrit": settings.hematocrit,
-        "baseline_frames": maps.arrival.frame, "bolus_arrival_s": round(maps.arrival.time_s, 2),
-        "aif": {"source": aif.source, "reason": aif.reason, "venous_scale": aif.venous_scale,
-                "voxels_zyx": maps.aif_voxels.tolist(),
-                "voxels_mm": [[round(float(v), 2) for v in dynamic.index_to_patient(p[::-1])]
-                              for p in maps.aif_voxels],
-                "plasma_mM": [round(float(v), 4) for v in aif.plasma],
-                "time_s": [round(float(v), 3) for v in np.asarray(dynamic.times)]},
-        "fitted_voxels": maps.n_fitted, "failed_voxels": maps.n_failed,
-        "lesion_source": lesion_source, "lesions": lesions, "prior": prior_note,
-        "recurrence_model": None if model is None else {"name": model.name,
-                                                        "version": model.version},
-        "recurrence_model_note": model_note,
-        "hyperperfusion_ratio": settings.hyperperfusion_ratio,
-    }
-
-
-def _outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[dict[str, Any]],
-             findings: dict[str, Any], have_t10: bool, settings: DceSettings,
-             version: str) -> list[Dataset]:
-    algorithm = out.Algorithm(name="pacsnode dce", version=version)
-    number = settings.series_number
-    quantities = TEMPLATE.quantities
-    datasets: list[Dataset] = []
-    pm_values = [("ktrans", maps.ktrans), ("vp", maps.vp)]
-    if maps.model == "extended_tofts":
-        pm_values += [("ve", maps.ve), ("kep", maps.kep)]
-    if have_t10:
-        pm_values.append(("t1", maps.t10 * 1000.0))
-    for offset, (key, values) in enumerate(pm_values, start=1):
-        # A failed fit is NaN (or failed_fit_value), never a zero; outside the head mask 0.
-        failed = maps.failed | (maps.mask & ~np.isfinite(values))
-        fill = np.nan if settings.failed_fit_value is None else settings.failed_fit_value
-        written = np.where(failed, fill, np.where(maps.mask, values, 0.0))
-        datasets.append(out.build_parametric_map(
-            dynamic, written, quantities[key], algorithm,
-            out.OutputSeries.for_job(job.job_id, f"pm-{key}", series_number=number + offset),
-            fill_value=settings.failed_fit_value))
-        if settings.integer_maps:
-            datasets.append(out.build_parametric_map(
-                dynamic, written, quantities[key], algorithm,
-                out.OutputSeries.for_job(job.job_id, f"pm-{key}-int", series_number=number + 30 + offset),
-                fill_value=settings.failed_fit_value, integer_scaled=True))
-    segments = []
-    for entry in readouts:
-        segments.append(out.Segment(TEMPLATE.segment_classes["lesion"], entry["mask"],
-                                    tracking_id=entry["lesion_id"]))
-    for entry in readouts:
-        if entry["reference_mask"].any():
-            segments.append(out.Segment(TEMPLATE.segment_classes["reference"],
-                                        entry["reference_mask"],
-                                        tracking_id=f"reference {entry['lesion_id']}"))
-    seg = None
-    if segments:
-        seg = out.build_segmentation(dynamic, segments, algorithm,
-                                     out.OutputSeries.for_job(job.job_id, "seg",
-                                                              series_number=number + 10))
-        datasets.append(seg)
-    groups = [_lesion_group(i, entry, findings["lesions"][i - 1])
-              for i, entry in enumerate(readouts, start=1)]
-    texts = _report_texts(findings, settings.failed_fit_value)
-    sr_output = out.OutputSeries.for_job(job.job_id, "sr", series_number=number + 20)
-    if groups:
-        sr = out.build_measurement_report(dynamic, TEMPLATE, groups, algorithm, sr_output,
-                                          segmentation=seg, texts=texts)
-    else:
-        sr = out.build_summary_report(dynamic, TEMPLATE, algorithm, sr_output,
-                                      evaluations=[(c.LESION, c.ABSENT)], texts=texts)
-    datasets.append(sr)
-    return datasets
-
-
-def _lesion_group(segment_number: int, entry: dict[str, Any],
-                  summary: dict[str, Any]) -> out.LesionFinding:
-    q = TEMPLATE.quantities
-    ratios: LesionRatios = entry["ratios"]
-    measurements = [out.MeasuredValue(q["volume"], entry["volume_ml"] * 1000.0)]
-    for key, value in (("ktrans", ratios.lesion_ktrans), ("vp", ratios.lesion_vp),
-                       ("rktrans", ratios.r_ktrans), ("rvp", ratios.r_vp)):
-        if np.isfinite(value):
-            measurements.append(out.MeasuredValue(q[key], float(value), derivation=c.MEAN))
-    prior: PriorLesion | None = entry["prior"]
-    if prior is not None and np.isfinite(prior.r_ktrans) and np.isfinite(ratios.r_ktrans) \
-            and prior.r_ktrans > 0:
-        change = 100.0 * (ratios.r_ktrans / prior.r_ktrans - 1.0)
-        measurements.append(out.MeasuredValue(q["ktrans_change"], change))
-    impression = None
-    if entry["probability"] is not None:
-        measurements.append(out.MeasuredValue(q["probability"], 100.0 * entry["probability"]))
-        impression = TEMPLATE.diagnoses["recurrence"]
-    evaluations = []
-    if entry["hyperperfused"] is not None:
-        evaluations.append((c.FINDING, c.PRESENT if entry["hyperperfused"] else c.ABSENT))
-    return out.LesionFinding(tracking_id=entry["lesion_id"],
-                             region=out.LesionRegion.from_mask(entry["mask"]),
-                             measurements=measurements, impression=impression,
-                             evaluations=evaluations, segment_number=segment_number)
-
-
-def _report_texts(findings: dict[str, Any], failed_fit_value: float | None) -> list[tuple[Any, str]]:
-    texts = []
-    for lesion in findings["lesions"]:
-        parts = [f"{lesion['lesion_id']}: rKtrans {lesion['r_ktrans']}, rVP {lesion['r_vp']}"]
-        if lesion["hyperperfused"] is not None:
-            parts.append("hyperperfusion " + ("yes" if lesion["hyperperfused"] else "no")
-                         + f" (threshold {findings['hyperperfusion_ratio']})")
-        prior = lesion["prior"]
-        if prior is not None:
-            parts.append(f"pre-treatment {prior['study_date']}: rKtrans {prior['r_ktrans']}, "
-                         f"rVP {prior['r_vp']}, hyperperfusion "
-                         + ("yes" if prior["hyperperfused"] else "no"))
-        else:
-            parts.append("no matched pre-treatment lesion")
-        if lesion["reading_text"]:
-            parts.append(lesion["reading_text"])
-        if lesion["probability_recurrence"] is not None:
-            parts.append(f"probability of recurrence {100 * lesion['probability_recurrence']:.0f} %")
-        if lesion["note"]:
-            parts.append(lesion["note"])
-        texts.append((c.IMPRESSION, "; ".join(parts)[:1024]))
-    model = findings["recurrence_model"]
-    texts.append((c.COMMENT, "recurrence model: " + (f"{model['name']} {model['version']}"
-                                                       if model else findings["recurrence_model_note"])))
-    aif = findings["aif"]
-    where = "; ".join(f"({x}, {y}, {z}) mm" for x, y, z in aif["voxels_mm"][:10])
-    texts.append((c.COMMENT, f"AIF: {aif['reason']}" + (f"; arterial voxels at {where}" if where
-                                                        else "")))
-    curve = ", ".join(f"{t:.0f}s:{v:.2f}" for t, v in zip(aif["time_s"], aif["plasma_mM"],
-                                                          strict=True))
-    texts.append((c.COMMENT, f"AIF plasma concentration (mM): {curve}"[:1024]))
-    texts.append((c.COMMENT, f"T10: {findings['t10_source']}; r1 {findings['r1_per_mM_per_s']} "
-                             f"/mM/s; model {findings['model']}; fit failures: "
-                             f"{findings['failed_voxels']} of {findings['fitted_voxels']} voxels "
-                             f"({'NaN' if failed_fit_value is None else f'value {failed_fit_value}'} "
-                             f"in the maps; 0 outside the head mask); "
-                             f"lesions: {findings['lesion_source']}; {findings['prior']}"))
-    return texts

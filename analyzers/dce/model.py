@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from analyzers._shared.probability import ProbabilityCalibration, ProbabilityError
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.dce.errors import DceInputError, RecurrenceModelError
 
@@ -77,6 +78,9 @@ class RecurrenceModel:
         Model identity, written into every report.
     training:
         JSON-able summary of the training data and evaluation.
+    calibration:
+        Calibration measured on held-out cases (:mod:`analyzers._shared.probability`); a
+        model without it prints no probability.
     """
 
     coefficients: tuple[float, ...]
@@ -85,6 +89,7 @@ class RecurrenceModel:
     name: str
     version: str
     training: dict[str, Any] = field(default_factory=dict)
+    calibration: ProbabilityCalibration | None = None
 
     def __post_init__(self) -> None:
         if len(self.coefficients) != len(FEATURE_NAMES):
@@ -126,7 +131,9 @@ class RecurrenceModel:
     def save(self, folder: Path) -> Path:
         """Write ``model.json`` and ``MODEL_CARD.md`` into ``folder``; returns the folder."""
         folder.mkdir(parents=True, exist_ok=True)
-        payload = {"kind": MODEL_KIND, "features": list(FEATURE_NAMES), **asdict(self)}
+        payload = {"kind": MODEL_KIND, "features": list(FEATURE_NAMES),
+                   **{k: v for k, v in asdict(self).items() if k != "calibration"},
+                   "probability": None if self.calibration is None else self.calibration.to_dict()}
         (folder / "model.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         (folder / "MODEL_CARD.md").write_text(self._card())
         return folder
@@ -144,12 +151,14 @@ class RecurrenceModel:
         if payload.get("kind") != MODEL_KIND or payload.get("features") != list(FEATURE_NAMES):
             raise RecurrenceModelError(f"{path} is not a {MODEL_KIND} model")
         try:
+            raw = payload.get("probability")
             return cls(coefficients=tuple(float(v) for v in payload["coefficients"]),
                        intercept=float(payload["intercept"]),
                        prior_flag_fill=float(payload["prior_flag_fill"]),
                        name=str(payload["name"]), version=str(payload["version"]),
-                       training=dict(payload.get("training", {})))
-        except (KeyError, TypeError, ValueError) as exc:
+                       training=dict(payload.get("training", {})),
+                       calibration=None if raw is None else ProbabilityCalibration.from_dict(raw))
+        except (KeyError, TypeError, ValueError, ProbabilityError) as exc:
             raise RecurrenceModelError(f"{path} is incomplete: {exc}") from exc
 
     def _card(self) -> str:
@@ -163,9 +172,31 @@ class RecurrenceModel:
                                                           strict=True)]
         lines += [f"| intercept | {self.intercept:.4f} |", "",
                   f"Pre-treatment flag when no prior is matched: {self.prior_flag_fill:.3f} "
-                  "(training prevalence).", "", "## Training", "",
+                  "(training prevalence).", ""]
+        lines += self._calibration_lines()
+        lines += ["## Training", "",
                   "```json", json.dumps(self.training, indent=2, sort_keys=True), "```", ""]
         return "\n".join(lines)
+
+    def _calibration_lines(self) -> list[str]:
+        if self.calibration is None:
+            return ["## Calibration", "",
+                    "No held-out calibration record: the analyzer prints no probability from "
+                    "this model.", ""]
+        cal = self.calibration
+        lines = ["## Calibration (held-out)", "", cal.statement(), "",
+                 "| measure | value |", "|---|---|"]
+        lines += [f"| {m.name} | {'n/a' if m.value is None else f'{m.value:.4g}'} |"
+                  for m in cal.card_metrics()]
+        reliability = self.training.get("holdout", {}).get("reliability")
+        if reliability:
+            lines += ["", "Reliability on the held-out cases (non-empty bins of predicted "
+                      "probability; plot: `reliability.png`):", "",
+                      "| cases | mean predicted | observed fraction |", "|---|---|---|"]
+            for count, predicted, observed in zip(reliability["counts"], reliability["mean_predicted"],
+                                                  reliability["observed_fraction"], strict=True):
+                lines.append(f"| {count} | {predicted:.3f} | {observed:.3f} |")
+        return [*lines, ""]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """From a dynamic SPGR series (numpy arrays) to pharmacokinetic maps.
 
-The order of the issue's method: head mask → bolus arrival and pre-bolus baseline
-(:mod:`analyzers.dce.concentration`) → T10 (VFA map, else the fixed literature value)
-→ concentration → AIF (image, with the Parker AIF as fallback or by setting,
-:mod:`analyzers.dce.aif`) → extended Tofts (or Patlak) fit of every head voxel
-(:mod:`analyzers.dce.tofts`). No DICOM here: the analyzer reads the series and writes
-the outputs.
+Head mask → bolus arrival and pre-bolus baseline (:mod:`analyzers.dce.concentration`)
+→ T10 (VFA map, else the fixed literature value) → concentration → AIF (image AIF from
+the pooled arterial signal, :mod:`analyzers.dce.arterial`, with the Parker AIF as
+fallback or by setting, :mod:`analyzers.dce.aif`) → extended Tofts (or Patlak) fit of
+every head voxel (:mod:`analyzers.dce.tofts`) → for extended Tofts, the nested test for
+leakage (:mod:`analyzers.dce.selection`). No DICOM here: the analyzer reads the series
+and writes the outputs.
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from analyzers.dce.aif import (
-    AifResult,
-    ImageAifSettings,
-    align_parker_delay,
-    detect_image_aif,
-    parker_aif,
-)
+from analyzers.dce.aif import AifResult, align_parker_delay, parker_aif
+from analyzers.dce.arterial import ArterialSettings, VfaSignals, find_arterial_input
 from analyzers.dce.concentration import (
     BolusArrival,
     detect_bolus_arrival,
@@ -31,6 +27,7 @@ from analyzers.dce.concentration import (
 )
 from analyzers.dce.errors import DceInputError
 from analyzers.dce.regions import head_mask
+from analyzers.dce.selection import select_leakage
 from analyzers.dce.t1 import default_t10
 from analyzers.dce.tofts import fit_extended_tofts, fit_patlak
 
@@ -83,6 +80,11 @@ class PipelineSettings:
         Relaxivity; None = plasma r1 of ``agent`` at the field strength.
     agent:
         Contrast agent for the r1 table.
+    leakage_test_alpha:
+        Level of the F-test for leakage (extended Tofts); None fits extended Tofts
+        everywhere without the test.
+    arterial:
+        Criteria of the image AIF.
     """
 
     model: Literal["extended_tofts", "patlak"] = "extended_tofts"
@@ -91,7 +93,8 @@ class PipelineSettings:
     t10_s: float | None = None
     r1_per_mm_s: float | None = None
     agent: str = "gadobutrol"
-    image_aif: ImageAifSettings = field(default_factory=ImageAifSettings)
+    leakage_test_alpha: float | None = 0.05
+    arterial: ArterialSettings = field(default_factory=ArterialSettings)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ class DceMaps:
     """Maps (z, y, x) and what was used to make them.
 
     ``ktrans``/``kep`` in 1/min, ``ve``/``vp`` in ml/ml; NaN outside the head mask and
-    where the fit failed. ``ve``/``kep`` are NaN for Patlak. ``aif_voxels`` are
-    (slice, row, column) indices of the arterial voxels.
+    where the fit failed. ``ve``/``kep`` are NaN for Patlak and where no leakage was
+    detected (``no_leakage``; Ktrans is 0 there). ``aif_voxels`` and ``venous_voxels`` are
+    (slice, row, column) indices of the arterial and venous voxels of the image AIF.
     """
 
     ktrans: NDArray[np.float64]
@@ -115,14 +119,22 @@ class DceMaps:
     failed: NDArray[np.bool_]
     aif: AifResult
     aif_voxels: NDArray[np.int64]
+    venous_voxels: NDArray[np.int64]
     arrival: BolusArrival
     r1_per_mm_s: float
     model: str
+    no_leakage: NDArray[np.bool_]
+    kep_limit_per_min: float | None = None
 
     @property
     def n_failed(self) -> int:
         """Voxels of the head mask whose fit failed (NaN in the maps)."""
         return int(np.count_nonzero(self.failed))
+
+    @property
+    def n_no_leakage(self) -> int:
+        """Voxels where the plasma-only model was kept (Ktrans 0, ve and kep undefined)."""
+        return int(np.count_nonzero(self.no_leakage))
 
     @property
     def n_fitted(self) -> int:
@@ -137,7 +149,7 @@ def _top_curve(curves: NDArray[np.float64], score: NDArray[np.float64]) -> NDArr
 
 
 def compute_maps(signal: NDArray[np.floating], times_s: NDArray[np.floating], acq: Acquisition,
-                 *, t10_map: NDArray[np.floating] | None = None,
+                 *, t10_map: NDArray[np.floating] | None = None, vfa: VfaSignals | None = None,
                  settings: PipelineSettings | None = None) -> DceMaps:
     """Pharmacokinetic maps of a dynamic SPGR series.
 
@@ -151,6 +163,9 @@ def compute_maps(signal: NDArray[np.floating], times_s: NDArray[np.floating], ac
         Flip angle, TR and field strength of the dynamic.
     t10_map:
         T10 (s) on the same grid from a VFA series, or None for the fixed T10.
+    vfa:
+        The VFA signals on the same grid, ``signals`` of shape (z, y, x, n_angles): the
+        image AIF fits the blood T10 of its pooled arterial voxels from them.
     settings:
         Method choices.
 
@@ -169,6 +184,8 @@ def compute_maps(signal: NDArray[np.floating], times_s: NDArray[np.floating], ac
     if not 0.0 <= cfg.hematocrit < 1.0:
         raise DceInputError("hematocrit must be in [0, 1)")
     spatial = sig.shape[1:]
+    if vfa is not None and vfa.signals.shape[:3] != spatial:
+        raise DceInputError(f"VFA signals have shape {vfa.signals.shape}, the dynamic {spatial}")
     mask = head_mask(sig[:2].mean(axis=0))
     curves = sig[:, mask].T  # (N, T)
 
@@ -183,18 +200,25 @@ def compute_maps(signal: NDArray[np.floating], times_s: NDArray[np.floating], ac
     else:
         fixed = cfg.t10_s if cfg.t10_s is not None else default_t10(acq.field_t)
         t10_vox = np.full(curves.shape[0], fixed)
-        source = f"fixed {fixed:.3f} s"
+        source = (f"fixed {fixed:.3f} s (setting)" if cfg.t10_s is not None else
+                  f"fixed {fixed:.3f} s (white matter at {acq.field_t:g} T, Stanisz et al. 2005; "
+                  "no VFA series)")
     r1 = cfg.r1_per_mm_s if cfg.r1_per_mm_s is not None else relaxivity(cfg.agent, acq.field_t)
     conc = signal_to_concentration(curves, t10_s=t10_vox, flip_deg=acq.flip_deg, tr_s=acq.tr_s,
                                    r1_per_mm_s=r1, baseline=arrival.baseline_frames)
-
-    aif = _choose_aif(t, conc, curves, arrival, acq, r1, t10_map is None, cfg)
+    vfa_vox = None if vfa is None else VfaSignals(vfa.signals[mask], vfa.flip_deg, vfa.tr_s)
+    aif = _choose_aif(t, conc, curves, arrival, acq, r1, vfa_vox, cfg)
+    no_leak = np.zeros(curves.shape[0], dtype=bool)
+    kep_limit = None
     if cfg.model == "patlak":
         pat = fit_patlak(t, aif.plasma, conc)
         ktrans, vp, r2, failed = pat.ktrans, pat.vp, pat.r2, pat.failed
         ve = kep = np.full(ktrans.shape, np.nan)
     else:
         fit = fit_extended_tofts(t, aif.plasma, conc)
+        if cfg.leakage_test_alpha is not None:
+            selected = select_leakage(t, aif.plasma, conc, fit, alpha=cfg.leakage_test_alpha)
+            fit, no_leak, kep_limit = selected.fit, selected.no_leakage, selected.kep_limit_per_min
         ktrans, ve, vp, kep, r2, failed = fit.ktrans, fit.ve, fit.vp, fit.kep, fit.r2, fit.failed
 
     def volume(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -202,29 +226,36 @@ def compute_maps(signal: NDArray[np.floating], times_s: NDArray[np.floating], ac
         out[mask] = values
         return out
 
-    failed_map = np.zeros(spatial, dtype=bool)
-    failed_map[mask] = failed
+    def flags(values: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        out = np.zeros(spatial, dtype=bool)
+        out[mask] = values
+        return out
+
     conc_map = np.full((t.size, *spatial), np.nan, dtype=np.float32)
     conc_map[:, mask] = conc.T
-    aif_voxels = np.argwhere(mask)[aif.voxels] if aif.voxels.size else np.zeros((0, 3), np.int64)
+    positions = np.argwhere(mask)
+
+    def where(index: NDArray[np.int64]) -> NDArray[np.int64]:
+        return positions[index].astype(np.int64) if index.size else np.zeros((0, 3), np.int64)
+
     return DceMaps(ktrans=volume(ktrans), ve=volume(ve), vp=volume(vp), kep=volume(kep),
                    r2=volume(r2), t10=volume(t10_vox), t10_source=source, conc=conc_map,
-                   mask=mask, failed=failed_map, aif=aif, aif_voxels=aif_voxels.astype(np.int64),
-                   arrival=arrival, r1_per_mm_s=r1, model=cfg.model)
+                   mask=mask, failed=flags(failed), aif=aif, aif_voxels=where(aif.voxels),
+                   venous_voxels=where(aif.venous_voxels), arrival=arrival, r1_per_mm_s=r1,
+                   model=cfg.model, no_leakage=flags(no_leak), kep_limit_per_min=kep_limit)
 
 
 def _choose_aif(t: NDArray[np.float64], conc: NDArray[np.float64], signal: NDArray[np.float64],
-                arrival: BolusArrival, acq: Acquisition, r1: float, fixed_t10: bool,
+                arrival: BolusArrival, acq: Acquisition, r1: float, vfa: VfaSignals | None,
                 cfg: PipelineSettings) -> AifResult:
-    """Image AIF (blood T10 for its voxels when T10 is fixed) or the aligned Parker AIF."""
-    finite = np.all(np.isfinite(conc), axis=1)
-    peaks = np.where(finite, np.nanmax(np.where(np.isfinite(conc), conc, -np.inf), axis=1), np.nan)
+    """The image AIF from the pooled arterial signal, or the aligned Parker AIF."""
 
     def parker(reason: str) -> AifResult:
         # Earliest quarter (by time to peak) of the highest peaks: arteries before sinuses.
         safe = np.where(np.isfinite(conc), conc, 0.0)
+        peaks = safe.max(axis=1)
         count = max(40, int(4 * _TOP_FRACTION * peaks.size))
-        top = np.argsort(-np.nan_to_num(peaks, nan=-np.inf))[:count]
+        top = np.argsort(-peaks)[:count]
         ttp = np.argmax(safe[top], axis=1)
         early = top[ttp <= np.percentile(ttp, 25)]
         delay = align_parker_delay(t, safe[early].mean(axis=0))
@@ -234,30 +265,12 @@ def _choose_aif(t: NDArray[np.float64], conc: NDArray[np.float64], signal: NDArr
 
     if cfg.aif == "parker":
         return parker("Parker population AIF (setting)")
-    found = detect_image_aif(t, conc, bolus_arrival_s=arrival.time_s,
-                             hematocrit=cfg.hematocrit, settings=cfg.image_aif)
-    if found.source != "image":
-        return parker(found.reason)
-    if not fixed_t10:
-        return found
-    # Arterial and venous voxels are blood: convert their signal with the blood T10.
-    blood_t10 = default_t10(acq.field_t, blood=True)
-
-    def blood_conc(index: NDArray[np.int64]) -> NDArray[np.float64]:
-        return signal_to_concentration(signal[index], t10_s=blood_t10, flip_deg=acq.flip_deg,
-                                       tr_s=acq.tr_s, r1_per_mm_s=r1,
-                                       baseline=arrival.baseline_frames)
-
-    arterial = np.nanmean(blood_conc(found.voxels), axis=0)
-    scale = 1.0
-    if found.venous_voxels.size:
-        venous = blood_conc(found.venous_voxels)
-        area_a = float(np.trapezoid(arterial, t))
-        area_v = float(np.nanmean(np.trapezoid(venous, t, axis=1)))
-        if area_a > 0 and area_v > area_a:
-            scale = min(area_v / area_a, cfg.image_aif.max_venous_scale)
-    if not np.all(np.isfinite(arterial)):
-        return parker("image AIF voxels saturate the SPGR inversion")
-    return AifResult(plasma=arterial * scale / (1.0 - cfg.hematocrit), source="image",
-                     voxels=found.voxels, venous_scale=scale, venous_voxels=found.venous_voxels,
-                     reason=found.reason + f"; blood T10 {blood_t10:.3f} s for vessel voxels")
+    found = find_arterial_input(t, signal, baseline=arrival.baseline_frames, arrival_s=arrival.time_s,
+                                flip_deg=acq.flip_deg, tr_s=acq.tr_s, r1_per_mm_s=r1,
+                                field_t=acq.field_t, vfa=vfa, settings=cfg.arterial)
+    if found.blood is None:
+        return parker(f"Parker population AIF: no artery found in the image ({found.reason})")
+    return AifResult(plasma=found.blood / (1.0 - cfg.hematocrit), source="image", voxels=found.voxels,
+                     venous_scale=found.venous_scale, venous_voxels=found.venous_voxels,
+                     reason=found.reason, blood_t10_s=found.blood_t10_s,
+                     blood_t10_source=found.blood_t10_source, quality=found.quality)

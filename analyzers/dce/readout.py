@@ -4,7 +4,11 @@ Method of "Using pretreatment MRI perfusion to inform subsequent MRI perfusion"
 (Ademola et al., 2025; ``papers/dce-pretreatment-perfusion-recurrence-vs-necrosis``):
 
 * rKtrans and rVP = mean over the whole enhancing lesion / mean over the
-  contralateral normal-appearing white matter.
+  contralateral normal-appearing white matter. A ratio whose reference mean is below a
+  stated floor is *not computable* (NaN with the reason): a near-zero denominator makes
+  any ratio, and any probability computed from it, meaningless (normal white matter with
+  an intact barrier has Ktrans ≈ 0). Default floors: Ktrans 0.005 /min, vp 0.005 (see
+  the analyzer's settings and docs/analyzers/dce.md).
 * Hyperperfusion: a ratio ≥ 1.5 (the study's threshold; a setting here). The lesion is
   *hyperperfused* when rKtrans or rVP reaches the threshold, and shows *absent
   hyperperfusion* when both ratios are below it (the study's "ratios < 1.5").
@@ -60,6 +64,8 @@ class LesionRatios:
         The means (1/min, ml/ml) over voxels with a successful fit.
     n_lesion, n_reference:
         Voxels with a successful fit in each region.
+    r_ktrans_note, r_vp_note:
+        Why the ratio is not computable ("" when it is).
     """
 
     r_ktrans: float
@@ -70,6 +76,8 @@ class LesionRatios:
     reference_vp: float
     n_lesion: int
     n_reference: int
+    r_ktrans_note: str = ""
+    r_vp_note: str = ""
 
 
 def _region_mean(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> tuple[float, int]:
@@ -78,8 +86,19 @@ def _region_mean(values: NDArray[np.float64], mask: NDArray[np.bool_]) -> tuple[
     return (float(sel.mean()) if sel.size else float("nan")), int(sel.size)
 
 
-def lesion_ratios(ktrans: ArrayLike, vp: ArrayLike, lesion: ArrayLike,
-                  reference: ArrayLike) -> LesionRatios:
+def _ratio(lesion: float, reference: float, floor: float, name: str, unit: str) -> tuple[float, str]:
+    if not np.isfinite(reference):
+        return float("nan"), f"r{name} not computable: no fitted reference voxel"
+    if not np.isfinite(lesion):
+        return float("nan"), f"r{name} not computable: no fitted lesion voxel"
+    if reference < floor or reference <= 0:
+        return float("nan"), (f"r{name} not computable: reference {name} {reference:.4g}{unit} is "
+                              f"below the floor {floor:g}{unit}")
+    return lesion / reference, ""
+
+
+def lesion_ratios(ktrans: ArrayLike, vp: ArrayLike, lesion: ArrayLike, reference: ArrayLike, *,
+                  floor_ktrans: float = 0.0, floor_vp: float = 0.0) -> LesionRatios:
     """Ratios of the lesion mean to the reference (normal white matter) mean.
 
     Parameters
@@ -88,12 +107,17 @@ def lesion_ratios(ktrans: ArrayLike, vp: ArrayLike, lesion: ArrayLike,
         Parameter maps (NaN = fit failure, ignored in the means).
     lesion, reference:
         Boolean masks of the same shape as the maps.
+    floor_ktrans, floor_vp:
+        Smallest reference mean a ratio is computed from (1/min, ml/ml); below it the
+        ratio is NaN and its note says why.
 
     Returns
     -------
     LesionRatios
         The ratios and the region means.
     """
+    if floor_ktrans < 0 or floor_vp < 0:
+        raise DceInputError("ratio floors must be >= 0")
     k = np.asarray(ktrans, dtype=np.float64)
     v = np.asarray(vp, dtype=np.float64)
     les = np.asarray(lesion, dtype=bool)
@@ -106,15 +130,19 @@ def lesion_ratios(ktrans: ArrayLike, vp: ArrayLike, lesion: ArrayLike,
     lv, _ = _region_mean(v, les)
     rk, n_ref = _region_mean(k, ref)
     rv, _ = _region_mean(v, ref)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r_k = lk / rk if rk > 0 else float("nan")
-        r_v = lv / rv if rv > 0 else float("nan")
+    r_k, note_k = _ratio(lk, rk, floor_ktrans, "Ktrans", " /min")
+    r_v, note_v = _ratio(lv, rv, floor_vp, "VP", "")
     return LesionRatios(r_ktrans=float(r_k), r_vp=float(r_v), lesion_ktrans=lk, lesion_vp=lv,
-                        reference_ktrans=rk, reference_vp=rv, n_lesion=n_les, n_reference=n_ref)
+                        reference_ktrans=rk, reference_vp=rv, n_lesion=n_les, n_reference=n_ref,
+                        r_ktrans_note=note_k, r_vp_note=note_v)
 
 
-def is_hyperperfused(r_ktrans: float, r_vp: float, threshold: float = 1.5) -> bool:
-    """True when rKtrans or rVP is at least ``threshold`` (NaN ratios do not count).
+def is_hyperperfused(r_ktrans: float, r_vp: float, threshold: float = 1.5) -> bool | None:
+    """The study's hyperperfusion judgement from the ratios that are computable (not NaN).
+
+    True when a computable ratio reaches ``threshold``; False when *both* are computable
+    and below it (the study's "ratios < 1.5"); None when one is NaN and the other is below
+    the threshold: absent hyperperfusion cannot be concluded from one ratio.
 
     Raises
     ------
@@ -125,7 +153,9 @@ def is_hyperperfused(r_ktrans: float, r_vp: float, threshold: float = 1.5) -> bo
         raise DceInputError(f"the hyperperfusion threshold must be > 0, got {threshold}")
     if np.isnan(r_ktrans) and np.isnan(r_vp):
         raise DceInputError("both ratios are undefined; hyperperfusion cannot be judged")
-    return bool((r_ktrans >= threshold) or (r_vp >= threshold))
+    if (r_ktrans >= threshold) or (r_vp >= threshold):
+        return True
+    return None if (np.isnan(r_ktrans) or np.isnan(r_vp)) else False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from numpy.typing import NDArray
 from analyzers.dce.errors import DceInputError
 from analyzers.dce.model import RecurrenceModel, feature_matrix, synthetic_ratio_cohort
 
-__all__ = ["PHANTOM_GEOMETRY", "REFERENCE_COMMAND", "load_cohort_csv", "main", "phantom_cohort", "train"]
+__all__ = ["PHANTOM_GEOMETRY", "REFERENCE_COMMAND", "HeldOut", "load_cohort_csv", "main", "phantom_cohort",
+           "train"]
 
 #: The command that made ``analyzers/dce/reference_model`` (reproducible: same seed, same model).
-REFERENCE_COMMAND = ("pacsnode train dce --phantom 60 --seed 7 --trials 10 --n-boot 1000 "
-                     "--out analyzers/dce/reference_model --name pacsnode-dce-recurrence-reference "
-                     "--version 2.0.0")
+REFERENCE_COMMAND = ("pacsnode train dce --phantom 60 --holdout-cases 40 --seed 7 --trials 10 "
+                     "--n-boot 1000 --out analyzers/dce/reference_model "
+                     "--name pacsnode-dce-recurrence-reference --version 3.0.0")
 
 #: Phantom cases for training: the smallest grid the analyzer reads reliably (48×48×6 voxels of
 #: 4.8×4.8×10 mm, 60 frames of 5 s), QIBA-DRO-like kinetics and SNR 50 (the phantom's default).
@@ -156,10 +158,59 @@ def phantom_cohort(cases: int, seed: int, first_case: int = 0,
     return rows
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Cases kept out of training and tuning, on which calibration is measured."""
+
+    x: NDArray[np.float64]
+    y: NDArray[np.int64]
+    note: str
+
+
+def _recalibrated(model: RecurrenceModel, y: NDArray[np.int64], oof: NDArray[np.float64]) -> RecurrenceModel:
+    """Fold a logistic recalibration of the out-of-fold probabilities into the coefficients.
+
+    ``sigmoid(a + b·logit(p))`` of a logistic model is a logistic model with coefficients
+    ``b·β`` and intercept ``a + b·β0``; nothing else changes.
+    """
+    from analyzers._shared.probability import LogisticRecalibration
+
+    recal = LogisticRecalibration.fit(y, oof)
+    training = dict(model.training, recalibration={
+        "method": "logistic recalibration (Platt) of the out-of-fold probabilities", **recal.to_dict()})
+    return replace(model, coefficients=tuple(recal.b * v for v in model.coefficients),
+                   intercept=recal.a + recal.b * model.intercept, training=training)
+
+
+def _held_out_calibration(model: RecurrenceModel, held: HeldOut, out: Path) -> RecurrenceModel:
+    """Measure the final model on the held-out cases; record it and draw the reliability plot."""
+    from analyzers._shared import stats
+    from analyzers._shared.probability import ProbabilityCalibration
+    from analyzers._shared.report import calibration_figure, figure_png
+
+    x = held.x.copy()
+    probability = model.predict_proba(np.exp(x[:, 0]), np.exp(x[:, 1]), x[:, 2])
+    calibration = ProbabilityCalibration.measure(
+        held.y, probability, model=f"{model.name} {model.version}", validation=held.note,
+        outcome="recurrent tumour (vs radiation necrosis)")
+    curve = stats.calibration_curve(held.y, probability, n_bins=5)
+    both = 0 < int(held.y.sum()) < held.y.size
+    holdout = {"note": held.note, "n_cases": int(held.y.size), "n_recurrence": int(held.y.sum()),
+               "auc": float(stats.roc_auc(held.y, probability)) if both else None,
+               "brier": calibration.brier, "calibration_slope": calibration.slope,
+               "calibration_intercept": calibration.intercept, "reliability": curve.to_dict(),
+               "reported_range": [calibration.lower, calibration.upper]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reliability.png").write_bytes(figure_png(calibration_figure(
+        {f"held-out ({held.y.size} cases)": curve}, title=f"{model.name} {model.version}")))
+    return replace(model, calibration=calibration, training=dict(model.training, holdout=holdout))
+
+
 def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], out: Path, *,
           name: str, version: str, seed: int = 0, folds: int = 5, n_trials: int = 20,
-          n_boot: int = 2000, data_note: str = "") -> RecurrenceModel:
-    """Nested-CV evaluation, then the final model written to ``out``.
+          n_boot: int = 2000, data_note: str = "", held_out: HeldOut | None = None,
+          recalibrate: bool = False) -> RecurrenceModel:
+    """Nested-CV evaluation, the final model, its calibration on held-out cases, written to ``out``.
 
     Parameters
     ----------
@@ -177,6 +228,14 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         Evaluation settings.
     data_note:
         What the data are, for the model card.
+    held_out:
+        Cases of other patients, never used for fitting or tuning: the calibration the
+        analyzer relies on to print a probability is measured on them. Without them the
+        model carries no calibration record and the analyzer prints no probability.
+    recalibrate:
+        Fold a logistic recalibration of the out-of-fold probabilities into the model (off by
+        default: on the reference phantom cohort the out-of-fold slope, 3.6, did not carry over
+        to held-out patients, whose slope after recalibration was 0.33).
     """
     from analyzers._shared import stats
 
@@ -197,6 +256,11 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
     model = RecurrenceModel.fit(np.exp(x[:, 0]), np.exp(x[:, 1]), flags, y, name=name,
                                 version=version, c=c_value,
                                 training=json.loads(json.dumps(training, default=_jsonable)))
+    if recalibrate:
+        model = _recalibrated(model, y, np.asarray(nested.oof_probability, dtype=np.float64))
+    if held_out is not None:
+        model = _held_out_calibration(model, held_out, out)
+    model = replace(model, training=json.loads(json.dumps(model.training, default=_jsonable)))
     model.save(out)
     return model
 
@@ -220,6 +284,22 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _phantom_rows(cases: int, seed: int, first_case: int, rows_csv: Path | None
+                  ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[Any], int]:
+    rows = phantom_cohort(cases, seed, first_case=first_case, progress=True)
+    if not rows:
+        raise DceInputError(f"no phantom case of {cases} gave computable ratios")
+    if rows_csv is not None:
+        with rows_csv.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    x = feature_matrix([r["r_ktrans"] for r in rows], [r["r_vp"] for r in rows],
+                       [r["pre_treatment_hyperperfused"] for r in rows])
+    y = np.array([_LABELS[r["label"]] for r in rows], dtype=np.int64)
+    return x, y, np.array([r["patient"] for r in rows], dtype=object), len(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of ``pacsnode train dce``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="pacsnode train dce", description=__doc__.splitlines()[0])
@@ -229,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train on N dce phantom patients analysed by the dce analyzer")
     source.add_argument("--synthetic", type=int, metavar="N",
                         help="train on N synthetic patients drawn around the study's medians")
+    parser.add_argument("--holdout", type=Path, metavar="CSV",
+                        help="with --cohort: lesions of other patients, for the calibration record")
+    parser.add_argument("--holdout-cases", type=int, default=0, metavar="M",
+                        help="with --phantom/--synthetic: M further patients held out for calibration")
+    parser.add_argument("--holdout-from", type=int, metavar="K",
+                        help="with --phantom: the held-out patients are cases K+1..K+M (default: right "
+                             "after the training cases)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="fold a logistic recalibration of the out-of-fold probabilities into the model")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--name", default="pacsnode-dce-recurrence-site")
     parser.add_argument("--version", default="1")
@@ -236,36 +325,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--n-boot", type=int, default=2000)
-    parser.add_argument("--rows-csv", type=Path, help="with --phantom: also write the measured lesion rows here")
+    parser.add_argument("--rows-csv", type=Path, help="with --phantom: write the measured training rows here "
+                                                      "(default: training_rows.csv in the model folder)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    held: HeldOut | None = None
     if args.cohort is not None:
         x, y, groups = load_cohort_csv(args.cohort)
         note = f"site cohort {args.cohort.name}"
+        if args.holdout is not None:
+            hx, hy, _ = load_cohort_csv(args.holdout)
+            held = HeldOut(hx, hy, f"held-out site cohort {args.holdout.name}")
     elif args.phantom is not None:
-        rows = phantom_cohort(args.phantom, args.seed, progress=True)
-        if args.rows_csv is not None:
-            with args.rows_csv.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        x = feature_matrix([r["r_ktrans"] for r in rows], [r["r_vp"] for r in rows],
-                           [r["pre_treatment_hyperperfused"] for r in rows])
-        y = np.array([_LABELS[r["label"]] for r in rows], dtype=np.int64)
-        groups = np.array([r["patient"] for r in rows], dtype=object)
+        args.out.mkdir(parents=True, exist_ok=True)
+        x, y, groups, n_rows = _phantom_rows(args.phantom, args.seed, 0,
+                                             args.rows_csv or args.out / "training_rows.csv")
         geometry = ", ".join(f"{k}={v}" for k, v in PHANTOM_GEOMETRY.items())
         note = (f"dce image phantom, {args.phantom} patients (seed {args.seed}; {geometry}; SNR 50), "
-                f"{len(rows)} follow-up lesions measured by the dce analyzer {_analyzer_version()} "
-                "(VFA T1, lesion from the phantom's truth SEG, pre-treatment study as prior)")
+                f"{n_rows} follow-up lesions with computable ratios measured by the dce analyzer "
+                f"{_analyzer_version()} (VFA T1, lesion from the phantom's truth SEG, pre-treatment study "
+                "as prior)")
+        if args.holdout_cases:
+            first = args.phantom if args.holdout_from is None else args.holdout_from
+            if first < args.phantom:
+                parser.error("--holdout-from must not reach back into the training cases")
+            hx, hy, _, n_held = _phantom_rows(args.holdout_cases, args.seed, first,
+                                              args.out / "holdout_rows.csv")
+            held = HeldOut(hx, hy, f"{n_held} lesions of {args.holdout_cases} held-out dce phantom patients "
+                                   f"(cases {first + 1}-{first + args.holdout_cases}, seed "
+                                   f"{args.seed}), measured by the dce analyzer")
     else:
         cohort = synthetic_ratio_cohort(args.synthetic, args.seed)
         x = feature_matrix(cohort.r_ktrans, cohort.r_vp, cohort.pre_flag)
         y, groups = cohort.recurrence, cohort.patient.astype(object)
         note = (f"synthetic ratio cohort, {args.synthetic} patients, seed {args.seed} "
                 "(analyzers.dce.model.synthetic_ratio_cohort)")
+        if args.holdout_cases:
+            extra = synthetic_ratio_cohort(args.holdout_cases, args.seed + 1)
+            held = HeldOut(feature_matrix(extra.r_ktrans, extra.r_vp, extra.pre_flag), extra.recurrence,
+                           f"{args.holdout_cases} held-out synthetic patients (seed {args.seed + 1})")
     model = train(x, y, groups, args.out, name=args.name, version=args.version, seed=args.seed,
-                  folds=args.folds, n_trials=args.trials, n_boot=args.n_boot, data_note=note)
+                  folds=args.folds, n_trials=args.trials, n_boot=args.n_boot, data_note=note,
+                  held_out=held, recalibrate=args.recalibrate)
     auc = model.training.get("oof_auc")
     print(f"wrote {args.out} ({model.name} {model.version}); out-of-fold AUC {auc}")
+    if model.calibration is not None:
+        print(model.calibration.statement())
+    else:
+        print("no held-out cases: the model has no calibration record and the analyzer will print "
+              "no probability from it (use --holdout / --holdout-cases)")
     return 0
 
 

@@ -90,7 +90,7 @@ class DceDesign:
     @property
     def times_s(self) -> NDArray[np.float64]:
         """Frame times (s)."""
-        return np.arange(self.frames) * self.frame_s
+        return np.arange(self.frames, dtype=np.float64) * self.frame_s
 
 
 def blood_curve(tau_s: NDArray[np.float64], design: DceDesign) -> NDArray[np.float64]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 __all__ = ["Geometry", "StudyIdentity", "dro_uid", "write_mr_series"]
 
@@ -129,7 +129,7 @@ def _image(identity: StudyIdentity, geometry: Geometry, series_uid: str, series_
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = dro_uid("implementation")
+    meta.ImplementationClassUID = UID(dro_uid("implementation"))
     ds.file_meta = meta
     return ds
 

@@ -252,6 +252,13 @@ def _first(item: Dataset, keyword: str) -> Dataset | None:
     return seq[0] if seq else None
 
 
+def _required(item: Dataset | None, keyword: str) -> Dataset:
+    found = _first(item, keyword) if item is not None else None
+    if found is None:
+        raise ChainError(f"a Parametric Map lacks {keyword}")
+    return found
+
+
 def _parametric_map(ds: Dataset) -> ParametricMapVolume:
     pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     if pixels.ndim == 2:
@@ -259,14 +266,15 @@ def _parametric_map(ds: Dataset) -> ParametricMapVolume:
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     frames = ds.PerFrameFunctionalGroupsSequence
     orientation = _first(shared, "PlaneOrientationSequence") if shared is not None else None
-    cosines = np.asarray(orientation.ImageOrientationPatient if orientation is not None
-                         else _first(frames[0], "PlaneOrientationSequence").ImageOrientationPatient,
-                         dtype=np.float64)
+    if orientation is None:
+        orientation = _required(frames[0], "PlaneOrientationSequence")
+    cosines = np.asarray([float(v) for v in orientation.ImageOrientationPatient], dtype=np.float64)
     normal = np.cross(cosines[:3], cosines[3:])
     depth, values = [], []
     mapping_item: Dataset | None = None
     for index, frame in enumerate(frames):
-        position = np.asarray(_first(frame, "PlanePositionSequence").ImagePositionPatient, float)
+        plane = _required(frame, "PlanePositionSequence")
+        position = np.asarray([float(v) for v in plane.ImagePositionPatient], dtype=np.float64)
         holder = frame if "RealWorldValueMappingSequence" in frame else shared
         mapping_item = _first(holder, "RealWorldValueMappingSequence") if holder is not None else None
         if mapping_item is None:
@@ -288,13 +296,24 @@ def _parametric_map(ds: Dataset) -> ParametricMapVolume:
 
 
 def read_parametric_maps(paths: Sequence[Path]) -> dict[str, ParametricMapVolume]:
-    """The Parametric Maps among ``paths``, keyed by their LUT label (e.g. ``"Ktrans"``)."""
-    maps = {}
+    """The Parametric Maps among ``paths``, keyed by their LUT label (e.g. ``"Ktrans"``).
+
+    Where a quantity comes both as a float map and as an integer-scaled companion (for
+    viewers without float images), the float map is the one returned.
+    """
+    maps: dict[str, ParametricMapVolume] = {}
+    floats: set[str] = set()
     for path in paths:
         ds = dcmread(path)
-        if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30":
-            volume = _parametric_map(ds)
-            maps[volume.label] = volume
+        if ds.SOPClassUID != "1.2.840.10008.5.1.4.1.1.30":
+            continue
+        volume = _parametric_map(ds)
+        is_float = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        if volume.label in floats and not is_float:
+            continue
+        maps[volume.label] = volume
+        if is_float:
+            floats.add(volume.label)
     return maps
 
 
