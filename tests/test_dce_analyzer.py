@@ -18,6 +18,8 @@ test cases have Ktrans >= 0.05 /min).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,13 @@ def _sr_texts(dataset: Any) -> list[str]:
     return found
 
 
+def _walk(dataset: Any) -> Iterator[Any]:
+    """Every content item of an SR tree, depth first."""
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
 def test_contract() -> None:
     assert isinstance(DceAnalyzer(), Analyzer)
     assert DceAnalyzer.needs == {"vfa": "vfa?", "roi": "seg?"}
@@ -215,6 +224,21 @@ def test_outputs_and_findings(runs: dict[str, Any]) -> None:
     assert any("pre-treatment" in t and "favours recurrent tumour" in t for t in texts)
     assert any(t.startswith("AIF plasma concentration") for t in texts)
     assert any("recurrence model: pacsnode-dce-recurrence-reference" in t for t in texts)
+    assert any(t.startswith("AIF quality: ") for t in texts)
+    assert any(t.startswith("T10 of tissue: variable flip angle; T10 of blood (AIF): ") for t in texts)
+    # The printed probability: calibrated model named with its held-out validation, 2 significant
+    # digits, never 0 % or 100 %.
+    lesion = post.findings["lesions"][0]
+    assert lesion["probability_text"] and lesion["probability_recurrence"] is not None
+    printed = next(t for t in texts if t.startswith("lesion 1:"))
+    match = re.search(r"probability of recurrence ([0-9.]+) %", printed)
+    assert match is not None and 0.0 < float(match.group(1)) < 100.0
+    assert len(match.group(1).replace(".", "").lstrip("0")) <= 2 or float(match.group(1)) > 99
+    statement = next(t for t in texts if t.startswith("Probability of recurrent tumour"))
+    assert "held-out dce phantom patients" in statement and "calibration slope" in statement
+    parameters = [str(item.TextValue) for item in _walk(sr) if item.get("ValueType") == "TEXT"
+                  and item.ConceptNameCodeSequence[0].CodeValue == "111002"]
+    assert any(p.startswith("probability model: pacsnode-dce-recurrence-reference") for p in parameters)
     findings = post.findings
     json.dumps(findings)
     assert findings["notice"] == NOT_FOR_CLINICAL_USE

@@ -73,7 +73,7 @@ def test_late_vfa_and_seg_rerun_the_dce_job(case: Path, dce_node: DceNode, ortha
     assert not set(with_vfa["outputs"]) & set(first["outputs"])
     first_sr = orthanc_sr(orthanc, first["outputs"], tmp_path / "first")
     vfa_sr = orthanc_sr(orthanc, with_vfa["outputs"], tmp_path / "vfa")
-    assert any("T10: variable flip angle" in t for t in sr_texts(vfa_sr))
+    assert any("T10 of tissue: variable flip angle" in t for t in sr_texts(vfa_sr))
     # the new report cites the report it replaces (PS3.3 C.17.2.3), as Orthanc holds both
     replaced_sr = orthanc_sr(orthanc, jobs[-2]["outputs"], tmp_path / "replaced")
     [study_ref] = vfa_sr.PredecessorDocumentsSequence
@@ -83,7 +83,7 @@ def test_late_vfa_and_seg_rerun_the_dce_job(case: Path, dce_node: DceNode, ortha
         replaced_sr.StudyInstanceUID, replaced_sr.SeriesInstanceUID, replaced_sr.SOPInstanceUID)
     assert sop_ref.ReferencedSOPClassUID == replaced_sr.SOPClassUID
     assert "PredecessorDocumentsSequence" not in first_sr
-    assert not any("T10: variable flip angle" in t for t in sr_texts(first_sr))
+    assert any("T10 of tissue: fixed" in t for t in sr_texts(first_sr))
 
     storescu(dce_node.node.port, vfa_files)  # the same instances again: nothing new to analyse
     time.sleep(6.0)  # > stable_after (1.5 s) + the runner's poll

@@ -43,3 +43,10 @@ def test_reference_model_is_made_by_the_reference_command() -> None:
     assert "NOT FOR CLINICAL USE" in card and "dce image phantom" in card
     json.dumps(model.training)
     assert np.isfinite(model.predict_proba(7.4, 3.1, 1.0)[0])
+    # Its probabilities are calibrated on held-out patients (after the training cases), recorded in
+    # the card with the reliability plot; the analyzer prints nothing without this record.
+    held_first, held_n = int(option["--holdout-from"]), int(option["--holdout-cases"])
+    assert held_first >= n_patients and model.calibration is not None
+    assert f"cases {held_first + 1}-{held_first + held_n}, seed {seed}" in model.calibration.validation
+    assert 0 < model.calibration.n_cases <= held_n and model.training["holdout"]["n_cases"] == model.calibration.n_cases
+    assert "Calibration (held-out)" in card and (Path(REFERENCE_MODEL_FOLDER) / "reliability.png").is_file()
