@@ -160,7 +160,7 @@ class DceAnalyzer:
     """DCE-MRI pharmacokinetics and the prior-informed recurrence reading."""
 
     name: ClassVar[str] = "dce"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "2.0.0"
     needs: ClassVar[dict[str, str]] = {"vfa": "vfa?", "roi": "seg?"}
     wants_priors: ClassVar[bool] = True
     settings_model: ClassVar[type[AnalyzerSettings]] = DceSettings
