@@ -60,11 +60,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(obj.patches)} patches; seed {args.seed}; load average {os.getloadavg()[0]:.2f}")
     print(markdown_table(results) if args.markdown else "")
     for item in results:
-        lesion = item.job.findings["lesions"][0] if item.job.findings.get("lesions") else {}
-        probability = lesion.get("probability_text") or lesion.get("probability_note")
-        print(f"{item.case.label}: rKtrans {lesion.get('r_ktrans')} "
-              f"({lesion.get('r_ktrans_note') or 'computable'}); rVP {lesion.get('r_vp')}; "
-              f"probability {probability}")
+        print(f"{item.case.label}, the SR in Orthanc:")
+        print(f"    {item.results.sr_line('lesion 1:')[:400]}")
         print(f"    {item.results.sr_line('AIF:')[:300]}")
         print(f"    {item.results.sr_line('AIF quality')[:300]}")
         print(f"    {item.results.sr_line('T10 of tissue')[:300]}")
