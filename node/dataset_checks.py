@@ -41,6 +41,7 @@ __all__ = [
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, KeyError, IndexError,
     OverflowError, NotImplementedError, struct.error, RecursionError, AttributeError, UnicodeError,
+    OSError,  # "No tag to read at file position ..." of a sequence cut off (in-memory streams only here)
 )
 
 _UNDEFINED = 0xFFFFFFFF

@@ -47,7 +47,7 @@ def element(tag: int, vr: bytes, value: bytes, *, length: int | None = None) -> 
     group, number = tag >> 16, tag & 0xFFFF
     if vr in _LONG:
         return struct.pack("<HH2sHI", group, number, vr, 0, size) + value
-    return struct.pack("<HH2sH", group, number, vr, size) + value
+    return struct.pack("<HH2sH", group, number, vr, size & 0xFFFF) + value  # a short VR's 2-byte length
 
 
 def image_dataset(sop_instance: str, *, rows: int | None = 8, columns: int | None = 8,

@@ -16,8 +16,8 @@ from io import BytesIO
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -32,10 +32,12 @@ __all__ = [
     "EXPLICIT_LE",
     "IMPLICIT_LE",
     "MR_STORAGE",
+    "STUDY_ROOT_FIND",
     "VERIFICATION",
     "RawAssociation",
     "associate_rq",
     "c_echo_command",
+    "c_find_command",
     "c_store_command",
     "minimal_dataset",
     "nested_sequences",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 VERIFICATION = "1.2.840.10008.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -111,7 +114,7 @@ def p_data(context_id: int, value: bytes, *, command: bool, last: bool = True) -
     return struct.pack(">BBI", 0x04, 0, len(item)) + item
 
 
-def _command_bytes(message: C_STORE_RQ | C_ECHO_RQ) -> bytes:
+def _command_bytes(message: C_STORE_RQ | C_ECHO_RQ | C_FIND_RQ) -> bytes:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, True
     write_dataset(buffer, message.command_set)
@@ -127,6 +130,18 @@ def c_store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> b
     primitive.Priority = 2
     primitive.DataSet = BytesIO(b"")
     message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return _command_bytes(message)
+
+
+def c_find_command(message_id: int = 1, sop_class: str = STUDY_ROOT_FIND) -> bytes:
+    """The command set of a C-FIND-RQ (an identifier follows)."""
+    primitive = C_FIND()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.Priority = 2
+    primitive.Identifier = BytesIO(b"\x00")
+    message = C_FIND_RQ()
     message.primitive_to_message(primitive)
     return _command_bytes(message)
 
@@ -167,16 +182,43 @@ class RawAssociation:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def response_status(self, timeout: float = 30.0) -> tuple[int, str]:
-        """Status and error comment of the next DIMSE response (a one-PDU command)."""
+    def read_message(self, timeout: float = 30.0) -> tuple[dict[int, bytes], bytes] | int | None:
+        """The next DIMSE message: (command elements, dataset bytes); the PDU type when another
+        PDU came instead (0x07 A-ABORT, 0x05/0x06 release), None when the connection closed."""
         self.sock.settimeout(timeout)
-        pdu = read_pdu(self.sock)
-        assert pdu is not None, "the node closed the connection instead of answering"
-        pdu_type, body = pdu
-        assert pdu_type == 0x04, f"expected P-DATA-TF, got PDU type 0x{pdu_type:02X}"
-        command = body[6:]  # one PDV item: length (4), context (1), control (1)
-        fields = parse_command(command)
-        assert fields is not None
+        command, dataset = bytearray(), bytearray()
+        fields: dict[int, bytes] | None = None
+        while True:
+            pdu = read_pdu(self.sock)
+            if pdu is None:
+                return None
+            pdu_type, body = pdu
+            if pdu_type != 0x04:
+                return pdu_type
+            offset = 0
+            while offset + 6 <= len(body):
+                (length,) = struct.unpack_from(">I", body, offset)
+                control = body[offset + 5]
+                value = body[offset + 6:offset + 4 + length]
+                offset += 4 + length
+                if control & 0x01:
+                    command += value
+                    if control & 0x02:
+                        fields = parse_command(command)
+                        assert fields is not None, "the node sent a malformed command set"
+                        if fields.get(0x0800, b"\x01\x01")[:2] == b"\x01\x01":
+                            return fields, b""
+                else:
+                    dataset += value
+                    if control & 0x02 and fields is not None:
+                        return fields, bytes(dataset)
+
+    def response_status(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Status and error comment of the next DIMSE response."""
+        message = self.read_message(timeout)
+        assert message is not None, "the node closed the connection instead of answering"
+        assert isinstance(message, tuple), f"expected a DIMSE response, got PDU type 0x{message:02X}"
+        fields = message[0]
         status = int.from_bytes(fields[0x0900][:2], "little")
         comment = fields.get(0x0902, b"").rstrip(b"\x00 ").decode("ascii", "replace")
         return status, comment

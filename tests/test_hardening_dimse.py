@@ -23,7 +23,20 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import ConfigError, load_settings
-from tests.dimse_wire import associate_rq, minimal_dataset, nested_sequences, p_data, raw_association, read_pdu
+from tests.dimse_wire import (
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    MR_STORAGE,
+    STUDY_ROOT_FIND,
+    VERIFICATION,
+    associate_rq,
+    c_find_command,
+    minimal_dataset,
+    nested_sequences,
+    p_data,
+    raw_association,
+    read_pdu,
+)
 from tests.peers import NodeProcess, node_process
 
 pytestmark = [pytest.mark.peers]
@@ -238,3 +251,34 @@ def test_p_data_on_a_closed_context_keeps_the_node_serving(tmp_path: Path) -> No
             assoc.send(p_data(99, b"\x00" * 16, command=True))
             assert _closed_within(assoc.sock, 10) is not None
         assert _echo_ok(node)
+
+
+def test_what_the_fuzzer_found_is_answered(tmp_path: Path) -> None:
+    """Inputs tests/fuzz found that escaped a handler or killed pynetdicom's reader thread: an
+    A-ABORT with an undefined reason, a command set without CommandField, a sequence cut off
+    in the middle (pydicom's OSError), and Pixel Data asked for as a C-FIND return key."""
+    contexts = ((VERIFICATION, (IMPLICIT_LE,)), (MR_STORAGE, (EXPLICIT_LE,)), (STUDY_ROOT_FIND, (IMPLICIT_LE,)))
+    with node_process(tmp_path / "node") as node:
+        with raw_association(node.port) as assoc:
+            assoc.send(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x03")  # provider abort, reason 3: undefined
+            assert _closed_within(assoc.sock, 10) is not None
+        with raw_association(node.port) as assoc:
+            no_command_field = struct.pack("<HHI", 0x0000, 0x0110, 2) + b"\x01\x00"  # only MessageID
+            assoc.send(p_data(1, no_command_field, command=True))
+            assoc.sock.settimeout(10)
+            answer = read_pdu(assoc.sock)
+            assert answer is not None and answer[0] == 0x07, answer
+        uid = "1.2.826.0.1.3680043.9.9999.5.1"
+        cut = (minimal_dataset(uid) + nested_sequences(3))[:-20]  # the last item's delimiters cut off
+        with raw_association(node.port, contexts=contexts) as assoc:
+            status, comment = assoc.store(uid, cut)
+            assert status == 0xC000, (hex(status), comment)
+            pixel_key = (struct.pack("<HHI", 0x0008, 0x0052, 6) + b"STUDY "
+                         + struct.pack("<HHI", 0x7FE0, 0x0010, 0))
+            assoc.send(p_data(5, c_find_command(2), command=True))
+            assoc.send(p_data(5, pixel_key, command=False))
+            assert assoc.response_status()[0] == 0x0000
+            assoc.release()
+        assert _echo_ok(node)
+        log = node.log.read_text()
+        assert "Exception in thread" not in log and "Exception in handler" not in log, log[-3000:]

@@ -190,11 +190,8 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
                 if received > 2 * limit:
                     break  # what was read is reported; the client sees the answer or a reset
                 continue  # read on (not stored), so that the client can read the answer
-            if received > limit:
-                overflow = PayloadTooLarge(
-                    f"the body exceeds [http] max_upload_mb ({service.http.max_upload_mb:g} MB); "
-                    f"what followed part {len(pending)} was not stored: send it in a smaller request")
-                continue
+            if received > limit:  # the parts within the limit are still stored
+                chunk = chunk[:len(chunk) - (received - limit)]
             for part in reader.feed(chunk):
                 future = loop.run_in_executor(service.pool, _ingest, service, part, study,
                                               calling)
@@ -207,6 +204,10 @@ async def store_instances(service: DicomwebService, request: Request) -> Respons
                         and sum(sizes[f] for f in unfinished) <= _MAX_IN_FLIGHT_BYTES):
                     break
                 await asyncio.wait(unfinished, return_when=asyncio.FIRST_COMPLETED)
+            if received > limit:
+                overflow = PayloadTooLarge(
+                    f"the body exceeds [http] max_upload_mb ({service.http.max_upload_mb:g} MB); "
+                    f"what followed part {len(pending)} was not stored: send it in a smaller request")
         if overflow is None:
             reader.close()
     except (NodeError, ClientDisconnect):

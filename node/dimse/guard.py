@@ -14,6 +14,9 @@
   aborts the association before anything is allocated; a socket silent for
   ``network_timeout`` seconds, also in the middle of a PDU, and a PDU still incomplete
   ``pdu_read_timeout`` seconds after its header end it.
+* **Messages pynetdicom cannot decode** (:func:`guard_association`): a command set without
+  the elements every command has, and an A-ABORT with a source or reason PS3.8 does not
+  define, end the association with A-ABORT instead of killing pynetdicom's reader thread.
 * **TLS** (:class:`NodeAssociationServer`): the handshake runs in the connection's own
   thread with a deadline (``tls_handshake_timeout``), so a client that connects and says
   nothing holds only its own connection, never the listener.
@@ -39,6 +42,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import DicomSettings
+from node.dataset_checks import DECODE_ERRORS
 
 __all__ = [
     "AssociationPolicy",
@@ -280,6 +284,18 @@ def _resolve(host: str) -> list[str]:
         return []
 
 
+def _valid_abort(pdu: bytearray) -> bytearray:
+    """An A-ABORT whose source or reason PS3.8 9.3.8 does not define, as "service provider,
+    reason not specified": pynetdicom raises on such values in its state machine's thread and
+    leaves the association half-dead."""
+    source, reason = pdu[8], pdu[9]
+    if source in (0, 1) or (source == 2 and reason in (0, 1, 2, 4, 5, 6)):
+        return pdu
+    fixed = bytearray(pdu)
+    fixed[8], fixed[9] = 2, 0
+    return fixed
+
+
 def guard_association(assoc: Association, policy: AssociationPolicy, slots: AssociationSlots,
                       limits: PduLimits) -> None:
     """Install the policy, the association count and the PDU limits on an accepted connection.
@@ -294,12 +310,31 @@ def guard_association(assoc: Association, policy: AssociationPolicy, slots: Asso
     raw_titles: list[bytes] = []
     decode_pdu = dul._decode_pdu
 
-    def decode_keeping_titles(bytestream: bytearray) -> Any:
+    def decode_checked(bytestream: bytearray) -> Any:
         if bytestream[:1] == b"\x01" and len(bytestream) >= 42:  # A-ASSOCIATE-RQ (PS3.8 9.3.2)
             raw_titles[:] = [bytes(bytestream[10:26]), bytes(bytestream[26:42])]
+        elif bytestream[:1] == b"\x07" and len(bytestream) >= 10:
+            bytestream = _valid_abort(bytestream)
         return decode_pdu(bytestream)
 
-    dul._decode_pdu = decode_keeping_titles  # type: ignore[method-assign]
+    dul._decode_pdu = decode_checked  # type: ignore[method-assign]
+    dimse = assoc.dimse
+    receive_primitive = dimse.receive_primitive
+
+    def receive_checked(primitive: Any) -> None:
+        # pynetdicom decodes a complete command set in its state machine's thread and does
+        # not expect one without CommandField or CommandDataSetType: the thread would die
+        # and leave the association half-dead. Such a message is an invalid PDU (event 19:
+        # A-ABORT), as pynetdicom treats other undecodable messages.
+        try:
+            receive_primitive(primitive)
+        except DECODE_ERRORS as exc:
+            log.warning("association with %s aborted: a DIMSE message that cannot be decoded (%s: %s)",
+                        peer, type(exc).__name__, exc)
+            dimse.message = None
+            dul.event_queue.put("Evt19")
+
+    dimse.receive_primitive = receive_checked  # type: ignore[method-assign]
     acse = assoc.acse
     negotiate = acse._negotiate_as_acceptor
     holds_slot = [False]

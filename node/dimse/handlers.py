@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 
 from node.config import Settings
+from node.dataset_checks import DECODE_ERRORS
 from node.errors import InvalidDataset, NodeError, NotFound, UnknownDestination
 from node.ingest import Ingestor
 from node.ops.logs import log_context
@@ -150,9 +151,9 @@ class DimseHandlers:
         except NodeError as error:
             yield _failure(error).Status, None
             return
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        except DECODE_ERRORS as exc:
             yield 0xC000, None
-            log.warning("C-FIND identifier could not be read: %s", exc)
+            log.warning("C-FIND identifier could not be read: %s: %s", type(exc).__name__, exc)
             return
         for row in rows:
             if event.is_cancelled:
@@ -170,8 +171,7 @@ class DimseHandlers:
             yield None, None
             return
         try:
-            self._audit("retrieve", event, event.identifier, destination.ae_title)
-            selection = self._retrieve(event.identifier)
+            selection = self._selection(event, destination.ae_title)
         except NodeError as error:
             yield destination.host, destination.port
             yield _failure(error).Status, None
@@ -186,8 +186,7 @@ class DimseHandlers:
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
-            self._audit("retrieve", event, event.identifier)
-            selection = self._retrieve(event.identifier)
+            selection = self._selection(event)
         except NodeError as error:
             yield 0
             yield _failure(error).Status, None
@@ -196,6 +195,16 @@ class DimseHandlers:
         yield from self._send(event, selection)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _selection(self, event: Event, destination: str = "") -> _Retrieve:
+        """The instances a C-MOVE/C-GET identifier selects (audited); an identifier that cannot
+        be decoded is an :class:`InvalidQuery`."""
+        try:
+            identifier = event.identifier
+            self._audit("retrieve", event, identifier, destination)
+            return self._retrieve(identifier)
+        except DECODE_ERRORS as exc:
+            raise InvalidQuery(f"the identifier cannot be decoded ({type(exc).__name__})") from exc
 
     def _send(self, event: Event, selection: _Retrieve) -> Iterator[tuple[int, Dataset | None]]:
         root = self.ingestor.store.root
@@ -249,7 +258,7 @@ class DimseHandlers:
                 continue
             value = row.get(keyword)
             try:
-                vr = dictionary_VR(Tag(tag))
+                vr = dictionary_VR(Tag(tag)).split(" or ")[0]  # "OB or OW", "US or SS": one that encodes
             except KeyError:
                 continue
             if value is None or value == "":
