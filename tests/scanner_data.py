@@ -6,11 +6,20 @@ skip with a reason where it is absent (as in CI on a clean checkout).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-__all__ = ["SCANNER_DICOM", "requires_scanner_dicom", "series_files"]
+__all__ = [
+    "SCANNER_DICOM",
+    "gamma_variate_dip",
+    "requires_scanner_dicom",
+    "series_files",
+    "write_mosaic_dsc",
+    "write_xa_dsc",
+]
 
 SCANNER_DICOM = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference-data" / "scanner-dicom"
 
@@ -26,3 +35,105 @@ def series_files(relative: str) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix not in {".nii", ".json", ".txt"})
+
+
+def gamma_variate_dip(time_points: int, *, depth: float = 0.35, arrival: int = 12, seed: int = 0) -> np.ndarray:
+    """Relative signal S(t)/S0 of a first-pass bolus: a gamma-variate dip (depth at the minimum)."""
+    t = np.arange(time_points, dtype=np.float64) - arrival
+    shape = np.where(t > 0, np.power(np.clip(t, 0, None), 3.0) * np.exp(-np.clip(t, 0, None) / 1.5), 0.0)
+    shape = shape / shape.max()
+    noise = np.random.default_rng(seed).normal(0.0, 0.002, time_points)
+    return 1.0 - depth * shape + noise
+
+
+def write_mosaic_dsc(folder: Path, *, source: str = "siemens-vd13-mosaic/ax/axasc35", time_points: int = 60,
+                     repetition_s: float = 1.5, description: str = "ep2d_perf_p2 64 meas",
+                     noise: float = 0.01, seed: int = 0) -> list[Path]:
+    """A MOSAIC DSC series built from a real Siemens MOSAIC EPI: its last (steady-state) volume
+    repeated over ``time_points`` with a first-pass signal dip and ``noise`` (relative Gaussian)
+    per time point; the real CSA headers, tile grid and geometry are kept; UIDs, instance
+    numbers, acquisition times and the description are new.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    sources = sorted((pydicom.dcmread(p) for p in series_files(source)), key=lambda ds: int(ds.InstanceNumber))
+    template = sources[-1]
+    stored = template.pixel_array.astype(np.float64)
+    top = 2 ** int(template.BitsStored) - 1
+    dip = gamma_variate_dip(time_points, seed=seed)
+    rng = np.random.default_rng(seed)
+    series_uid = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 12 * 3600.0
+    paths = []
+    for t in range(time_points):
+        ds = copy.deepcopy(template)
+        values = stored * dip[t] * (1.0 + noise * rng.standard_normal(stored.shape))
+        ds.PixelData = np.clip(np.rint(values), 0, top).astype(np.uint16).tobytes()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesDescription = description
+        ds.ProtocolName = description
+        ds.InstanceNumber = t + 1
+        ds.AcquisitionNumber = t + 1
+        seconds = start + t * repetition_s
+        ds.AcquisitionTime = f"{int(seconds // 3600):02d}{int(seconds % 3600 // 60):02d}{seconds % 60:09.6f}"
+        ds.ContentTime = ds.AcquisitionTime
+        path = folder / f"MR{t + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _datetime(seconds: float, date: str) -> str:
+    whole = int(seconds)
+    return f"{date}{whole // 3600:02d}{whole % 3600 // 60:02d}{whole % 60:02d}.{int(round((seconds % 1) * 1e6)):06d}"
+
+
+def write_xa_dsc(folder: Path, *, source: str = "siemens-xa30-enhanced/10_DWI_dir80_PA", time_points: int = 30,
+                 repetition_s: float = 1.5, description: str = "ep2d_perf XA", noise: float = 0.01,
+                 seed: int = 0) -> list[Path]:
+    """A DSC series in the Siemens XA layout (one Enhanced MR instance per volume) built from a real
+    XA30 instance: its first volume repeated over ``time_points`` instances with a first-pass dip;
+    each instance's frames get its TemporalPositionIndex, dimension index and acquisition times,
+    NumberOfTemporalPositions says how many instances make the series.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    template = pydicom.dcmread(series_files(source)[0])
+    stored = template.pixel_array.astype(np.float64)
+    top = 2 ** int(template.BitsStored) - 1
+    date = str(template.ContentDate)
+    dip = gamma_variate_dip(time_points, seed=seed)
+    rng = np.random.default_rng(seed)
+    series_uid = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 12 * 3600.0
+    paths = []
+    for t in range(time_points):
+        ds = copy.deepcopy(template)
+        values = stored * dip[t] * (1.0 + noise * rng.standard_normal(stored.shape))
+        ds.PixelData = np.clip(np.rint(values), 0, top).astype(np.uint16).tobytes()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesDescription = ds.ProtocolName = description
+        ds.InstanceNumber = ds.AcquisitionNumber = t + 1
+        ds.NumberOfTemporalPositions = time_points
+        moment = start + t * repetition_s
+        ds.AcquisitionDateTime = _datetime(moment, date)
+        ds.ContentTime = _datetime(moment, date)[8:]
+        for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            content = frame.FrameContentSequence[0]
+            content.TemporalPositionIndex = t + 1
+            content.FrameAcquisitionNumber = t + 1
+            content.DimensionIndexValues = [1, index + 1, t + 1]
+            slice_time = moment + index * repetition_s / len(ds.PerFrameFunctionalGroupsSequence)
+            content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = _datetime(slice_time, date)
+        path = folder / f"XA{t + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -33,6 +33,7 @@ from analyzers._shared.dicom_layouts import (
     ENHANCED_PER_VOLUME,
     ENHANCED_WHOLE_SERIES,
     MOSAIC,
+    Frame,
     SeriesGeometryError,
     assemble,
     decimal_string,
@@ -282,6 +283,22 @@ def _normalised_header(header: Dataset, position: np.ndarray, row: np.ndarray, c
     return copy
 
 
+def _with_acquisition(frame: Frame) -> Dataset:
+    """A shallow copy of a multi-frame instance's header carrying the frame's EchoTime,
+    RepetitionTime and FlipAngle at the top level, where analyzers read them for any layout."""
+    copy = Dataset()
+    copy.update(frame.header)
+    for name in ("file_meta", "filename"):
+        value = getattr(frame.header, name, None)
+        if value is not None:
+            setattr(copy, name, value)
+    for tag, value in ((0x00180081, frame.echo_time_ms), (0x00180080, frame.repetition_time_ms),
+                       (0x00181314, frame.flip_angle)):
+        if value is not None:
+            copy.add_new(tag, "DS", decimal_string(value))
+    return copy
+
+
 def load_series(
     files: Iterable[str | PathLike[str] | Dataset], *, single_series: bool = True
 ) -> Volume:
@@ -347,10 +364,14 @@ def load_series(
                                stack.column_cosine, (row_spacing, column_spacing))
             for k, m in enumerate(grid[0])
         )
-    else:
+    elif stack.layout == MOSAIC:
         headers = tuple(frames[m].header for m in grid[0])
+    else:
+        headers = tuple(_with_acquisition(frames[m]) for m in grid[0])
     if n_times > 1:
-        per_time_point = tuple(frames[m].header for m in grid[:, 0])
+        per_time_point = tuple(
+            frames[m].header if stack.layout in (CLASSIC, MOSAIC) else _with_acquisition(frames[m])
+            for m in grid[:, 0])
         return Volume(data, stack.affine, stack.spacing, stack.times, uids, headers, classes,
                       per_time_point, layout=stack.layout, frame_numbers=frame_numbers,
                       tile_offsets=tile_offsets)

@@ -28,6 +28,8 @@ from pydicom import Dataset
 from pydicom.sr.coding import Code
 
 from analyzers._shared import outputs as out
+from analyzers._shared.orientation import AXIAL, reorient
+from analyzers._shared.sanity import check_brain, check_static
 from analyzers._shared.volume import SeriesGeometryError, Volume, load_series
 from analyzers.brainmets.inference import ModelFolderError, NnUNetModel, Technique, TechniqueError, detect_technique
 from analyzers.brainmets.instances import DEFAULT_MIN_VOXELS, LesionSet, extract_lesions
@@ -180,8 +182,8 @@ class BrainmetsAnalyzer:
             volume = load_series(job.series.files)
         except SeriesGeometryError as exc:
             raise UnsuitableInput(f"the series is not one regular 3D volume: {exc}") from exc
-        if volume.is_dynamic:
-            raise UnsuitableInput("brainmets needs a static 3D T1 series, this one has a time axis")
+        check_static(volume, "brainmets (a static 3D T1)", min_slices=3, min_matrix=32)
+        check_brain(volume, "brainmets")
         if settings.technique != "auto":
             technique: Technique = settings.technique
         else:
@@ -196,7 +198,11 @@ class BrainmetsAnalyzer:
         try:
             model = NnUNetModel(folder, settings.folds, mirroring=settings.mirroring,
                                 device=settings.device, threads=settings.threads)
-            labels = model.predict_image(volume.to_sitk())
+            # The network sees the array axes it was trained on (axial, columns to the left, rows
+            # to the back), whatever the acquisition plane and patient position; labels go back
+            # onto the series' own grid voxel for voxel.
+            canonical = reorient(volume, AXIAL)
+            labels = canonical.back(model.predict_image(canonical.to_sitk()))
         except ModelFolderError as exc:
             raise UnsuitableInput(f"the configured {model_label} cannot be used: {exc}") from exc
         found = extract_lesions(labels > 0, volume.affine, settings.min_lesion_voxels)

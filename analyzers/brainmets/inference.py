@@ -7,11 +7,15 @@ through :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`
 (``predict_single_npy_array``: no worker processes), ensembling the folds and
 optionally mirroring at test time, on CPU or CUDA.
 
-Geometry: the series is read by :func:`analyzers._shared.volume.load_series`
-and handed to nnU-Net as the SimpleITK array ``(z, y, x)`` with spacing
-``(dz, dy, dx)``, exactly what nnU-Net's ``SimpleITKIO`` reader produces from a
-NIfTI written from the same image; nnU-Net returns the segmentation on that
-same array grid, so the mask is in the source geometry without reorientation.
+Geometry: the series is read by :func:`analyzers._shared.volume.load_series`,
+re-indexed by the analyzer into the array orientation of the training data
+(:func:`analyzers._shared.orientation.reorient`: axial, columns to the patient's
+left, rows to the back; a permutation and flips, no resampling) and handed to
+nnU-Net as the SimpleITK array ``(z, y, x)`` with spacing ``(dz, dy, dx)``,
+exactly what nnU-Net's ``SimpleITKIO`` reader produces from a NIfTI written from
+the same image; nnU-Net returns the segmentation on that grid and the analyzer
+puts it back on the series' own grid voxel for voxel, so a prone, decubitus or
+sagittal acquisition is segmented as its axial supine twin would be.
 
 Technique: SPACE-like (black-blood turbo spin echo: SPACE, CUBE, VISTA) or
 MPRAGE-like (gradient echo: MPRAGE/tfl3d, BRAVO, FSPGR, 3D TFE), read from

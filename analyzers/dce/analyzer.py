@@ -26,6 +26,7 @@ from pydantic import Field
 from pydicom import Dataset
 
 from analyzers._shared.probability import ProbabilityError
+from analyzers._shared.sanity import check_acquisition, check_dynamic
 from analyzers._shared.volume import (
     SegmentationError,
     SeriesGeometryError,
@@ -172,9 +173,10 @@ class DceAnalyzer:
             dynamic = load_series(job.series.files)
         except SeriesGeometryError as exc:
             raise UnsuitableInput(f"the dynamic series is not one regular volume: {exc}") from exc
-        if not dynamic.is_dynamic or dynamic.times is None:
-            raise UnsuitableInput("the series has no time axis; the dce analyzer needs the "
-                                  "dynamic T1-weighted series (with frame timing)")
+        # The dynamic T1-weighted series with frame timing (a time axis).
+        check_dynamic(dynamic, "dce", min_time_points=10)
+        check_acquisition(dynamic, "dce (T1-weighted spoiled gradient echo)", max_repetition_ms=50.0,
+                          hint=": a T2*-weighted EPI perfusion (DSC) belongs to the dsc analyzer")
         acq = _acquisition(dynamic, settings)
         vfa_series = list(job.related.get("vfa", ()))
         t10_map: np.ndarray | None = None

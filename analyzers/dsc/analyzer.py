@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from analyzers._shared.sanity import check_acquisition, check_dynamic
 from analyzers._shared.volume import (
     SegmentationError,
     SeriesGeometryError,
@@ -147,11 +148,10 @@ class DscAnalyzer:
             volume = load_series(job.series.files)
         except SeriesGeometryError as exc:
             raise UnsuitableInput(f"the DSC series is not one regular volume: {exc}") from exc
-        if not volume.is_dynamic or volume.times is None:
-            raise UnsuitableInput(
-                "the series has no time axis; the dsc analyzer needs the dynamic T2*-weighted "
-                "perfusion series (route it to dsc only by its SeriesDescription)"
-            )
+        # A dynamic T2*-weighted perfusion series with a time axis (route it to dsc by its SeriesDescription).
+        check_dynamic(volume, "dsc", min_time_points=10)
+        check_acquisition(volume, "dsc (T2*-weighted perfusion)", min_echo_ms=10.0,
+                          hint=": a T1-weighted dynamic (DCE) belongs to the dce analyzer")
         te_s = _echo_time_s(volume)
         segments = _roi_segments(job.related.get("roi", ()), volume)
         aif_mask = None

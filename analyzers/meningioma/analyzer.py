@@ -29,6 +29,8 @@ from pydantic import Field
 from pydicom import Dataset
 
 from analyzers._shared import outputs as out
+from analyzers._shared.orientation import AXIAL, reorient
+from analyzers._shared.sanity import check_brain, check_static
 from analyzers._shared.volume import (
     SegmentationError as SegReadError,
 )
@@ -137,10 +139,14 @@ class MeningiomaAnalyzer:
             volume = load_series(job.series.files)
         except SeriesGeometryError as error:
             raise UnsuitableInput(f"the T1C series is not one regular volume: {error}") from error
-        if volume.is_dynamic:
-            raise UnsuitableInput("the series is dynamic; the meningioma analyzer needs a static post-contrast T1")
+        check_static(volume, "meningioma (a static post-contrast T1)", min_slices=3, min_matrix=32)
+        # The registered MNI152 brain: a head is in the field of view, and its intracranial space.
+        brain = check_brain(volume, "meningioma")
         n4 = N4Settings(shrink_factor=settings.n4_shrink_factor)
-        image = volume.to_sitk()
+        # Computed in the array orientation of the training data (axial, columns to the left, rows
+        # to the back) whatever the plane and patient position; masks go back to the series' grid.
+        canonical = reorient(volume, AXIAL)
+        image = canonical.to_sitk()
         seg_mask = _roi_from_seg(job, volume)
         automatic = seg_mask is None
         corrected = None
@@ -150,12 +156,13 @@ class MeningiomaAnalyzer:
             if not settings.auto_segment:
                 raise UnsuitableInput("no tumour SEG in the study and automatic segmentation is off")
             corrected, _ = n4_bias_correction(image, n4)
+            intracranial = canonical.to_sitk(array=canonical.forward(brain.mask.astype(np.uint8)))
             try:
-                auto = segment_enhancing_mass(corrected, AutoSegmentationSettings())
+                auto = segment_enhancing_mass(corrected, AutoSegmentationSettings(), intracranial)
             except SegmentationError as error:
                 raise UnsuitableInput(str(error)) from error
-            mask_array = sitk.GetArrayFromImage(auto).astype(bool)
-        mask = volume.to_sitk(array=mask_array.astype(np.uint8))
+            mask_array = canonical.back(sitk.GetArrayFromImage(auto).astype(bool))
+        mask = canonical.to_sitk(array=canonical.forward(mask_array.astype(np.uint8)))
         model, network, model_note = _load_model(settings)
         try:
             features = compute_case_features(

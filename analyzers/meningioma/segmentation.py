@@ -78,7 +78,8 @@ def _intracranial(image: sitk.Image, settings: AutoSegmentationSettings) -> sitk
 
 
 def segment_enhancing_mass(
-    image: sitk.Image, settings: AutoSegmentationSettings | None = None
+    image: sitk.Image, settings: AutoSegmentationSettings | None = None,
+    intracranial: sitk.Image | None = None,
 ) -> sitk.Image:
     """The largest dural-based enhancing mass as a 0/1 mask on ``image``'s grid.
 
@@ -88,6 +89,10 @@ def segment_enhancing_mass(
         N4-corrected post-contrast T1.
     settings:
         Parameters; :class:`AutoSegmentationSettings` defaults when None.
+    intracranial:
+        The intracranial space (0/1 on ``image``'s grid), e.g. the registered
+        brain mask of :func:`analyzers._shared.brain.extract_brain`; steps 1-2
+        (Otsu and erosion) derive it when None.
 
     Raises
     ------
@@ -96,7 +101,11 @@ def segment_enhancing_mass(
     """
     settings = settings or AutoSegmentationSettings()
     image = sitk.Cast(image, sitk.sitkFloat32)
-    intracranial = _intracranial(image, settings)
+    if intracranial is None:
+        intracranial = _intracranial(image, settings)
+    else:
+        intracranial = sitk.Cast(intracranial > 0, sitk.sitkUInt8)
+        intracranial.CopyInformation(image)
     pixels = sitk.GetArrayFromImage(image)
     inside = sitk.GetArrayFromImage(intracranial).astype(bool)
     values = pixels[inside]

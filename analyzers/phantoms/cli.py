@@ -2,7 +2,8 @@
 
 Usage::
 
-    pacsnode phantom NAME|all --out DIR [--seed N] [--cases K] [--workers W] [--small] [--set KEY=VALUE ...]
+    pacsnode phantom NAME|all --out DIR [--seed N] [--cases K] [--workers W] [--small]
+                     [--patient-position HFS|HFP|FFS|FFP|HFDL|HFDR|FFDL|FFDR] [--set KEY=VALUE ...]
     pacsnode phantom preview NAME --png out.png [--seed N] [--case I] [--set KEY=VALUE ...]
     pacsnode phantom list
 
@@ -28,6 +29,7 @@ from analyzers.phantoms.brainmets import generate_brainmets, simulate_brainmets
 from analyzers.phantoms.dce import generate_dce, simulate_dce
 from analyzers.phantoms.dsc import generate_dsc, simulate_dsc
 from analyzers.phantoms.model import PhantomCase, PhantomError
+from analyzers.phantoms.positions import PATIENT_POSITIONS
 from analyzers.phantoms.spine import generate_spine, simulate_spine
 from analyzers.phantoms.t1c import generate_t1c, simulate_t1c
 
@@ -87,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--case", type=int, default=1, help="case number to preview (1-based)")
     parser.add_argument(
+        "--patient-position", default="HFS", choices=PATIENT_POSITIONS,
+        help="write every series as the scanner does for a patient lying so (default HFS; "
+        "decubitus only for axial series)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -143,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_options(name, chosen)
             start = time.monotonic()
             root = PHANTOMS[name][0](
-                args.out, seed=args.seed, cases=args.cases, progress=args.progress, workers=args.workers, **chosen
+                args.out, seed=args.seed, cases=args.cases, progress=args.progress, workers=args.workers,
+                patient_position=args.patient_position, **chosen
             )
             elapsed = time.monotonic() - start
             print(f"{name}: {args.cases} case(s) in {root} ({elapsed:.1f} s, {args.cases / elapsed:.2f} case/s)")

@@ -19,6 +19,7 @@ import numpy as np
 from analyzers.phantoms.anatomy import load_template
 from analyzers.phantoms.dicomio import make_uid, write_case
 from analyzers.phantoms.model import PhantomCase, PhantomError, Study
+from analyzers.phantoms.positions import reposition
 
 __all__ = ["CaseContext", "Progress", "case_context", "generate_cohort"]
 
@@ -90,9 +91,10 @@ class Progress:
         self.stream.flush()
 
 
-def _write_one(args: tuple[Callable[..., PhantomCase], str, int, int, Path, dict[str, Any]]) -> list[dict[str, Any]]:
-    simulate, _name, seed, index, root, options = args
-    case = simulate(seed=seed, case_index=index, **options)
+def _write_one(args: tuple[Callable[..., PhantomCase], str, int, int, Path, dict[str, Any], str]
+               ) -> list[dict[str, Any]]:
+    simulate, _name, seed, index, root, options, position = args
+    case = reposition(simulate(seed=seed, case_index=index, **options), position)
     write_case(case, root / f"case-{index + 1:04d}")
     return case.label_rows
 
@@ -119,7 +121,13 @@ def generate_cohort(
     workers:
         Processes writing cases in parallel (1 writes in this process); None uses
         one per CPU core, at most one per case.
+
+    ``options`` may hold ``patient_position`` (``"HFS"`` default, ``"HFP"``,
+    ``"HFDL"``, ...): every series is written as the scanner writes it for a
+    patient lying so (:func:`analyzers.phantoms.positions.reposition`).
     """
+    options = dict(options)
+    position = str(options.pop("patient_position", None) or "HFS")
     if workers is None:
         workers = max(1, min(cases, os.cpu_count() or 1))
     if cases < 1:
@@ -129,7 +137,7 @@ def generate_cohort(
     root = Path(out) / name
     root.mkdir(parents=True, exist_ok=True)
     bar = Progress(cases, f"phantom {name}", enabled=progress)
-    jobs = [(simulate, name, seed, i, root, options) for i in range(cases)]
+    jobs = [(simulate, name, seed, i, root, options, position) for i in range(cases)]
     rows: list[dict[str, Any]] = []
     results: Iterable[list[dict[str, Any]]]
     if workers == 1:

@@ -48,6 +48,7 @@ from analyzers._shared.outputs import (
     build_measurement_report,
     build_segmentation,
 )
+from analyzers._shared.sanity import check_static
 from analyzers._shared.volume import SegmentationError, SeriesGeometryError, Volume, load_segmentation, load_series
 from analyzers.contract import (
     NOT_FOR_CLINICAL_USE,
@@ -133,8 +134,7 @@ def _load(series: SeriesInput, what: str) -> Volume:
         volume = load_series(series.files)
     except SeriesGeometryError as exc:
         raise UnsuitableInput(f"the {what} series is not one regular volume: {exc}") from exc
-    if volume.is_dynamic:
-        raise UnsuitableInput(f"the {what} series has a time axis; the spine analyzer needs static sagittal images")
+    check_static(volume, f"spine ({what} series, static sagittal images)", min_slices=3, min_matrix=32)
     return volume
 
 

@@ -85,6 +85,7 @@ def classic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
             content_time_s=timing["content_time_s"],
             echo_time_ms=float_or_none(ds.get("EchoTime")),
             flip_angle=float_or_none(ds.get("FlipAngle")),
+            repetition_time_ms=float_or_none(ds.get("RepetitionTime")),
             image_kind=image_kind(ds.get("ImageType")),
             header=header_without_pixels(ds, owned),
             layout=CLASSIC,

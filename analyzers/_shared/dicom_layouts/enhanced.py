@@ -68,6 +68,13 @@ def _echo_time(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float
     return float_or_none(ds.get("EchoTime"))
 
 
+def _repetition_time(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
+    timing = _group_item(per_frame, shared, "MRTimingAndRelatedParametersSequence")
+    if timing is not None and timing.get("RepetitionTime") not in (None, ""):
+        return float(timing.RepetitionTime)
+    return float_or_none(ds.get("RepetitionTime"))
+
+
 def _flip_angle(per_frame: Dataset, shared: Dataset | None, ds: Dataset) -> float | None:
     timing = _group_item(per_frame, shared, "MRTimingAndRelatedParametersSequence")
     if timing is not None and timing.get("FlipAngle") not in (None, ""):
@@ -156,6 +163,7 @@ def enhanced_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
                     content.get("FrameReferenceDateTime")),
                 echo_time_ms=_echo_time(groups, shared, ds),
                 flip_angle=_flip_angle(groups, shared, ds),
+                repetition_time_ms=_repetition_time(groups, shared, ds),
                 header=header,
                 layout=ENHANCED,
                 frame_number=index + 1,

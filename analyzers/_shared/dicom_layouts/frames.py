@@ -80,6 +80,8 @@ class Frame:
     extra_dimensions:
         Values of Enhanced MR dimension indices other than stack, in-stack
         position and temporal position (e.g. a label/control index).
+    echo_time_ms, flip_angle, repetition_time_ms:
+        Acquisition parameters of the frame (Enhanced MR: from its functional groups).
     layout:
         Which layout the frame came from (:data:`CLASSIC`, :data:`MOSAIC`, ...).
     """
@@ -105,6 +107,7 @@ class Frame:
     tile_offset: tuple[int, int] = (0, 0)
     image_kind: str | None = None
     extra_dimensions: tuple[Any, ...] = ()
+    repetition_time_ms: float | None = None
 
 
 def seconds_of_tm(value: Any) -> float | None:

@@ -193,6 +193,7 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
                 content_time_s=timing["content_time_s"],
                 echo_time_ms=float_or_none(ds.get("EchoTime")),
                 flip_angle=float_or_none(ds.get("FlipAngle")),
+                repetition_time_ms=float_or_none(ds.get("RepetitionTime")),
                 image_kind=image_kind(ds.get("ImageType")),
                 header=header,
                 layout=MOSAIC,
