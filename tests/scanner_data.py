@@ -88,8 +88,8 @@ def write_mosaic_dsc(folder: Path, *, source: str = "siemens-vd13-mosaic/ax/axas
 
 
 def _datetime(seconds: float, date: str) -> str:
-    whole = int(seconds)
-    return f"{date}{whole // 3600:02d}{whole % 3600 // 60:02d}{whole % 60:02d}.{int(round((seconds % 1) * 1e6)):06d}"
+    whole, micro = int(seconds), round((seconds % 1) * 1e6) % 1000000
+    return f"{date}{whole // 3600:02d}{whole % 3600 // 60:02d}{whole % 60:02d}.{micro:06d}"
 
 
 def write_xa_dsc(folder: Path, *, source: str = "siemens-xa30-enhanced/10_DWI_dir80_PA", time_points: int = 30,
