@@ -2,7 +2,10 @@
 
 Usage::
 
-    python -m bench.scanner_layouts [--analyzers dsc,dce,...] [--cases NAME,...] [--out DIR]
+    python -m bench.scanner_layouts [--analyzers dsc,dce,...] [--cases NAME,...] [--json FILE]
+
+Phantom cases also take a seed, the full size and a patient position:
+``--cases phantom-t1c@3,phantom-dsc@1:full,phantom-mprage@0:HFDL``.
 
 Cases are the real scanner series of ``reference-data/scanner-dicom`` (classic GE and Siemens,
 Siemens MOSAIC, Siemens XA enhanced per volume, Philips enhanced whole series), a MOSAIC DSC
@@ -54,16 +57,21 @@ def _xa_dsc(scratch: Path) -> list[Path]:
     return write_xa_dsc(scratch / "xa-dsc")
 
 
-def _phantom(name: str, folder: str) -> Callable[[Path], list[Path]]:
+def _phantom(name: str, folder: str, seed: int = 0, small: bool = True,
+             position: str = "HFS") -> Callable[[Path], list[Path]]:
     def files(scratch: Path) -> list[Path]:
         from analyzers.phantoms.cli import PHANTOMS, SMALL
         from analyzers.phantoms.dicomio import write_case
+        from analyzers.phantoms.positions import reposition
 
-        case = PHANTOMS[name][1](seed=0, **SMALL[name])
+        case = reposition(PHANTOMS[name][1](seed=seed, **(SMALL[name] if small else {})), position)
         written = write_case(case, scratch / f"phantom-{name}")
         return sorted((written / folder).iterdir())
     return files
 
+
+_PHANTOM_SERIES = {"phantom-dsc": ("dsc", "dsc"), "phantom-dce": ("dce", "dce"), "phantom-t1c": ("t1c", "t1c"),
+                   "phantom-mprage": ("brainmets", "mprage"), "phantom-spine-t1": ("spine", "t1")}
 
 #: case name -> (layout in words, file maker)
 CASES: dict[str, tuple[str, Callable[[Path], list[Path]]]] = {
@@ -85,6 +93,22 @@ CASES: dict[str, tuple[str, Callable[[Path], list[Path]]]] = {
     "phantom-mprage": ("classic phantom MPRAGE (--small)", _phantom("brainmets", "mprage")),
     "phantom-spine-t1": ("classic phantom spine T1 (--small)", _phantom("spine", "t1")),
 }
+
+
+def _case(name: str) -> tuple[str, Callable[[Path], list[Path]]]:
+    """A case by name; ``phantom-NAME@SEED[:full][:POSITION]`` picks a seed, the full size and a
+    patient position (``phantom-t1c@3:full:HFP``)."""
+    if name in CASES:
+        return CASES[name]
+    base, _, rest = name.partition("@")
+    if base not in CASES or not base.startswith("phantom-") or not rest:
+        raise KeyError(f"unknown case {name!r}; known: {', '.join(CASES)} (phantoms also as NAME@SEED[:full][:POS])")
+    seed_text, *flags = rest.split(":")
+    phantom, folder = _PHANTOM_SERIES[base]
+    position = next((f for f in flags if f != "full"), "HFS")
+    size = "full" if "full" in flags else "--small"
+    return (f"classic phantom {phantom} ({size}, seed {seed_text}, {position})",
+            _phantom(phantom, folder, int(seed_text), "full" not in flags, position))
 
 
 def run_case(analyzer_name: str, files: list[Path], scratch: Path) -> dict[str, Any]:
@@ -118,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pacsnode-layouts-") as tmp:
         scratch = Path(tmp)
         for case in args.cases.split(","):
-            layout, make = CASES[case]
+            layout, make = _case(case)
             try:
                 files = make(scratch / case)
             except (OSError, ValueError) as exc:
