@@ -18,6 +18,7 @@ __all__ = [
     "requires_scanner_dicom",
     "series_files",
     "write_mosaic_dsc",
+    "write_repositioned",
     "write_xa_dsc",
 ]
 
@@ -137,3 +138,58 @@ def write_xa_dsc(folder: Path, *, source: str = "siemens-xa30-enhanced/10_DWI_di
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_repositioned(files: list[Path], folder: Path, position: str) -> list[Path]:
+    """A real classic series as the scanner writes it for a patient in ``position`` (new UIDs).
+
+    The scanner's axes turn in the patient frame (:data:`analyzers.phantoms.positions.SCANNER_AXES`):
+    each image's rows and columns are re-indexed (flips, transposition) and its
+    ImageOrientationPatient / ImagePositionPatient rewritten, so every pixel keeps its patient
+    position and value. Only positions that keep the slice plane are possible (a decubitus
+    turns a sagittal plane coronal): :class:`ValueError` otherwise.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from analyzers.phantoms.positions import SCANNER_AXES
+
+    rotation = np.array(SCANNER_AXES[position], dtype=np.float64).T
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    written = []
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        row, column = iop[:3], iop[3:]
+        new_row, new_column = rotation @ row, rotation @ column
+        pixels = ds.pixel_array
+        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        rows, columns = pixels.shape
+        position_0 = np.array([float(v) for v in ds.ImagePositionPatient])
+        if abs(abs(new_row @ row) - 1) < 1e-6 and abs(abs(new_column @ column) - 1) < 1e-6:
+            flip_columns, flip_rows = new_row @ row < 0, new_column @ column < 0
+            out = pixels[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
+            spacing = (row_spacing, column_spacing)
+        elif abs(abs(new_row @ column) - 1) < 1e-6 and abs(abs(new_column @ row) - 1) < 1e-6:
+            flip_columns, flip_rows = new_row @ column < 0, new_column @ row < 0  # in the old axes
+            out = pixels.T[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
+            spacing = (column_spacing, row_spacing)
+        else:
+            raise ValueError(f"{position} turns the plane of {path.name}: not a re-indexing")
+        corner_row = (rows - 1) if (new_column @ column < 0 or new_row @ column < 0) else 0
+        corner_column = (columns - 1) if (new_row @ row < 0 or new_column @ row < 0) else 0
+        origin = position_0 + corner_column * column_spacing * row + corner_row * row_spacing * column
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in (*new_row, *new_column)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in origin]
+        ds.PixelSpacing = [f"{spacing[0]:.10g}", f"{spacing[1]:.10g}"]
+        ds.Rows, ds.Columns = out.shape
+        ds.PixelData = np.ascontiguousarray(out).tobytes()
+        ds.PatientPosition = position
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = folder / f"{index:04d}.dcm"
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written

@@ -15,9 +15,10 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from analyzers._shared.brain import extract_brain
 from analyzers._shared.orientation import AXIAL, SAGITTAL, reorient
 from analyzers._shared.volume import load_segmentation, load_series
-from analyzers.contract import AnalysisInput, AnalyzerSettings, SeriesInput
+from analyzers.contract import AnalysisInput, AnalyzerSettings, SeriesInput, UnsuitableInput
 from analyzers.phantoms.brainmets import simulate_brainmets
 from analyzers.phantoms.cli import SMALL
 from analyzers.phantoms.dicomio import write_case
@@ -26,6 +27,7 @@ from analyzers.phantoms.positions import PATIENT_POSITIONS, reposition
 from analyzers.phantoms.spine import simulate_spine
 from analyzers.phantoms.t1c import simulate_t1c
 from analyzers.registry import load_analyzer
+from tests.scanner_data import requires_scanner_dicom, series_files, write_repositioned
 
 POSITIONS = ("HFS", "HFP", "HFDL")
 
@@ -127,3 +129,42 @@ def test_brainmets_finds_the_same_metastases_decubitus(tmp_path: Path) -> None:
 def test_meningioma_finds_the_same_tumour_prone_and_decubitus(tmp_path: Path) -> None:
     case = simulate_t1c(seed=0, matrix=96, slices=40, pixel_mm=2.0, slice_mm=2.0)
     _same_everywhere(_lesions("meningioma", case, "t1c", tmp_path, {}))
+
+
+@requires_scanner_dicom
+@pytest.mark.slow
+def test_real_sagittal_t1_brain_same_result_supine_prone_feet_first(tmp_path: Path) -> None:
+    """The real Siemens sagittal T1 re-indexed as the scanner writes it for a prone and a feet-first
+    patient: the same brain, and the same meningioma outcome (a healthy volunteer: the reading may
+    find nothing), never a geometry rejection."""
+    files = series_files("siemens-decubitus-hfs/3_t1_fl2d_sag")
+    variants = {"HFS": files, **{p: write_repositioned(files, tmp_path / p, p) for p in ("HFP", "FFS")}}
+    brains = {}
+    outcomes = {}
+    instance = load_analyzer("meningioma")
+    for position, series in variants.items():
+        volume = load_series(series)
+        brain = extract_brain(volume)
+        brains[position] = (brain.volume_ml,
+                            volume.index_to_patient(np.argwhere(brain.mask)[:, ::-1].mean(axis=0)))
+        header = pydicom.dcmread(series[0], stop_before_pixels=True)
+        (tmp_path / f"work-{position}").mkdir()
+        job = AnalysisInput(f"m-{position}", SeriesInput(str(header.SeriesInstanceUID), str(header.StudyInstanceUID),
+                                                         tuple(series), {}), {}, (), instance.settings_model(),
+                            tmp_path / f"work-{position}")
+        try:
+            result = instance.analyze(job)
+            (seg,) = [d for d in result.datasets if d.Modality == "SEG"]
+            mask = next(iter(load_segmentation(seg, onto=volume).values()))
+            outcomes[position] = ("done", volume.index_to_patient(np.argwhere(mask)[:, ::-1].mean(axis=0)))
+        except UnsuitableInput as exc:
+            assert "regular volume" not in exc.reason and "no brain" not in exc.reason, exc.reason
+            outcomes[position] = ("rejected", exc.reason)
+    for position in ("HFP", "FFS"):
+        assert abs(brains[position][0] - brains["HFS"][0]) < 0.02 * brains["HFS"][0]
+        assert np.linalg.norm(brains[position][1] - brains["HFS"][1]) < 2.0
+        assert outcomes[position][0] == outcomes["HFS"][0]
+        if outcomes["HFS"][0] == "done":
+            assert np.linalg.norm(outcomes[position][1] - outcomes["HFS"][1]) <= 4.8  # one (thickest) voxel
+        else:
+            assert outcomes[position][1] == outcomes["HFS"][1]
