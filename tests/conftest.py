@@ -42,3 +42,6 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
         pytest.skip("Orthanc is missing: run `make test`, which installs Debian's orthanc")
     with orthanc_process(tmp_path / "orthanc") as running:
         yield running
+
+
+pytest_plugins = ["tests.viewer_study"]  # analyzed_node: every analyzer's phantom study analyzed once

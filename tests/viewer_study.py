@@ -1,0 +1,83 @@
+"""One node holding every analyzer's phantom study and its outputs, for the output conformance
+test and the OHIF browser test (started once per test session: the five small phantoms are
+sent once and every shipped route runs on them, about a minute on two cores)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.peers import ROOT, VENV_BIN, NodeProcess, free_port, query_index, start_node, wait_until, write_node_config
+
+__all__ = ["AnalyzedNode", "analyzed_node"]
+
+FINAL = ("done", "failed", "rejected", "dead")
+
+
+@dataclass
+class AnalyzedNode:
+    node: NodeProcess
+    phantoms: Path
+
+    @property
+    def index(self) -> Path:
+        return self.node.storage / "index.sqlite"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.node.http_port}"
+
+    def rows(self, sql: str) -> list[tuple]:
+        return query_index(self.index, sql)
+
+    def files(self, modality: str | None = None) -> list[tuple[str, str, Path]]:
+        """(series description, modality, file) of every stored instance (of ``modality``)."""
+        where = f"WHERE s.modality = '{modality}'" if modality else ""
+        rows = self.rows("SELECT s.series_description, s.modality, i.path FROM instances i "
+                         f"JOIN series s ON s.series_uid = i.series_uid {where}")
+        return [(str(d), str(m), self.node.storage / str(p)) for d, m, p in rows]
+
+
+def _routes_without_destinations() -> str:
+    """The shipped routes, delivering nowhere (this node is the PACS the viewer reads)."""
+    text = (ROOT / "config" / "routes.toml").read_text(encoding="utf-8")
+    return "".join(line + "\n" for line in text.splitlines() if not line.startswith("send_to"))
+
+
+@pytest.fixture(scope="session")
+def analyzed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyzedNode]:
+    root = tmp_path_factory.mktemp("analyzed")
+    phantoms = root / "phantoms"
+    made = subprocess.run([str(VENV_BIN / "pacsnode"), "phantom", "all", "--out", str(phantoms), "--cases", "1",
+                           "--small", "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr
+    folder = root / "node"
+    folder.mkdir()
+    (folder / "routes.toml").write_text(_routes_without_destinations(), encoding="utf-8")
+    port, http_port = free_port(), free_port()
+    config = write_node_config(folder, port=port, http_port=http_port,
+                               extra="stable_after = 1.5\n\n[jobs]\nworkers = 2\nbackoff_seconds = 0.5\n")
+    node = start_node(config, storage=folder / "var", port=port, http_port=http_port, log=folder / "node.log",
+                      env={"OMP_NUM_THREADS": "1"})
+    try:
+        sent = subprocess.run([str(VENV_BIN / "pacsnode"), "send", str(phantoms), "--to", node.address,
+                               "--quiet"], capture_output=True, text=True, timeout=300, check=False)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        analyzed = AnalyzedNode(node, phantoms)
+
+        series = len({path.parent for path in phantoms.rglob("*.dcm")})
+
+        def settled() -> bool:
+            # every phantom series has its qc job (created with the series' other jobs), all finished
+            jobs = analyzed.rows("SELECT route, state FROM jobs")
+            return sum(route == "qc" for route, _ in jobs) >= series and \
+                all(state in FINAL for _, state in jobs)
+
+        wait_until(settled, 600, "every job of the phantom studies finished", node.log, poll=1.0)
+        yield analyzed
+    finally:
+        node.stop()
