@@ -330,9 +330,9 @@ class Ingestor:
 
     def _validate(self, ds: Dataset, context_sop_class: str | None) -> None:
         uids = _uids(ds)
+        # PatientID is Type 2: missing or empty, the instance is indexed under the empty ID (as
+        # Orthanc does) and found with the empty-value query PatientID="" (docs/storage.md).
         missing = [k for k in _REQUIRED if not uids.get(k)]
-        if "PatientID" not in ds:
-            missing.append("PatientID")
         if missing:
             raise DatasetMismatch(
                 f"required attribute(s) missing or empty: {', '.join(missing)}; the node "

@@ -246,24 +246,29 @@ def test_measurement_report_roundtrip(axial: Volume, tmp_path: Path, with_seg: b
     evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
     assert evaluations == {"121073": "128462008", "79654002": "52101004"}
 
-    # Coordinates for viewers: an SCOORD ellipse on the largest slice and its SCOORD3D.
+    # Coordinates for viewers: the ellipse's bounding box (SCOORD POLYLINE) on the largest slice,
+    # and the ellipse itself as SCOORD3D.
     items = group[0].ContentSequence
     scoord = next(i for i in items if i.ValueType == "SCOORD")
     scoord3d = next(i for i in items if i.ValueType == "SCOORD3D")
     largest = int(np.argmax(first.sum(axis=(1, 2))))
     image_ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
     assert image_ref.ReferencedSOPInstanceUID == axial.sop_instance_uids[largest]
-    assert scoord.GraphicType == "ELLIPSE" and scoord3d.GraphicType == "ELLIPSE"
+    assert scoord.GraphicType == "POLYLINE" and scoord3d.GraphicType == "ELLIPSE"
     assert scoord3d.ReferencedFrameOfReferenceUID == axial.frame_of_reference_uid
     points = np.asarray(scoord3d.GraphicData, dtype=float).reshape(4, 3)
     rows, cols = np.nonzero(first[largest])
     centroid = axial.index_to_patient([cols.mean(), rows.mean(), largest])
     np.testing.assert_allclose(points.mean(axis=0), centroid, atol=1e-3)
-    pixel_points = np.asarray(scoord.GraphicData, dtype=float).reshape(4, 2) - 0.5
-    np.testing.assert_allclose(
-        axial.index_to_patient(np.column_stack([pixel_points, np.full(4, largest)])), points,
-        atol=1e-3,
-    )
+    box = np.asarray(scoord.GraphicData, dtype=float).reshape(5, 2) - 0.5
+    np.testing.assert_allclose(box[0], box[-1])  # closed
+    ellipse_ijk = axial.patient_to_index(points)[:, :2]
+    # the box holds the ellipse's axis end points and is centred on them
+    assert np.all(ellipse_ijk >= box.min(axis=0) - 1e-3) and np.all(ellipse_ijk <= box.max(axis=0) + 1e-3)
+    np.testing.assert_allclose(box[:4].mean(axis=0), ellipse_ijk.mean(axis=0), atol=1e-3)
+    # every lesion voxel of the slice lies inside the box (at most half a pixel outside)
+    assert cols.min() >= box[:, 0].min() - 0.5 and cols.max() <= box[:, 0].max() + 0.5
+    assert rows.min() >= box[:, 1].min() - 0.5 and rows.max() <= box[:, 1].max() + 0.5
 
     if with_seg:
         assert seg is not None

@@ -502,11 +502,25 @@ class LesionRegion:
         points = np.array([[i + r, j], [i - r, j], [i, j + r], [i, j - r]])
         return cls(round(k), points)
 
+    def bounding_box(self) -> np.ndarray:
+        """The ellipse's axis-aligned bounding box as a closed polygon of 5 (column, row) points."""
+        points = np.asarray(self.points, dtype=np.float64)
+        center = (points[0] + points[1]) / 2.0
+        major, minor = (points[0] - points[1]) / 2.0, (points[2] - points[3]) / 2.0
+        half = np.sqrt(major**2 + minor**2)  # extent of the ellipse along each image axis
+        low, high = center - half, center + half
+        return np.array([[low[0], low[1]], [high[0], low[1]], [high[0], high[1]], [low[0], high[1]],
+                         [low[0], low[1]]])
+
     def scoord(self, source: Volume) -> hd.sr.ImageRegion:
-        """SCOORD ELLIPSE on the stored image of the slice (pixel centres at +0.5).
+        """SCOORD on the stored image of the slice (pixel centres at +0.5): the ellipse's bounding
+        box as a closed POLYLINE.
 
         The stored image is the slice's frame of a multi-frame source, or its
         mosaic image (offset to the slice's tile) for a Siemens MOSAIC.
+        The exact ellipse is the SCOORD3D. A box is what viewers draw and list: OHIF 3 turns an
+        image region POLYLINE of 5 points into a rectangle measurement with the group's values,
+        and skips an ELLIPSE it has no tool for ("OBLIQUE ELLIPSE NOT YET SUPPORTED").
         """
         if not 0 <= self.slice_index < source.shape3d[0]:
             raise OutputError(f"slice {self.slice_index} is outside the source volume")
@@ -517,8 +531,8 @@ class LesionRegion:
             referenced_frame_numbers=None if where.frame_number is None else [where.frame_number],
         )
         return hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-            graphic_data=np.asarray(self.points, dtype=np.float64) + 0.5 + np.asarray(where.pixel_offset),
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=self.bounding_box() + 0.5 + np.asarray(where.pixel_offset),
             source_image=image,
         )
 

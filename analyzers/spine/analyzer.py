@@ -14,7 +14,7 @@ contract (``analyzers.contract``):
 3. every sequence with a model gives P(hemangioma) for each lesion from its ROI
    (:mod:`analyzers.spine.model`); the combined probability averages T1 and T2 weighted
    by their validation AUC; STIR and T1C are reported and flagged less reliable;
-4. outputs: a TID 1500 SR with one group per lesion (vertebral level, ellipse SCOORD on
+4. outputs: a TID 1500 SR with one group per lesion (vertebral level, bounding-box SCOORD on
    the sagittal slice and SCOORD3D, probability per sequence and combined, class) and,
    when lesions were found automatically, a binary SEG of them.
 

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from node.errors import IndexUnreadable
 from node.storage.attributes import ATTRIBUTES
+from node.storage.matching import pn_match
 from node.storage.query import Query, build_sql
 
 __all__ = ["CommitHook", "DuplicateOutcome", "Index", "IndexCounts", "IndexUnreadable", "InstanceRecord",
@@ -117,6 +118,7 @@ class Index:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.create_function("pn_match", 2, pn_match, deterministic=True)
         return conn
 
     def _create_schema(self) -> None:

@@ -4,7 +4,9 @@ Shared by C-FIND and QIDO-RS so both protocols match the same way:
 
 * universal matching: an empty value (or ``*``) matches everything;
 * single value matching: exact, case-sensitive, except PN which matches
-  case-insensitively (the standard leaves PN case to the SCP);
+  case-insensitively with Unicode case folding, by component group (node.storage.matching);
+* empty value matching: ``""`` (two double quotes) matches an empty or absent value, e.g. the
+  instances stored without a PatientID;
 * wildcard matching: ``*`` and ``?`` in any value but UI, dates, times and numbers;
 * list of UID matching: ``uid1\\uid2``;
 * range matching for DA, TM and DT: ``20200101-20201231``, ``-2020``, ``2020-``.
@@ -87,6 +89,9 @@ def _condition(attr: Attribute, value: str, params: list[Any]) -> str | None:
     value = value.strip()
     if value in ("", "*"):
         return None
+    if value == '""':
+        # Empty value matching: two double quotes match an empty or absent attribute.
+        return f"({column} IS NULL OR {column} = '')"
     if attr.vr == "UI":
         uids = [u.strip() for u in value.split("\\") if u.strip()]
         if any(c in value for c in "*?"):
@@ -117,15 +122,13 @@ def _condition(attr: Attribute, value: str, params: list[Any]) -> str | None:
         return f"{column} = ?"
     if attr.vr == "DA" and not (value.isascii() and value.isdigit()):
         raise InvalidQuery(f"{attr.keyword}: expected a date YYYYMMDD or a range, got {value!r}")
+    if attr.vr == "PN":
+        # Unicode case folding, wildcards and component groups: node.storage.matching
+        params.append(value)
+        return f"pn_match({column}, ?)"
     if any(c in value for c in "*?"):
-        if attr.vr == "PN":
-            params.append(_glob(value.lower()))
-            return f"lower({column}) GLOB ?"
         params.append(_glob(value))
         return f"{column} GLOB ?"
-    if attr.vr == "PN":
-        params.append(value.lower())
-        return f"lower({column}) = ?"
     if attr.vr == "CS" and "\\" in value:
         options = value.split("\\")
         params.extend(options)

@@ -111,6 +111,19 @@ def app_config(dicomweb_root: str, token: str | None, ae_title: str) -> str:
         f"  var config = {json.dumps(config, indent=2)};",
         "  var source = config.dataSources[0].configuration;",
         "  source.qidoRoot = source.wadoRoot = source.wadoUriRoot = root;",
+        # OHIF 3.13 stops with "Cannot read properties of undefined (reading 'ReferencedSOPSequence')"
+        # (the viewer route's error boundary; before, the page stopped responding) when an SR holds
+        # a TID 1501 group without coordinates, such as a report's study-level values. Its
+        # onBeforeSRAddMeasurement hook lets such a group pass as one that references no image.
+        "  config.customizationService = {",
+        "    onBeforeSRAddMeasurement: { $set: function (args) {",
+        "      var measurement = args.measurement;",
+        "      if (measurement && (!measurement.coords || measurement.coords.length === 0)) {",
+        "        return Object.assign({}, measurement, { coords: [{}] });",
+        "      }",
+        "      return measurement;",
+        "    } },",
+        "  };",
         "  window.config = config;",
     ]
     if token is not None:
