@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pacsnode-installed
 
-.PHONY: setup system demo test lint typecheck pytest bench clean engine images images-lock compose-test
+.PHONY: setup system viewer demo test lint typecheck pytest bench clean engine images images-lock compose-test
 
 setup: system $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-demo: setup
+# The OHIF 3 viewer (npm @ohif/app, pinned) for /viewer and the browser test; a no-op once cached,
+# a message (and no viewer) when the npm registry cannot be reached.
+viewer:
+	@scripts/install-ohif.sh
+
+demo: setup viewer
 	$(VENV)/bin/pacsnode demo
 
 lint: setup
@@ -31,7 +36,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy node analyzers/contract.py analyzers/registry.py
 
-pytest: setup
+pytest: setup viewer
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pydicom
 from rich.console import Console
 from rich.table import Table
 
 from node.samples import SeriesSpec, write_mr_series
 from node.storage.index import Index
+from node.ui.viewer import default_ohif_path, study_url
 
 __all__ = ["run_demo"]
 
@@ -181,6 +183,13 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
             console.print(f"[red]the chain did not finish[/red]; see {workdir / 'node.log'}")
             return 1
         console.print(f"storage: {workdir / 'var'}  log: {workdir / 'node.log'}")
+        study = pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID
+        if default_ohif_path().joinpath("index.html").is_file():
+            console.print(f"7. read it in the OHIF viewer: http://127.0.0.1:{http_port}{study_url(study)}"
+                          + ("" if keep_running else " (with --keep-running)"))
+        else:
+            console.print("7. the OHIF viewer is not installed (scripts/install-ohif.sh, which make demo runs, "
+                          "needs the npm registry); /viewer is off")
         if keep_running:
             console.print(f"the node keeps running (pid {node.pid}); stop it with kill {node.pid}")
             return 0

@@ -34,6 +34,19 @@ class AnalyzedNode:
     def rows(self, sql: str) -> list[tuple]:
         return query_index(self.index, sql)
 
+    def study_of(self, analyzer: str) -> str:
+        """The study holding ``analyzer``'s SR."""
+        rows = self.rows("SELECT study_uid FROM series WHERE modality = 'SR' AND series_description LIKE "
+                         f"'pacsnode {analyzer}%' ORDER BY study_uid")
+        assert rows, f"no SR of {analyzer}"
+        return str(rows[0][0])
+
+    def series_of(self, study: str, modality: str, prefix: str = "pacsnode") -> list[str]:
+        """Descriptions of the series of ``study`` with ``modality`` whose description starts so."""
+        rows = self.rows(f"SELECT series_description FROM series WHERE study_uid = '{study}' AND "
+                         f"modality = '{modality}' AND series_description LIKE '{prefix}%'")
+        return sorted(str(r[0]) for r in rows)
+
     def files(self, modality: str | None = None) -> list[tuple[str, str, Path]]:
         """(series description, modality, file) of every stored instance (of ``modality``)."""
         where = f"WHERE s.modality = '{modality}'" if modality else ""
@@ -51,6 +64,9 @@ def _routes_without_destinations() -> str:
 @pytest.fixture(scope="session")
 def analyzed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyzedNode]:
     root = tmp_path_factory.mktemp("analyzed")
+    # The OHIF build is looked for when the node starts (its /viewer); installing is a no-op once
+    # cached, and leaves the viewer off (the browser test then skips) when npm is unreachable.
+    subprocess.run(["bash", str(ROOT / "scripts" / "install-ohif.sh")], timeout=900, check=False)
     phantoms = root / "phantoms"
     made = subprocess.run([str(VENV_BIN / "pacsnode"), "phantom", "all", "--out", str(phantoms), "--cases", "1",
                            "--small", "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
