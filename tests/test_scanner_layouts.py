@@ -213,3 +213,13 @@ def test_irregular_gap_is_refused(tmp_path: Path) -> None:
     ds.save_as(moved)
     with pytest.raises(SeriesGeometryError, match="irregular slice spacing"):
         load_series(files)
+
+
+@requires_scanner_dicom
+def test_qc_sees_the_slices_of_a_mosaic() -> None:
+    from analyzers.qc.geometry import assess_geometry, frames_of
+
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in series_files("siemens-vd13-mosaic/sag/sagint35")]
+    findings = assess_geometry(frames_of(headers)).as_dict()
+    assert (findings["slices"], findings["time_points"], findings["missing_slices"]) == (35, 2, 0)
+    assert abs(findings["slice_spacing_mm"] - 3.6) < 1e-3

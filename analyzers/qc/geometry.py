@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from pydicom import Dataset
 
+from analyzers._shared.dicom_layouts.mosaic import is_mosaic, mosaic_geometry
+
 __all__ = ["FrameGeometry", "GeometryFindings", "assess_geometry", "frames_of"]
 
 # Positions closer than this along the slice normal are the same slice (mm).
@@ -106,12 +108,29 @@ def _enhanced(ds: Dataset) -> list[FrameGeometry]:
     return frames
 
 
+def _mosaic(ds: Dataset) -> list[FrameGeometry]:
+    """One frame per tile of a Siemens MOSAIC, where the shared reader puts its slice."""
+    geometry = mosaic_geometry(ds, str(ds.get("SOPInstanceUID", "")))
+    (frame,) = _classic(ds)
+    return [FrameGeometry(f"{frame.sop_instance_uid}#tile{k + 1}", geometry.positions[k], geometry.row_cosine,
+                          geometry.column_cosine, geometry.pixel_spacing, frame.temporal_position, frame.time_s)
+            for k in range(geometry.count)]
+
+
 def frames_of(headers: Sequence[Dataset]) -> list[FrameGeometry]:
-    """Every frame of the given instance headers (classic or enhanced)."""
+    """Every frame of the given instance headers (classic, Siemens MOSAIC tiles, or enhanced).
+
+    Raises
+    ------
+    ValueError
+        A MOSAIC whose slice positions cannot be known (no CSA header).
+    """
     frames: list[FrameGeometry] = []
     for ds in headers:
         if "PerFrameFunctionalGroupsSequence" in ds:
             frames.extend(_enhanced(ds))
+        elif is_mosaic(ds):
+            frames.extend(_mosaic(ds))
         else:
             frames.extend(_classic(ds))
     return frames

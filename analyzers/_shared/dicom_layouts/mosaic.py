@@ -25,6 +25,7 @@ handlers (pylibjpeg) before the tiles are cut.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from analyzers._shared.dicom_layouts.frames import (
     vector,
 )
 
-__all__ = ["is_mosaic", "mosaic_frames", "protocol_value"]
+__all__ = ["MosaicGeometry", "is_mosaic", "mosaic_frames", "mosaic_geometry", "protocol_value"]
 
 # Tile centres from the CSA slice normal and from the prescribed protocol must agree this well (mm).
 _PROTOCOL_AGREEMENT_MM = 0.1
@@ -110,8 +111,29 @@ def _prescribed_centres(protocol: dict[str, Any] | None, count: int) -> np.ndarr
     return np.asarray(centres, dtype=np.float64)
 
 
-def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
-    """The slices of one MOSAIC instance as frames, in tile order."""
+@dataclass(frozen=True)
+class MosaicGeometry:
+    """Where the tiles of one mosaic instance are: one slice per tile, in tile order."""
+
+    rows: int
+    columns: int
+    grid: int
+    positions: np.ndarray
+    row_cosine: np.ndarray
+    column_cosine: np.ndarray
+    pixel_spacing: tuple[float, float]
+
+    @property
+    def count(self) -> int:
+        return len(self.positions)
+
+    def tile_offset(self, k: int) -> tuple[int, int]:
+        """(row, column) of tile ``k``'s first pixel in the stored image."""
+        return (k // self.grid) * self.rows, (k % self.grid) * self.columns
+
+
+def mosaic_geometry(ds: Dataset, source: str) -> MosaicGeometry:
+    """The slice positions of a MOSAIC instance from its headers (no pixel data needed)."""
     _, csar, dicomwrappers = _nicom()
     try:
         csa = csar.get_csa_header(ds, "image")
@@ -147,8 +169,6 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
     half_tile = row_cosine * column_spacing * columns / 2.0 + column_cosine * row_spacing * rows / 2.0
     centres = _prescribed_centres(_protocol(ds), count)
     if centres is not None:
-        if count > 1:
-            spacing_along = float(np.median(np.diff(centres @ normal)))
         expected = first + half_tile
         if np.linalg.norm(centres[0] - expected) > _PROTOCOL_AGREEMENT_MM:
             raise SeriesGeometryError(
@@ -169,7 +189,15 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
             raise SeriesGeometryError(
                 f"{source}: {MOSAIC}: the prescribed slices are not in tile order along the CSA normal"
             )
+    return MosaicGeometry(rows=rows, columns=columns, grid=grid, positions=np.asarray(positions),
+                          row_cosine=row_cosine, column_cosine=column_cosine,
+                          pixel_spacing=(float(row_spacing), float(column_spacing)))
 
+
+def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
+    """The slices of one MOSAIC instance as frames, in tile order."""
+    geometry = mosaic_geometry(ds, source)
+    rows, columns, grid, count = geometry.rows, geometry.columns, geometry.grid, geometry.count
     stored = pixels_of(ds, source)
     tiles = stored.reshape(grid, rows, grid, columns).transpose(0, 2, 1, 3).reshape(grid * grid, rows, columns)
     timing = classic_timing(ds)
@@ -178,10 +206,10 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
     for k in range(count):
         frames.append(
             Frame(
-                position=positions[k],
-                row_cosine=row_cosine,
-                column_cosine=column_cosine,
-                pixel_spacing=(float(row_spacing), float(column_spacing)),
+                position=geometry.positions[k],
+                row_cosine=geometry.row_cosine,
+                column_cosine=geometry.column_cosine,
+                pixel_spacing=geometry.pixel_spacing,
                 pixels=np.ascontiguousarray(tiles[k]),
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=str(ds.SOPClassUID),
@@ -197,7 +225,7 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
                 image_kind=image_kind(ds.get("ImageType")),
                 header=header,
                 layout=MOSAIC,
-                tile_offset=((k // grid) * rows, (k % grid) * columns),
+                tile_offset=geometry.tile_offset(k),
             )
         )
     return frames
