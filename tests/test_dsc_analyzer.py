@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 pytest.importorskip("analyzers.phantoms.dsc", reason="the dsc phantom generator is not installed")
 
 from analyzers._shared import outputs as out
+from analyzers._shared.modelcard import DataDescription, ModelCard, write_model_card
+from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalibration, significant
 from analyzers._shared.volume import load_series
 from analyzers.contract import (
     NOT_FOR_CLINICAL_USE,
@@ -47,16 +50,35 @@ def _write_truth_seg(case_dir: Path, mask: np.ndarray) -> Path:
     return folder
 
 
-def _model_folder(folder: Path) -> Path:
-    """A small LDA trained on feature rows drawn like the phantom's lesions."""
+def _rows(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    metastasis = np.column_stack([rng.lognormal(np.log(2.8), 0.45, n),
+                                  rng.lognormal(np.log(3.2), 0.4, n)])
+    meningioma = np.column_stack([rng.lognormal(np.log(5.5), 0.4, n),
+                                  rng.lognormal(np.log(6.0), 0.35, n)])
+    return np.vstack([metastasis, meningioma]), np.r_[np.ones(n, int), np.zeros(n, int)]
+
+
+def _model_folder(folder: Path, *, card: bool = True, pixel_mm_max: float = 4.5) -> Path:
+    """A small LDA trained on feature rows drawn like the phantom's lesions, with a model card
+    whose calibration is measured on 30 + 30 other rows (as ``pacsnode train dsc`` writes it)."""
     rng = np.random.default_rng(0)
-    metastasis = np.column_stack([rng.lognormal(np.log(2.8), 0.45, 40),
-                                  rng.lognormal(np.log(3.2), 0.4, 40)])
-    meningioma = np.column_stack([rng.lognormal(np.log(5.5), 0.4, 40),
-                                  rng.lognormal(np.log(6.0), 0.35, 40)])
-    x = np.vstack([metastasis, meningioma])
-    y = np.r_[np.ones(40, int), np.zeros(40, int)]
-    fit_classifier(x, y, FEATURE_SETS["reduced"]).save(folder)
+    x, y = _rows(rng, 40)
+    model = replace(fit_classifier(x, y, FEATURE_SETS["reduced"]),
+                    acquisition_range={"pixel_mm_max": pixel_mm_max, "slice_mm_max": 7.5,
+                                       "coverage_s_min": 40.0})
+    model.save(folder)
+    if card:
+        hx, hy = _rows(rng, 30)
+        calibration = ProbabilityCalibration.measure(hy, model.probability(hx), model="test-dsc 1",
+                                                     validation="60 held-out test rows",
+                                                     outcome="dural metastasis")
+        write_model_card(ModelCard(
+            name="test-dsc", version="1", analyzer="dsc", model_description="LDA",
+            intended_use="tests", validation="held-out rows",
+            data=DataDescription(source="drawn rows", n_cases=80, n_patients=80, n_positive=40,
+                                 positive_label="dural metastasis", negative_label="meningioma"),
+            metrics=calibration.card_metrics(), references=("test",),
+            extra={PROBABILITY_CARD_KEY: calibration.to_dict()}), folder)
     return folder
 
 
@@ -133,8 +155,16 @@ def test_outputs_with_seg(runs: dict[str, Any]) -> None:
     assert findings["lesion_source"] == "SEG of the study"
     assert findings["aif"]["voxels"] >= 2
     lesion = findings["lesions"][0]
-    assert 0.0 <= lesion["probability_dural_metastasis"] <= 1.0
     assert lesion["class"] in {"meningioma", "dural_metastasis"}
+    # The reported probability: clipped to the validation's range, 2 significant digits.
+    calibration = ProbabilityCalibration.from_dict(findings["calibration"])
+    reported = lesion["probability_dural_metastasis"]
+    assert calibration.lower <= reported <= calibration.upper and 0.0 < reported < 1.0
+    assert reported == significant(reported)
+    assert reported == calibration.reported(lesion["probability_model"])
+    # The SR names the model, its validation and calibration (text and TID 4019 parameters).
+    assert any(t.startswith("Probability of dural metastasis by model test-dsc 1") for t in texts)
+    assert any(t.startswith("validation: 60 held-out test rows") for t in texts)  # TID 4019
 
 
 def test_ratios_against_truth(runs: dict[str, Any]) -> None:
@@ -169,6 +199,54 @@ def test_static_series_is_unsuitable(runs: dict[str, Any], tmp_path: Path) -> No
                         series=SeriesInput("s", "study", tuple(first_frame)), scratch=tmp_path)
     with pytest.raises(UnsuitableInput):
         DscAnalyzer().analyze(job)
+
+
+def test_model_without_validated_calibration_reports_no_probability(runs: dict[str, Any],
+                                                                   tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path / "uncalibrated", card=False)
+    result = _run(runs["dir"], DscSettings(model=str(folder)), True, tmp_path)
+    lesion = result.findings["lesions"][0]
+    assert lesion["probability_dural_metastasis"] is None and lesion["class"] is None
+    assert "model card" in lesion["note"]
+    sr = next(d for d in result.datasets if d.Modality == "SR")
+    assert not any(t.startswith("Probability of dural metastasis by model") for t in _texts(sr))
+    assert any("no probability or class reported" in t for t in _texts(sr))
+
+
+def test_series_outside_the_models_range_gets_no_probability(runs: dict[str, Any], tmp_path: Path) -> None:
+    """A model validated on 3 mm voxels does not classify this 4 mm series (the ratios depend on it)."""
+    folder = _model_folder(tmp_path / "fine", pixel_mm_max=3.0)
+    result = _run(runs["dir"], DscSettings(model=str(folder)), True, tmp_path)
+    lesion = result.findings["lesions"][0]
+    assert lesion["probability_dural_metastasis"] is None and lesion["class"] is None
+    assert "in-plane voxel 4.0 mm > 3.0 mm" in lesion["note"]
+    assert result.findings["probability_withheld"] == lesion["note"].split(": ", 1)[1]
+
+
+def test_small_phantom_is_rejected_or_left_unclassified(tmp_path: Path) -> None:
+    """The ``--small`` phantom (32 x 32 x 4 voxels of 7.2 x 7.2 x 10 mm): with its 20 frames the
+    series ends before the first pass is over, so the job is rejected with what to acquire; with 60
+    frames the maps and candidates are made, but the shipped model (validated up to 4.5 mm) gives
+    no probability and no class, and single noisy voxels are no longer candidates."""
+    from analyzers.dsc.analyzer import REFERENCE_MODEL_DIR
+    from analyzers.phantoms.cli import SMALL
+
+    for frames in (20, 60):
+        case = simulate_dsc(seed=0, case_index=0, **{**SMALL["dsc"], "time_points": frames})
+        case_dir = tmp_path / f"small{frames}"
+        write_case(case, case_dir)
+        job = AnalysisInput(job_id=f"small{frames}", series=_series(case_dir / "dsc"), related={},
+                            priors=(), settings=DscSettings(model=str(REFERENCE_MODEL_DIR)), scratch=tmp_path)
+        if frames == 20:
+            with pytest.raises(UnsuitableInput, match=r"after the bolus arrives.*acquire at least"):
+                DscAnalyzer().analyze(job)
+            continue
+        findings = DscAnalyzer().analyze(job).findings
+        assert findings["probability_withheld"] and "7.2 mm > 4.5 mm" in findings["probability_withheld"]
+        voxel_ml = 7.2 * 7.2 * 10.0 / 1000.0
+        for lesion in findings["lesions"]:
+            assert lesion["class"] is None and lesion["probability_dural_metastasis"] is None
+            assert lesion["volume_ml"] >= 4 * voxel_ml - 1e-6
 
 
 def test_missing_site_model_is_unsuitable(runs: dict[str, Any], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from analyzers.contract import NOT_FOR_CLINICAL_USE
+from analyzers.dsc.decision import load_calibration
 from analyzers.dsc.errors import DscModelError
 from analyzers.dsc.model import DscClassifier
 from analyzers.dsc.train import load_cohort_csv, main
@@ -80,6 +81,14 @@ def test_held_out_cohort_is_evaluated_once_with_bootstrap_ci(tmp_path: Path, cap
     model = DscClassifier.load(out)
     assert metrics["held-out: operating threshold"]["value"] == pytest.approx(model.threshold)
     assert "held-out test" in card["validation"]
+    # The calibration the SR's probability comes from was measured on the held-out cohort.
+    calibration = load_calibration(out)[0]
+    held_rows = len(held.read_text().strip().splitlines()) - 1
+    assert calibration is not None and calibration.n_cases == held_rows
+    assert calibration.validation.startswith("held-out site cohort held.csv")
+    assert 0.0 < calibration.lower <= calibration.upper < 1.0 and calibration.brier < 0.25
+    assert metrics["reported probability: Brier score"]["value"] == pytest.approx(calibration.brier)
+    assert DscClassifier.load(out).acquisition_range == {}  # a site cohort's acquisitions are unknown
     printed = capsys.readouterr().out
     assert f"ROC-AUC {auc['value']:.3f} (95% CI" in printed
     # A held-out cohort that shares patients with the training cohort is refused.

@@ -45,9 +45,10 @@ from analyzers.contract import (
     UnsuitableInput,
 )
 from analyzers.dsc.candidates import CandidateOptions, find_candidates
+from analyzers.dsc.decision import Acquisition, LesionDecider, load_calibration
 from analyzers.dsc.errors import DscError, DscModelError
 from analyzers.dsc.maps import DscMaps, MapOptions, compute_maps
-from analyzers.dsc.model import POSITIVE_LABEL, DscClassifier
+from analyzers.dsc.model import DscClassifier
 from analyzers.dsc.reference import (
     contralateral_reference,
     measure_region,
@@ -118,14 +119,16 @@ def _sex_female(volume: Volume) -> float:
     return 1.0 if sex == "F" else 0.0 if sex == "M" else float("nan")
 
 
-def _load_model(settings: DscSettings) -> tuple[DscClassifier | None, str]:
+def _load_model(settings: DscSettings) -> tuple[DscClassifier | None, str, str | None]:
+    """(model, its folder or why there is none, why its probabilities cannot be reported)."""
     folder = Path(settings.model) if settings.model else REFERENCE_MODEL_DIR
     try:
-        return DscClassifier.load(folder), str(folder)
+        model = DscClassifier.load(folder)
     except DscModelError as exc:
         if settings.model:
             raise UnsuitableInput(f"the configured DSC model cannot be loaded: {exc}") from exc
-        return None, f"no reference model installed ({exc})"
+        return None, f"no reference model installed ({exc})", f"no reference model installed ({exc})"
+    return model, str(folder), None
 
 
 class DscAnalyzer:
@@ -143,7 +146,10 @@ class DscAnalyzer:
             **job.settings.model_dump()
         )
         # A configured model that cannot be read is a configuration error: fail fast.
-        model, model_note = _load_model(settings)
+        model, model_note, unavailable = _load_model(settings)
+        calibration = None
+        if model is not None:
+            calibration, unavailable = load_calibration(Path(model_note))
         try:
             volume = load_series(job.series.files)
         except SeriesGeometryError as exc:
@@ -176,12 +182,21 @@ class DscAnalyzer:
             results = _measure(lesions, edema, maps, volume, settings)
         except DscError as exc:
             raise UnsuitableInput(str(exc)) from exc
-        _classify(results, model, _sex_female(volume))
+        dz, dy, dx = (float(v) for v in volume.spacing)
+        decider = LesionDecider(model, calibration, unavailable, Acquisition(
+            pixel_mm=max(dy, dx), slice_mm=dz,
+            coverage_s=float(maps.times[-1] - maps.timing.arrival_time_s)))
+        for result in results:
+            result["features"] = _features(result, _sex_female(volume))
+            decider.decide(result, result["features"])
         findings = _findings(maps, results, source, model, model_note, settings, te_s)
+        findings["probability_withheld"] = decider.withheld
+        findings["calibration"] = None if calibration is None else calibration.to_dict()
         from analyzers.dsc.report import build_outputs
 
         datasets = build_outputs(job.job_id, volume, maps, results, findings, settings.series_number,
-                                 self.version, integer_maps=settings.integer_maps)
+                                 self.version, integer_maps=settings.integer_maps,
+                                 calibration=calibration if decider.withheld is None else None)
         return AnalysisResult(datasets=datasets, findings=findings)
 
 
@@ -269,20 +284,6 @@ def _features(result: LesionResult, sex_female: float) -> dict[str, float]:
     }
 
 
-def _classify(results: list[LesionResult], model: DscClassifier | None, sex_female: float) -> None:
-    for result in results:
-        features = _features(result, sex_female)
-        result["features"] = features
-        if model is None:
-            result["probability"] = None
-            result["class"] = None
-            continue
-        row = model.matrix([features])
-        probability = float(model.probability(row)[0])
-        result["probability"] = probability
-        result["class"] = POSITIVE_LABEL if probability >= model.threshold else "meningioma"
-
-
 def _number(value: float | None, digits: int = 4) -> float | None:
     if value is None or not np.isfinite(value):
         return None
@@ -318,8 +319,10 @@ def _findings(
             "reference_psr_percent": _number(reference.psr_percent),
             "reference_wash_in_s": _number(reference.wash_in_s),
             **{key: _number(value) for key, value in result["ratios"].items()},
-            "probability_dural_metastasis": _number(result["probability"]),
+            "probability_dural_metastasis": result["reported_probability"],
+            "probability_model": _number(result["probability"]),
             "class": result["class"],
+            "note": result["note"],
         })
     return {
         "clinical_use": NOT_FOR_CLINICAL_USE,

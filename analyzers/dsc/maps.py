@@ -60,6 +60,7 @@ from analyzers.dsc.signal import (
 
 __all__ = [
     "METHODS",
+    "MIN_COVERAGE_S",
     "DscMaps",
     "MapMethod",
     "MapOptions",
@@ -77,6 +78,8 @@ METHODS: tuple[MapMethod, ...] = ("osvd", "ssvd", "bayes")
 _AIF_MIN_S0_FRACTION = 0.3
 # A DSC series needs enough frames for a baseline, a first pass and recovery.
 _MIN_FRAMES = 10
+#: Seconds a series must cover after the bolus arrives: the first pass and its recirculation.
+MIN_COVERAGE_S = 30.0
 # Noise floor of ΔR2* as a fraction of the AIF peak (noise-free data would make the
 # posterior of the model-based fit a single grid point and every K "significant").
 _NOISE_FLOOR_FRACTION = 1e-3
@@ -411,6 +414,13 @@ def compute_maps(
         out[mask] = values
         return out
 
+    coverage = float(t[-1] - timing.arrival_time_s)
+    if coverage < MIN_COVERAGE_S:
+        frames_needed = int(np.ceil((timing.arrival_time_s + MIN_COVERAGE_S - t[0]) / dt)) + 1
+        raise DscInputError(
+            f"the DSC series ends {coverage:.0f} s after the bolus arrives; CBV and CBF need the first "
+            f"pass and its recirculation, at least {MIN_COVERAGE_S:.0f} s after arrival "
+            f"(acquire at least {frames_needed} frames of {dt:g} s)")
     aif_volume = np.zeros(spatial, dtype=bool)
     aif_volume[mask] = aif_in_mask
     return DscMaps(

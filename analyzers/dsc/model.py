@@ -90,6 +90,12 @@ class DscClassifier:
         At ``threshold`` on the probabilities used to choose it.
     hyperparameters:
         E.g. ``{"C": 1.0}``.
+    acquisition_range:
+        The acquisitions the model was validated on (``pixel_mm_max``,
+        ``slice_mm_max``, ``coverage_s_min``: seconds the series covers after bolus
+        arrival); empty when unknown (a site's cohort). Lesion ratios depend on
+        partial volume and on how much of the bolus the series covers, so a
+        probability outside this range is not reported (:meth:`outside_range`).
     """
 
     kind: ClassifierKind
@@ -103,6 +109,7 @@ class DscClassifier:
     training_sensitivity: float = float("nan")
     training_specificity: float = float("nan")
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    acquisition_range: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -139,6 +146,18 @@ class DscClassifier:
         z = (filled - self.means) / self.scales
         return expit(z @ self.weights + self.intercept)
 
+    def outside_range(self, pixel_mm: float, slice_mm: float, coverage_s: float) -> str | None:
+        """Why a series with this acquisition is outside :attr:`acquisition_range`, or None."""
+        limits = self.acquisition_range
+        reasons = []
+        if "pixel_mm_max" in limits and pixel_mm > limits["pixel_mm_max"] + 1e-6:
+            reasons.append(f"in-plane voxel {pixel_mm:.1f} mm > {limits['pixel_mm_max']:.1f} mm")
+        if "slice_mm_max" in limits and slice_mm > limits["slice_mm_max"] + 1e-6:
+            reasons.append(f"slice {slice_mm:.1f} mm > {limits['slice_mm_max']:.1f} mm")
+        if "coverage_s_min" in limits and coverage_s < limits["coverage_s_min"] - 1e-6:
+            reasons.append(f"{coverage_s:.0f} s after bolus arrival < {limits['coverage_s_min']:.0f} s")
+        return "; ".join(reasons) or None
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """1 (metastasis) where the probability reaches the threshold, else 0."""
         return (self.probability(features) >= self.threshold).astype(int)
@@ -160,6 +179,7 @@ class DscClassifier:
             "training_sensitivity": _json_float(self.training_sensitivity),
             "training_specificity": _json_float(self.training_specificity),
             "hyperparameters": {k: float(v) for k, v in self.hyperparameters.items()},
+            "acquisition_range": {k: float(v) for k, v in self.acquisition_range.items()},
         }
 
     @classmethod
@@ -180,6 +200,7 @@ class DscClassifier:
                 training_sensitivity=_float_or_nan(data.get("training_sensitivity")),
                 training_specificity=_float_or_nan(data.get("training_specificity")),
                 hyperparameters=dict(data.get("hyperparameters", {})),
+                acquisition_range={k: float(v) for k, v in data.get("acquisition_range", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DscModelError(f"incomplete DSC classifier: {exc}") from exc

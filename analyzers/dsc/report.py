@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from analyzers._shared import outputs as out
+from analyzers._shared.probability import ProbabilityCalibration, format_probability
 from analyzers._shared.volume import Volume
 from analyzers.dsc.maps import DscMaps
 from sr_templates import Quantity, SegmentClass
@@ -49,10 +50,16 @@ def build_outputs(
     version: str,
     *,
     integer_maps: bool = True,
+    calibration: ProbabilityCalibration | None = None,
 ) -> list[Dataset]:
     """Parametric Maps (float, and integer-scaled with ``integer_maps``), a SEG (when there is
-    anything to segment) and the SR of one job."""
-    algorithm = out.Algorithm(name="pacsnode dsc", version=version)
+    anything to segment) and the SR of one job.
+
+    ``calibration`` (when probabilities are reported) names the model and its validation in
+    the SR's algorithm parameters (TID 4019) and in a comment.
+    """
+    parameters = calibration.algorithm_parameters() if calibration is not None else ()
+    algorithm = out.Algorithm(name="pacsnode dsc", version=version, parameters=parameters)
     q = TEMPLATE.quantities
     reference_cbv = results[0]["reference"].cbv if results else float("nan")
     reference_cbf = results[0]["reference"].cbf if results else float("nan")
@@ -87,7 +94,7 @@ def build_outputs(
     datasets.append(seg)
     groups = [_lesion_group(number, result) for number, result in enumerate(results, start=1)]
     sr_output = out.OutputSeries.for_job(job_id, "sr", series_number=series_number + 20)
-    texts = _texts(findings)
+    texts = _texts(findings, calibration)
     if groups:
         sr = out.build_measurement_report(volume, TEMPLATE, groups, algorithm, sr_output,
                                           segmentation=seg, texts=texts)
@@ -116,29 +123,33 @@ def _lesion_group(segment_number: int, result: Mapping[str, Any]) -> out.LesionF
                                       derivation=None if quantity is q["volume"] else c.MEAN)
                     for quantity, value in candidates if np.isfinite(value)]
     impression = None
-    if result["probability"] is not None:
-        diagnosis = result["class"]
-        probability = result["probability"] if diagnosis == "dural_metastasis" else (
-            1.0 - result["probability"])
-        measurements.append(out.MeasuredValue(q["probability"], 100.0 * probability))
-        impression = TEMPLATE.diagnoses[diagnosis]
+    if result["reported_class_probability"] is not None:
+        # Clipped to what the validation supports, 2 significant digits (decision.py).
+        measurements.append(out.MeasuredValue(q["probability"],
+                                              round(100.0 * result["reported_class_probability"], 6)))
+        impression = TEMPLATE.diagnoses[result["class"]]
     return out.LesionFinding(tracking_id=result["lesion_id"],
                              region=out.LesionRegion.from_mask(result["mask"]),
                              measurements=measurements, impression=impression,
                              segment_number=segment_number)
 
 
-def _texts(findings: Mapping[str, Any]) -> list[tuple[Code, str]]:
+def _texts(findings: Mapping[str, Any],
+           calibration: ProbabilityCalibration | None) -> list[tuple[Code, str]]:
     texts: list[tuple[Code, str]] = []
     for lesion in findings["lesions"]:
         parts = [f"{lesion['lesion_id']} ({lesion['label']}): rCBV {lesion['rCBV']}, "
                  f"rCBF {lesion['rCBF']}, rPSR {lesion['rPSR']}, rWiT {lesion['rWiT']}"]
         if lesion["probability_dural_metastasis"] is not None:
             parts.append(f"probability of dural metastasis "
-                         f"{100 * lesion['probability_dural_metastasis']:.0f} %, "
+                         f"{format_probability(lesion['probability_dural_metastasis'])}, "
                          f"class {lesion['class']}")
+        elif lesion["note"]:
+            parts.append(lesion["note"])
         parts.append(f"reference: contralateral NAWM, {lesion['reference_voxels']} voxels")
         texts.append((c.IMPRESSION, "; ".join(parts)[:1024]))
+    if calibration is not None and findings["lesions"]:
+        texts.append(calibration.sr_text())
     model = findings["model"]
     texts.append((c.COMMENT, "model: " + (
         f"{model['kind']} on {', '.join(model['features'])}, threshold {model['threshold']:.3f} "

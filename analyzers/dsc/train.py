@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,20 @@ __all__ = ["REFERENCE_COMMAND", "load_cohort_csv", "main", "phantom_cohort", "tr
 #: The command that makes ``analyzers/dsc/reference_model``.
 REFERENCE_COMMAND = ("python -m analyzers.dsc.train --phantom --cases 120 --holdout-cases 60 --seed 0 "
                      "--trials 10 --n-boot 1000 --out analyzers/dsc/reference_model "
-                     "--name pacsnode-dsc-reference --version 2.0.0")
+                     "--name pacsnode-dsc-reference --version 3.0.0")
 _LABELS = {POSITIVE_LABEL: 1, "metastasis": 1, "1": 1, NEGATIVE_LABEL: 0, "0": 0}
 #: Phantom geometry of the training cohort: coarser than a clinical series to keep
 #: a 120-case cohort within minutes; the lesion ratios are measured the same way.
 PHANTOM_GEOMETRY: dict[str, Any] = {"matrix": 64, "slices": 12, "pixel_mm": 3.6, "slice_mm": 6.0,
                                     "snr": 60.0}
+#: Acquisitions a phantom-trained model answers for: voxels up to 25 % coarser than the
+#: training grid's, and a series covering at least 40 s after bolus arrival (the training
+#: series cover 70-78 s: 60 frames of 1.5 s, arrival at 10-18 s).
+PHANTOM_ACQUISITION_RANGE: dict[str, float] = {
+    "pixel_mm_max": 1.25 * PHANTOM_GEOMETRY["pixel_mm"],
+    "slice_mm_max": 1.25 * PHANTOM_GEOMETRY["slice_mm"],
+    "coverage_s_min": 40.0,
+}
 
 
 def load_cohort_csv(path: Path, features: Sequence[str]) -> tuple[NDArray[np.float64],
@@ -150,6 +159,7 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
           folds: int = 5, n_trials: int = 20, n_boot: int = 2000, data_note: str = "",
           holdout: tuple[NDArray[np.float64], NDArray[np.int64], NDArray[Any]] | None = None,
           holdout_note: str = "",
+          acquisition_range: Mapping[str, float] | None = None,
           ) -> tuple[DscClassifier, Any]:
     """Nested-CV comparison and evaluation, then the final model, card and report in ``out``.
 
@@ -160,6 +170,13 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         ``groups``); the final model and its training threshold are applied to it once.
     holdout_note:
         Description of the held-out cohort for the model card.
+    acquisition_range:
+        The acquisitions the training data cover (see :class:`DscClassifier`).
+
+    The probability a report prints is clipped and rounded by its calibration
+    (:class:`analyzers._shared.probability.ProbabilityCalibration`), measured on the
+    held-out cohort when there is one, else on the out-of-fold probabilities of the
+    nested CV, and stored in the model card's ``extra["probability"]``.
 
     Returns
     -------
@@ -179,6 +196,7 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         metrics_from_evaluation,
         write_model_card,
     )
+    from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalibration
     from analyzers._shared.report import write_report
 
     _, codes = np.unique(groups.astype(str), return_inverse=True)
@@ -200,8 +218,13 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
                                    stratified=True, n_trials=n_trials, seed=seed)
         c_value = float(tuned.best_params["C"])
     model = fit_classifier(x, y, features, kind=kind, groups=codes, c_value=c_value, seed=seed)
+    model = replace(model, acquisition_range=dict(acquisition_range or {}))
     model.save(out)
     held_out = None
+    calibration = ProbabilityCalibration.measure(
+        y, comparison.results[key].oof_probability, model=f"{name} {version}",
+        validation=f"out-of-fold probabilities of {folds}-fold CV grouped by patient, {data_note}",
+        outcome="dural metastasis")
     if holdout is not None:
         hx, hy, hgroups = holdout
         shared = set(hgroups.astype(str)) & set(groups.astype(str))
@@ -212,6 +235,9 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
         _, hcodes = np.unique(hgroups.astype(str), return_inverse=True)
         held_out = stats.evaluate_predictions(hy, model.probability(hx), hcodes,
                                               threshold=model.threshold, n_boot=n_boot, seed=seed)
+        calibration = ProbabilityCalibration.measure(
+            hy, model.probability(hx), model=f"{name} {version}",
+            validation=f"held-out {holdout_note}", outcome="dural metastasis")
     data = DataDescription(source=data_note, n_cases=int(y.size),
                            n_patients=int(np.unique(codes).size), n_positive=int(y.sum()),
                            positive_label="dural metastasis", negative_label="meningioma",
@@ -232,17 +258,21 @@ def train(x: NDArray[np.float64], y: NDArray[np.int64], groups: NDArray[Any], ou
                        f"; held-out test ({holdout_note}; {held_out.n_cases} lesions): the final model "
                        "and its training threshold applied once, metrics prefixed 'held-out:'")),
         metrics=metrics_from_evaluation(evaluation)
-        + (() if held_out is None else metrics_from_evaluation(held_out, "held-out: ")),
+        + (() if held_out is None else metrics_from_evaluation(held_out, "held-out: "))
+        + calibration.card_metrics("reported probability: "),
         references=("Dural metastasis vs meningioma with DSC perfusion and machine learning "
                     "(../shared/papers/dsc-dural-metastasis-vs-meningioma.txt)",
-                    "Boxerman et al., AJNR 2006 (leakage correction)",
+                    "Bjørnerud et al., JCBFM 2011 (leakage term; Boxerman et al., AJNR 2006)",
                     "Wu et al., MRM 2003 (oSVD)"),
         limitations=("Trained on the data described; a site must validate on its own studies.",
-                     "CBF from oSVD (OI 0.035) is biased low; ratios partly cancel the bias."),
+                     "CBF from oSVD (OI 0.035) is biased low; ratios partly cancel the bias.",
+                     "Validated only for the acquisitions in extra.acquisition_range; outside it the "
+                     "analyzer does not report the probability."),
         extra={"comparison": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                                for k, v in row.items()} for row in comparison.table()],
                "univariate_auc": {u.feature: round(u.auc.estimate, 4) for u in univariate},
-               "C": c_value},
+               "C": c_value, PROBABILITY_CARD_KEY: calibration.to_dict(),
+               "acquisition_range": dict(model.acquisition_range)},
     )
     write_model_card(card, out)
     evaluations = {f"{key} (nested CV, out-of-fold)": evaluation}
@@ -301,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"of seed {args.seed}, other patients")
     model, held_out = train(x, y, groups, args.out, features=features, kind=args.model, name=args.name,
                             version=args.version, seed=args.seed, folds=args.folds, n_trials=args.trials,
-                            n_boot=args.n_boot, data_note=note, holdout=holdout, holdout_note=holdout_note)
+                            n_boot=args.n_boot, data_note=note, holdout=holdout, holdout_note=holdout_note,
+                            acquisition_range=PHANTOM_ACQUISITION_RANGE if args.phantom else None)
     print(f"wrote {args.out}: {model.kind} on {', '.join(model.features)}, "
           f"threshold {model.threshold:.3f}")
     if held_out is not None:

@@ -282,7 +282,10 @@ def _parametric_map(ds: Dataset) -> ParametricMapVolume:
         slope = float(mapping_item.RealWorldValueSlope)
         intercept = float(mapping_item.RealWorldValueIntercept)
         depth.append(float(position @ normal))
-        values.append(pixels[index] * slope + intercept)
+        real = pixels[index] * slope + intercept
+        # An integer map marks voxels without a value by a stored value past the mapped range.
+        last = mapping_item.get("RealWorldValueLastValueMapped")
+        values.append(real if last is None else np.where(pixels[index] > float(last), np.nan, real))
     order = np.argsort(depth)
     assert mapping_item is not None
     quantity = _first(mapping_item, "QuantityDefinitionSequence")
