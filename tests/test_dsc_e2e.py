@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 pytest.importorskip("analyzers.phantoms.dsc", reason="the dsc phantom generator is not installed")
 
 from analyzers._shared import outputs as out
+from analyzers._shared.probability import ProbabilityCalibration, significant
 from analyzers._shared.volume import load_series
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.dsc.analyzer import REFERENCE_MODEL_DIR
@@ -152,11 +153,17 @@ def test_storescu_study_yields_pm_and_sr_in_orthanc(study: dict[str, Any], ortha
     assert probability.unit.value == c.PERCENT.value
     lesion = findings["lesions"][0]
     p_metastasis = lesion["probability_dural_metastasis"]
-    assert p_metastasis is not None and 0.0 <= p_metastasis <= 1.0
+    calibration = ProbabilityCalibration.from_dict(findings["calibration"])
+    # Reported: clipped to what the held-out validation supports, 2 significant digits.
+    assert p_metastasis == calibration.reported(lesion["probability_model"])
+    assert calibration.lower <= p_metastasis <= calibration.upper
     # The SR reports the probability of the class it calls.
-    expected = 100.0 * (p_metastasis if lesion["class"] == "dural_metastasis" else 1.0 - p_metastasis)
-    # findings keep 4 decimals of the probability, the SR the full value
-    assert float(probability.value) == pytest.approx(expected, abs=0.01) and float(probability.value) >= 50.0
+    clipped = calibration.clip(lesion["probability_model"])
+    expected = 100.0 * significant(clipped if lesion["class"] == "dural_metastasis" else 1.0 - clipped)
+    assert float(probability.value) == pytest.approx(expected, abs=1e-6) and float(probability.value) >= 50.0
+    texts = sr_texts(sr)
+    assert any(t.startswith("Probability of dural metastasis by model pacsnode-dsc-reference") for t in texts)
+    assert any(t.startswith("quality: ") for t in texts)
     assert float(values[c.RELATIVE_CBV.meaning].value) == pytest.approx(lesion["rCBV"], rel=1e-3)
     assert float(values[c.RELATIVE_CBF.meaning].value) == pytest.approx(lesion["rCBF"], rel=1e-3)
     assert NOT_FOR_CLINICAL_USE.lower() in " ".join(sr_texts(sr)).lower()
