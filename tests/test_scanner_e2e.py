@@ -134,7 +134,8 @@ def test_xa_per_volume_series_completes_with_all_instances_despite_pauses(
 
 
 def test_xa_dsc_maps_sit_on_the_source_frames(orthanc: OrthancProcess, tmp_path: Path) -> None:
-    files = write_xa_dsc(tmp_path / "xa-dsc", time_points=30)
+    # 40 time points: the bolus arrives at the 13th, and the dsc analyzer needs 30 s after arrival.
+    files = write_xa_dsc(tmp_path / "xa-dsc", time_points=40)
     node = _node(tmp_path, orthanc, ("dsc",), stable_after=30.0)  # completes by count, not the timer
     try:
         storescu(node.node.port, files)
