@@ -185,8 +185,9 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
         console.print(f"storage: {workdir / 'var'}  log: {workdir / 'node.log'}")
         study = pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID
         if default_ohif_path().joinpath("index.html").is_file():
+            # soft_wrap: the URL stays on one line, whole, to be copied
             console.print(f"7. read it in the OHIF viewer: http://127.0.0.1:{http_port}{study_url(study)}"
-                          + ("" if keep_running else " (with --keep-running)"))
+                          + ("" if keep_running else " (with --keep-running)"), soft_wrap=True)
         else:
             console.print("7. the OHIF viewer is not installed (scripts/install-ohif.sh, which make demo runs, "
                           "needs the npm registry); /viewer is off")
