@@ -57,6 +57,12 @@ def _xa_dsc(scratch: Path) -> list[Path]:
     return write_xa_dsc(scratch / "xa-dsc")
 
 
+def _philips_dsc(scratch: Path) -> list[Path]:
+    from tests.scanner_data import write_philips_dsc
+
+    return [write_philips_dsc(scratch / "philips-dsc" / "dsc.dcm")]
+
+
 def _phantom(name: str, folder: str, seed: int = 0, small: bool = True,
              position: str = "HFS") -> Callable[[Path], list[Path]]:
     def files(scratch: Path) -> list[Path]:
@@ -83,6 +89,8 @@ CASES: dict[str, tuple[str, Callable[[Path], list[Path]]]] = {
     "xa-enhanced": ("Siemens XA Enhanced MR, one instance per volume (21 x 39 frames)",
                     _real("siemens-xa30-enhanced/10_DWI_dir80_PA")),
     "xa-dsc": ("Siemens XA Enhanced MR DSC from the real XA30 volume (30 instances, dip)", _xa_dsc),
+    "philips-dsc": ("Philips Enhanced MR whole series: DSC from the real pCASL slices (30 time points, dip)",
+                    _philips_dsc),
     "philips-pcasl": ("Philips Enhanced MR whole series, pCASL label/control",
                       _real("philips-enhanced/1903_WIP_SOURCE_-_3DpCASL.dcm")),
     "philips-fieldmap": ("Philips Enhanced MR whole series, magnitude + phase",

@@ -18,6 +18,7 @@ __all__ = [
     "requires_scanner_dicom",
     "series_files",
     "write_mosaic_dsc",
+    "write_philips_dsc",
     "write_repositioned",
     "write_xa_dsc",
 ]
@@ -193,3 +194,55 @@ def write_repositioned(files: list[Path], folder: Path, position: str) -> list[P
         ds.save_as(target, enforce_file_format=True)
         written.append(target)
     return written
+
+
+def write_philips_dsc(path: Path, *, source: str = "philips-enhanced/1903_WIP_SOURCE_-_3DpCASL.dcm",
+                      time_points: int = 30, repetition_s: float = 1.5, description: str = "DSC_PERF",
+                      echo_ms: float = 30.0, noise: float = 0.01, seed: int = 0) -> Path:
+    """A DSC series in the Philips layout (the whole series in one Enhanced MR instance) built from
+    the real Philips pCASL object: the 40 slices of its first label frame set repeated over
+    ``time_points`` with a first-pass dip, as frames of one instance (TemporalPositionIndex,
+    dimension indices and acquisition times per frame; NumberOfTemporalPositions). The source is
+    an ASL acquisition with TE 9 ms, so the echo time is set to ``echo_ms`` (a T2*-weighted DSC).
+    """
+    import pydicom
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(series_files(source)[0])
+    stored = ds.pixel_array.astype(np.float64)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    first = [i for i, item in enumerate(groups)
+             if int(item.FrameContentSequence[0].TemporalPositionIndex) == 1
+             and int(item.FrameContentSequence[0].DimensionIndexValues[3]) == 0]
+    first.sort(key=lambda i: int(groups[i].FrameContentSequence[0].InStackPositionNumber))
+    top = 2 ** int(ds.BitsStored) - 1
+    dip = gamma_variate_dip(time_points, seed=seed)
+    rng = np.random.default_rng(seed)
+    date = str(ds.ContentDate)
+    start = 12 * 3600.0
+    frames, items = [], []
+    for t in range(time_points):
+        for index in first:
+            item = copy.deepcopy(groups[index])
+            content = item.FrameContentSequence[0]
+            content.TemporalPositionIndex = t + 1
+            content.DimensionIndexValues = [1, int(content.InStackPositionNumber), t + 1]
+            moment = start + t * repetition_s
+            content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = _datetime(moment, date)
+            item.MREchoSequence[0].EffectiveEchoTime = echo_ms
+            items.append(item)
+            values = stored[index] * dip[t] * (1.0 + noise * rng.standard_normal(stored[index].shape))
+            frames.append(np.clip(np.rint(values), 0, top))
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    ds.DimensionIndexSequence = DicomSequence(list(ds.DimensionIndexSequence)[:3])
+    ds.NumberOfFrames = len(items)
+    ds.NumberOfTemporalPositions = time_points
+    ds.PixelData = np.stack(frames).astype(np.uint16).tobytes()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = ds.ProtocolName = description
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

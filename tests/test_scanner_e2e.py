@@ -6,6 +6,8 @@
 * Siemens XA Enhanced MR, one instance per volume: the real 21-instance series sent one instance
   per association with pauses shorter than ``stable_after`` completes by count with all 21; a DSC
   series built from the real XA volume gives maps whose frames sit on the source's frames.
+* Philips Enhanced MR, the whole series in one instance: a DSC object built from the real pCASL
+  slices completes at once (count 1) and its maps reference the source frames at their positions.
 * Real T1 brains (GE oblique 3D T1, Siemens 2D sagittal T1) sent under post-contrast names.
 
 Skipped where ``reference-data/scanner-dicom`` is absent (CI).
@@ -28,7 +30,14 @@ from pydicom.dataset import Dataset
 
 from analyzers._shared.volume import load_series
 from tests.peers import OrthancProcess, have
-from tests.scanner_data import SCANNER_DICOM, requires_scanner_dicom, series_files, write_mosaic_dsc, write_xa_dsc
+from tests.scanner_data import (
+    SCANNER_DICOM,
+    requires_scanner_dicom,
+    series_files,
+    write_mosaic_dsc,
+    write_philips_dsc,
+    write_xa_dsc,
+)
 from tests.test_dce_e2e import DceNode, node_config, shipped_routes, start, storescu
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, requires_scanner_dicom,
@@ -213,3 +222,34 @@ def test_real_t1_brains_as_post_contrast_series(orthanc: OrthancProcess, tmp_pat
                     assert np.linalg.norm(positions[:, None] - slices[None], axis=-1).min(axis=1).max() < 0.1
     finally:
         node.node.stop()
+
+
+def test_philips_whole_series_dsc_completes_at_once_and_maps_sit_on_its_frames(
+        orthanc: OrthancProcess, tmp_path: Path) -> None:
+    path = write_philips_dsc(tmp_path / "philips" / "dsc.dcm", time_points=30)
+    node = _node(tmp_path, orthanc, ("dsc",), stable_after=60.0)  # one instance holds all: count 1
+    try:
+        storescu(node.node.port, [path])
+        job = _finished(node, "dsc", 600)
+        assert job["state"] == "done", job
+        assert node.query("SELECT reason, expected, received FROM series_state") == [("count", 1, 1)]
+        outputs = _outputs_in_orthanc(node, orthanc, job)
+    finally:
+        node.node.stop()
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    source_positions = _frame_positions(source)
+    slices = np.unique(np.round(source_positions, 3), axis=0)
+    checked = 0
+    for output in outputs:
+        if output.SOPClassUID not in (PARAMETRIC_MAP, SEGMENTATION):
+            continue
+        positions = _frame_positions(output)
+        if output.SOPClassUID == PARAMETRIC_MAP:
+            assert int(output.NumberOfFrames) == len(slices) == 40
+        assert np.linalg.norm(positions[:, None, :] - slices[None, :, :], axis=-1).min(axis=1).max() < 0.1
+        for item in output.PerFrameFunctionalGroupsSequence:
+            referenced = item.DerivationImageSequence[0].SourceImageSequence[0]
+            here = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+            assert np.linalg.norm(source_positions[int(referenced.ReferencedFrameNumber) - 1] - here) < 0.1
+            checked += 1
+    assert checked > 0
