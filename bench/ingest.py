@@ -1,18 +1,24 @@
 """C-STORE ingest and C-FIND latency: pacsnode vs Orthanc vs dcmtk storescp, in one run.
 
-Run ``python -m bench.ingest`` (or ``make bench``). It generates a 1,000-instance
-256×256 MR series and a 2,000-instance 128×128 dynamic series, then sends each
-with dcmtk ``storescu`` into every server, one association and four parallel
-associations, measuring instances/s and MB/s; then the median C-FIND STUDY
-latency on a reused association; then pacsnode's peak RSS while it ingests
-10,000 instances. Every figure is printed with its ratio against Orthanc
-(and storescp for the single-association rows) measured in the same run.
+Run ``python -m bench.ingest [--rounds 3]`` (or ``make bench``). It generates a
+1,000-instance 256×256 MR series, a 2,000-instance 128×128 dynamic series and a
+10,000-instance 128×128 series, and sends each with dcmtk ``storescu`` into every
+server: over 1, 4 and 8 parallel associations, with and without Nagle, and the
+10,000 instances over 4 associations. Each row gives instances/s and, for each
+server, the CPU time its processes spent per instance (user + system, read from
+``/proc``: all of pacsnode's processes, Orthanc's, storescp's; the senders' CPU is
+not counted). While pacsnode takes the 10,000 instances, the resident memory of all
+its processes together (VmRSS summed, and the proportional PSS that counts shared
+pages once) is sampled every 0.2 s. Then the C-FIND latency at STUDY and SERIES
+level: dcmtk ``findscu --repeat N`` on one association, the time of N+1 queries minus
+the time of one, divided by N. Every figure is printed with its ratio against
+Orthanc (and storescp) measured in the same run.
 
-Servers: pacsnode (``pacsnode serve``, fsync on), Orthanc (Debian, default
-SQLite index, SyncStorageArea on, started with its own configuration) and
-``storescp`` writing files to disk (the ceiling). dcmtk tools run with
-``TCP_NODELAY=1``; one extra row uses a default (Nagle on) ``storescu``, which is
-what sites run.
+Servers: pacsnode (``pacsnode serve``, fsync on), Orthanc (Debian, default SQLite
+index, SyncStorageArea on, started with its own configuration) and ``storescp``
+writing files to disk (the ceiling: it never flushes). dcmtk tools run with
+``TCP_NODELAY=1``; one row uses a default (Nagle on) ``storescu``, which is what sites
+run.
 """
 
 from __future__ import annotations
@@ -28,14 +34,15 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.samples import SeriesSpec, write_mr_series
 from tests.peers import free_port, orthanc_process, wait_for_port, write_node_config
 
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+ServerFactory = Callable[[Path], AbstractContextManager["Server"]]
 
 
 @dataclass
@@ -48,10 +55,10 @@ class Server:
 
 
 @contextmanager
-def pacsnode_server(folder: Path) -> Iterator[Server]:
+def pacsnode_server(folder: Path, extra: str = "") -> Iterator[Server]:
     folder.mkdir(parents=True, exist_ok=True)
     port, http_port = free_port(), free_port()
-    config = write_node_config(folder, port=port, http_port=http_port)
+    config = write_node_config(folder, port=port, http_port=http_port, extra=extra)
     # Started here rather than with tests.peers.start_node: on a busy machine importing the
     # node can take longer than that helper's 20 s wait.
     environment = {k: v for k, v in os.environ.items() if k != "PACSNODE_CONFIG"}
@@ -92,18 +99,89 @@ def storescp_server(folder: Path) -> Iterator[Server]:
         process.wait(10)
 
 
+# -- processes: CPU and memory ------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the given processes so far (those still alive)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pids: list[int]) -> tuple[float, float]:
+    """Summed VmRSS and summed PSS (shared pages counted once) of the processes, in MB."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, pss / 1024
+
+
+class MemorySampler:
+    """Samples the memory of a process tree every ``interval`` s until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.start = memory_mb(process_tree(pid))
+        self.peak_rss, self.peak_pss = self.start
+        self.processes = len(process_tree(pid))
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            tree = process_tree(self.pid)
+            rss, pss = memory_mb(tree)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.processes = max(self.processes, len(tree))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+# -- sending and querying -----------------------------------------------------------------------
+
+
 def _send(server: Server, files: list[Path], associations: int, env: dict[str, str]) -> float:
     """Seconds to send ``files`` over ``associations`` parallel storescu processes."""
     chunks = [files[i::associations] for i in range(associations)]
     started = time.perf_counter()
-    processes = []
-    for chunk in chunks:
-        list_file = Path(tempfile.mkstemp(suffix=".txt")[1])
-        processes.append(subprocess.Popen(
-            ["storescu", "-aec", server.ae_title, "127.0.0.1", str(server.port), *map(str, chunk)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        ))
-        list_file.unlink()
+    processes = [subprocess.Popen(
+        ["storescu", "-aec", server.ae_title, "127.0.0.1", str(server.port), *map(str, chunk)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for chunk in chunks]
     errors = [p.communicate()[1] for p in processes]
     elapsed = time.perf_counter() - started
     failed = [e for p, e in zip(processes, errors, strict=True) if p.returncode != 0]
@@ -122,45 +200,35 @@ def _settle_disk() -> None:
     os.sync()
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+FIND_KEYS = {
+    "STUDY": ["QueryRetrieveLevel=STUDY", "PatientID=BENCH-1", "StudyInstanceUID", "StudyDate",
+              "PatientName", "AccessionNumber", "ModalitiesInStudy"],
+    "SERIES": ["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}", "SeriesInstanceUID", "Modality",
+               "SeriesNumber", "SeriesDescription"],
+}
 
 
-def _find_latency(server: Server, queries: int = 60) -> float:
-    import socket as socketlib
-
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
-    assoc.dul.socket.socket.setsockopt(socketlib.IPPROTO_TCP, socketlib.TCP_NODELAY, 1)
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.PatientID = "BENCH-1"
-    identifier.StudyInstanceUID = ""
-    identifier.StudyDate = ""
-    timings = []
-    for _ in range(queries):
-        started = time.perf_counter()
-        results = list(assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind))
-        timings.append(time.perf_counter() - started)
-        if not results or results[-1][0].Status != 0:
-            raise RuntimeError(f"C-FIND on {server.name} failed")
-    assoc.release()
-    return statistics.median(timings[5:]) * 1000
+def _findscu(server: Server, level: str, study_uid: str, repeat: int) -> float:
+    keys = [k.format(study=study_uid) for k in FIND_KEYS[level]]
+    command = ["findscu", "-S", "-aec", server.ae_title, "--repeat", str(repeat),
+               *(arg for key in keys for arg in ("-k", key)), "127.0.0.1", str(server.port)]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=NODELAY, capture_output=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"findscu on {server.name} failed: {done.stderr[-500:]!r}")
+    return elapsed
 
 
-@dataclass
-class Row:
-    label: str
-    values: dict[str, float]
-    unit: str
+def find_latency_ms(server: Server, level: str, study_uid: str, queries: int = 200, pairs: int = 3) -> float:
+    """Milliseconds per C-FIND on one association: (``queries`` + 1 queries - 1 query) / ``queries``,
+    the median of ``pairs`` such pairs (process start and association cancel out)."""
+    samples = []
+    for _ in range(pairs):
+        one = _findscu(server, level, study_uid, 1)
+        many = _findscu(server, level, study_uid, queries + 1)
+        samples.append((many - one) / queries * 1000)
+    return statistics.median(samples)
 
 
 def scraped_received_instances(server: Server) -> int:
@@ -172,41 +240,117 @@ def scraped_received_instances(server: Server) -> int:
                      if line.startswith("pacsnode_received_instances_total")))
 
 
-def _ingest_rows(data: dict[str, list[Path]], work: Path,
-                 servers: dict[str, Callable[[Path], object]], rounds: int = 1,
-                 scrapes: list[tuple[str, int, int]] | None = None) -> list[Row]:
+# -- the table ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    label: str
+    data: str
+    associations: int
+    nagle: bool = False
+    sample_memory: bool = False
+
+
+@dataclass
+class Row:
+    case: Case
+    instances: int
+    megabytes: float
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def rate(self, server: str) -> float | None:
+        runs = self.seconds.get(server)
+        return self.instances / statistics.median(runs) if runs else None
+
+    def cpu_ms(self, server: str) -> float | None:
+        runs = self.cpu.get(server)
+        return statistics.median(runs) / self.instances * 1000 if runs else None
+
+
+@dataclass
+class Memory:
+    start_rss: float = 0.0
+    start_pss: float = 0.0
+    peak_rss: float = 0.0
+    peak_pss: float = 0.0
+    processes: int = 0
+
+
+def run_rows(data: dict[str, list[Path]], work: Path, servers: dict[str, ServerFactory], cases: list[Case],
+             rounds: int, scrapes: list[tuple[str, int, int]], memory: Memory) -> list[Row]:
     rows: list[Row] = []
-    cases = [
-        ("1,000 x 128 KiB MR, 1 assoc", "mr", 1, NODELAY),
-        ("1,000 x 128 KiB MR, 4 assoc", "mr", 4, NODELAY),
-        ("2,000 x 34 KiB dynamic, 1 assoc", "dyn", 1, NODELAY),
-        ("1,000 x 128 KiB MR, 1 assoc, Nagle on", "mr", 1, dict(os.environ)),
-    ]
-    for label, key, associations, env in cases:
-        size_mb = sum(p.stat().st_size for p in data[key]) / 1e6
-        timings: dict[str, list[float]] = {}
+    for case in cases:
+        files = data[case.data]
+        row = Row(case, len(files), sum(p.stat().st_size for p in files) / 1e6)
         # Servers take turns within each round, so a burst of load on a shared machine hits
         # them alike; the median over rounds is reported.
         for round_number in range(rounds):
             for name, factory in servers.items():
-                if "Nagle" in label and name == "storescp":
+                if case.nagle and name == "storescp":
                     continue
-                folder = work / f"{name}-{key}-{associations}-{round_number}"
-                with factory(folder) as server:  # type: ignore[attr-defined]
+                folder = work / f"{name}-{case.data}-{case.associations}-{round_number}"
+                with factory(folder) as server:
                     _settle_disk()
-                    timings.setdefault(name, []).append(
-                        _send(server, data[key], associations, env))
-                    if scrapes is not None and getattr(server, "http_port", None):
+                    tree = process_tree(server.pid)
+                    sampler = MemorySampler(server.pid) if case.sample_memory and name == "pacsnode" else None
+                    cpu_before = cpu_seconds(tree)
+                    elapsed = _send(server, files, case.associations, dict(os.environ) if case.nagle else NODELAY)
+                    row.cpu.setdefault(name, []).append(cpu_seconds(process_tree(server.pid) + tree) - cpu_before)
+                    row.seconds.setdefault(name, []).append(elapsed)
+                    if sampler is not None:
+                        sampler.stop()
+                        memory.start_rss, memory.start_pss = sampler.start
+                        memory.peak_rss = max(memory.peak_rss, sampler.peak_rss)
+                        memory.peak_pss = max(memory.peak_pss, sampler.peak_pss)
+                        memory.processes = max(memory.processes, sampler.processes)
+                    if server.http_port:
                         # The node's own count of what it stored, against what storescu sent.
-                        scrapes.append((label, len(data[key]), scraped_received_instances(server)))  # type: ignore[arg-type]
+                        scrapes.append((case.label, len(files), scraped_received_instances(server)))
                 shutil.rmtree(folder, ignore_errors=True)
-        values: dict[str, float] = {}
-        for name, elapsed in timings.items():
-            median = statistics.median(elapsed)
-            values[name] = len(data[key]) / median
-            values[name + " MB/s"] = size_mb / median
-        rows.append(Row(label, values, "inst/s"))
+        rows.append(row)
+        print(f"  {case.label}: " + ", ".join(f"{n} {row.rate(n):.0f} inst/s" for n in servers if row.rate(n)),
+              flush=True)
     return rows
+
+
+def _fmt(value: float | None, pattern: str = "{:.0f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def print_tables(rows: list[Row], scrapes: list[tuple[str, int, int]], finds: dict[str, dict[str, float]],
+                 memory: Memory | None) -> None:
+    print()
+    print("| C-STORE (storescu) | pacsnode inst/s | Orthanc inst/s | storescp inst/s | pacsnode MB/s | "
+          "vs Orthanc | vs storescp | CPU ms/inst pacsnode | Orthanc | storescp |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ours, theirs, scp = row.rate("pacsnode"), row.rate("Orthanc"), row.rate("storescp")
+        mb = row.megabytes / statistics.median(row.seconds["pacsnode"]) if ours else None
+        print(f"| {row.case.label} | {_fmt(ours)} | {_fmt(theirs)} | {_fmt(scp)} | {_fmt(mb, '{:.1f}')} | "
+              f"{_fmt(ours / theirs if ours and theirs else None, '{:.2f}x')} | "
+              f"{_fmt(ours / scp if ours and scp else None, '{:.2f}x')} | "
+              f"{_fmt(row.cpu_ms('pacsnode'), '{:.2f}')} | {_fmt(row.cpu_ms('Orthanc'), '{:.2f}')} | "
+              f"{_fmt(row.cpu_ms('storescp'), '{:.2f}')} |")
+    print()
+    print("| /metrics after each pacsnode run | sent by storescu | pacsnode_received_instances_total | match |")
+    print("|---|---|---|---|")
+    for label, sent, counted in scrapes:
+        print(f"| {label} | {sent} | {counted} | {'yes' if sent == counted else 'NO'} |")
+    if finds:
+        print()
+        print("| C-FIND, one association (findscu --repeat) | pacsnode ms | Orthanc ms | speed vs Orthanc |")
+        print("|---|---|---|---|")
+        for level, values in finds.items():
+            print(f"| {level} | {values['pacsnode']:.2f} | {values['Orthanc']:.2f} | "
+                  f"{values['Orthanc'] / values['pacsnode']:.2f}x |")
+    if memory is not None and memory.processes:
+        print()
+        print(f"| pacsnode memory while ingesting (all {memory.processes} processes) | start MB | peak MB |")
+        print("|---|---|---|")
+        print(f"| RSS summed | {memory.start_rss:.0f} | {memory.peak_rss:.0f} |")
+        print(f"| PSS summed (shared pages once) | {memory.start_pss:.0f} | {memory.peak_pss:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,13 +358,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--rss-instances", type=int, default=10_000,
-                        help="instances sent for the RSS measurement (10,000)")
-    parser.add_argument("--skip-rss", action="store_true")
+                        help="instances of the large row, during which pacsnode's memory is sampled (10,000)")
+    parser.add_argument("--skip-rss", action="store_true", help="leave out the large row")
+    parser.add_argument("--skip-find", action="store_true", help="leave out the C-FIND rows")
     parser.add_argument("--rounds", type=int, default=1,
                         help="send each case this many times per server, interleaved; report "
                              "the median (1)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only the rows whose label contains one of these texts")
     args = parser.parse_args(argv)
-    for tool in ("storescu", "storescp", "Orthanc"):
+    for tool in ("storescu", "storescp", "findscu", "Orthanc"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: run `make setup` (installs dcmtk and orthanc)", file=sys.stderr)
             return 1
@@ -234,63 +381,40 @@ def main(argv: list[str] | None = None) -> int:
                                                              rows=128, columns=128, seed=2,
                                                              series_description="ep2d_perf")),
     }
-    servers: dict[str, Callable[[Path], object]] = {
+    large = f"{args.rss_instances:,} x 34 KiB MR, 4 assoc"
+    cases = [
+        Case("1,000 x 128 KiB MR, 1 assoc", "mr", 1),
+        Case("1,000 x 128 KiB MR, 4 assoc", "mr", 4),
+        Case("1,000 x 128 KiB MR, 8 assoc", "mr", 8),
+        Case("2,000 x 34 KiB dynamic, 1 assoc", "dyn", 1),
+        Case("1,000 x 128 KiB MR, 1 assoc, Nagle on", "mr", 1, nagle=True),
+    ]
+    if not args.skip_rss:
+        cases.append(Case(large, "large", 4, sample_memory=True))
+    if args.only is not None:
+        cases = [c for c in cases if any(text in c.label for text in args.only)]
+    if any(c.data == "large" for c in cases):
+        data["large"] = write_mr_series(work / "data-large", SeriesSpec(
+            patient_id="BENCH-RSS", slices=args.rss_instances, rows=128, columns=128, seed=3))
+    servers: dict[str, ServerFactory] = {
         "pacsnode": pacsnode_server, "Orthanc": orthanc_server, "storescp": storescp_server,
     }
     scrapes: list[tuple[str, int, int]] = []
-    rows = _ingest_rows(data, work, servers, rounds=max(1, args.rounds), scrapes=scrapes)
+    memory = Memory()
+    rows = run_rows(data, work, servers, cases, max(1, args.rounds), scrapes, memory)
 
-    find_values: dict[str, float] = {}
-    for name in ("pacsnode", "Orthanc"):
-        with servers[name](work / f"find-{name}") as server:  # type: ignore[attr-defined]
-            _send(server, data["mr"][:50], 1, NODELAY)
-            _settle_disk()
-            find_values[name] = _find_latency(server)
-    print()
-    print("| C-STORE (storescu) | pacsnode inst/s | Orthanc inst/s | storescp inst/s | pacsnode MB/s | "
-          "vs Orthanc | vs storescp |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        v = row.values
-        scp = v.get("storescp")
-        print(f"| {row.label} | {v['pacsnode']:.0f} | {v['Orthanc']:.0f} | "
-              f"{scp:.0f} | " if scp else f"| {row.label} | {v['pacsnode']:.0f} | {v['Orthanc']:.0f} | - | ",
-              end="")
-        print(f"{v['pacsnode MB/s']:.1f} | {v['pacsnode'] / v['Orthanc']:.2f}x | "
-              + (f"{v['pacsnode'] / scp:.2f}x |" if scp else "- |"))
-    print()
-    print("| /metrics after each pacsnode run | sent by storescu | pacsnode_received_instances_total | match |")
-    print("|---|---|---|---|")
-    for label, sent, counted in scrapes:
-        print(f"| {label} | {sent} | {counted} | {'yes' if sent == counted else 'NO'} |")
-    print()
-    print("| C-FIND STUDY, reused association | pacsnode ms | Orthanc ms | speed vs Orthanc |")
-    print("|---|---|---|---|")
-    print(f"| median of 55 | {find_values['pacsnode']:.2f} | {find_values['Orthanc']:.2f} | "
-          f"{find_values['Orthanc'] / find_values['pacsnode']:.2f}x |")
+    finds: dict[str, dict[str, float]] = {}
+    if not args.skip_find:
+        from pydicom import dcmread
 
-    if not args.skip_rss:
-        count = args.rss_instances
-        files = write_mr_series(work / "data-rss", SeriesSpec(patient_id="BENCH-RSS", slices=count, rows=128,
-                                                             columns=128, seed=3))
-        with pacsnode_server(work / "rss") as server:
-            peak = [_rss_mb(server.pid)]
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.wait(0.2):
-                    peak.append(_rss_mb(server.pid))
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            _settle_disk()
-            sampler.start()
-            elapsed = _send(server, files, 4, NODELAY)
-            done.set()
-            sampler.join()
-        print()
-        print(f"| pacsnode RSS while ingesting {count:,} instances (4 assoc) | start MB | peak MB | inst/s |")
-        print("|---|---|---|---|")
-        print(f"| | {peak[0]:.0f} | {max(peak):.0f} | {count / elapsed:.0f} |")
+        study_uid = str(dcmread(data["mr"][0], stop_before_pixels=True).StudyInstanceUID)
+        for name in ("pacsnode", "Orthanc"):
+            with servers[name](work / f"find-{name}") as server:
+                _send(server, data["mr"][:50], 1, NODELAY)
+                _settle_disk()
+                for level in FIND_KEYS:
+                    finds.setdefault(level, {})[name] = find_latency_ms(server, level, study_uid)
+    print_tables(rows, scrapes, finds, memory)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(sent == counted for _, sent, counted in scrapes) else 1
