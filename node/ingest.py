@@ -10,7 +10,6 @@ row committed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -39,7 +38,7 @@ from node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, e
 from node.routing.hints import completion_hints
 from node.storage.attributes import ATTRIBUTES
 from node.storage.index import CommitHook, Index, InstanceRecord
-from node.storage.store import InstanceStore, safe_component
+from node.storage.store import InstanceStore, file_tag, safe_component
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -182,9 +181,8 @@ _CACHEABLE_LENGTH = 256
 _MISSING = object()
 
 
-def _element_key(ds: Dataset, tag: int, charset: bytes | None) -> tuple[Any, ...] | None:
+def _element_key(element: Any, tag: int, charset: bytes | None) -> tuple[Any, ...] | None:
     """A hashable identity of a still-raw short element, or None when it cannot be cached."""
-    element = ds._dict.get(tag)  # type: ignore[call-overload]
     if not isinstance(element, RawDataElement):
         return None
     value = element.value
@@ -366,20 +364,20 @@ class Ingestor:
     def _store(self, ds: Dataset, meta: bytes, data: bytes, ts: UID, calling_ae: str) -> IngestOutcome:
         uids = _uids(ds)
         sop_uid = uids["SOPInstanceUID"]
-        digest = hashlib.blake2b(data, digest_size=20).hexdigest()
         target = self.store.path_for(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_uid)
         status: Status = "stored"
         existing = self.index.lookup_instance(sop_uid)
-        if existing is not None:
-            existing_path, existing_digest = existing
-            if existing_digest == digest:
+        stored_copy = self._stored_copy(existing[0]) if existing is not None else None
+        if existing is not None and stored_copy is not None:
+            existing_path = existing[0]
+            if _dataset_part(stored_copy) == data:
                 self.index.record_duplicate(sop_uid, identical=True, policy=self.duplicate_policy,
                                             kept_path=existing_path, other_path="",
                                             calling_ae=calling_ae)
                 return self._outcome("identical_duplicate", ds, self.store.absolute(existing_path),
                                      len(meta) + len(data), ts, calling_ae)
-            other = self.store.duplicates_dir / f"{sop_uid}.{digest[:16]}.dcm"
             if self.duplicate_policy == "keep_first":
+                other = self._duplicate_path(sop_uid, meta + data)
                 self.store.check_space(len(meta) + len(data))
                 self.store.write(other, (meta, data))
                 self.index.record_duplicate(sop_uid, identical=False, policy="keep_first",
@@ -390,18 +388,17 @@ class Ingestor:
                             "filed the new copy as %s", sop_uid, other)
                 return self._outcome("kept_first", ds, self.store.absolute(existing_path),
                                      len(meta) + len(data), ts, calling_ae)
-            old = self.store.absolute(existing_path)
-            previous = self.store.duplicates_dir / f"{sop_uid}.{existing_digest[:16]}.dcm"
-            if old.exists():
-                self.store.write(previous, (old.read_bytes(),))
+            previous = self._duplicate_path(sop_uid, stored_copy)
+            self.store.write(previous, (stored_copy,))
             status = "overwritten"
             self.index.record_duplicate(sop_uid, identical=False, policy="overwrite",
                                         kept_path=self.store.relative(target),
                                         other_path=self.store.relative(previous),
                                         calling_ae=calling_ae)
         self.store.check_space(len(meta) + len(data))
-        size = self.store.write(target, (meta, data))
-        record = self._record(ds, target, size, digest, ts, calling_ae)
+        stored = self.store.write_file(target, (meta, data))
+        size = stored.size
+        record = self._record(ds, target, size, stored.tag, ts, calling_ae)
         try:
             self._group_commit.add(record)
         except sqlite3.OperationalError as exc:
@@ -427,10 +424,31 @@ class Ingestor:
                 log.exception("ingest listener %r failed for %s", listener, sop_uid)
         return outcome
 
+    def _stored_copy(self, relative: str) -> bytes | None:
+        """The bytes of the stored file of an indexed instance; None when it is gone (then the
+        new copy takes its place)."""
+        try:
+            return self.store.absolute(relative).read_bytes()
+        except OSError:
+            return None
+
+    def _duplicate_path(self, sop_uid: str, content: bytes) -> Path:
+        """Where a differing copy of an instance is filed: named by its content tag, so the
+        same copy arriving again lands on the same file; a different copy whose tag happens
+        to be taken gets a numbered name."""
+        tag = file_tag(content)
+        candidate = self.store.duplicates_dir / f"{sop_uid}.{tag}.dcm"
+        number = 1
+        while candidate.exists() and candidate.read_bytes() != content:
+            number += 1
+            candidate = self.store.duplicates_dir / f"{sop_uid}.{tag}.{number}.dcm"
+        return candidate
+
     def _record(self, ds: Dataset, path: Path, size: int, digest: str, ts: UID,
                 calling_ae: str) -> InstanceRecord:
-        values = self._values(ds, self._index_specs)
-        series_attributes = self._values(ds, self._routing_specs)
+        elements = {int(tag): element for tag, element in ds._dict.items()}
+        values = self._values(ds, self._index_specs, elements)
+        series_attributes = self._values(ds, self._routing_specs, elements)
         series_attributes.update(completion_hints(ds))
         return InstanceRecord(
             values=values,
@@ -443,22 +461,26 @@ class Ingestor:
             series_attributes={k: v for k, v in series_attributes.items() if v is not None},
         )
 
-    def _values(self, ds: Dataset, specs: tuple[tuple[str, int, str | None], ...]
-                ) -> dict[str, Any]:
-        """``_to_python`` of each attribute, memoised on the element's raw bytes."""
+    def _values(self, ds: Dataset, specs: tuple[tuple[str, int, str | None], ...],
+                elements: dict[int, Any]) -> dict[str, Any]:
+        """``_to_python`` of each attribute, memoised on the element's raw bytes.
+
+        ``elements`` is the dataset's element dict keyed by plain ints: pydicom's keys are
+        ``BaseTag`` objects, whose Python-level ``__eq__`` made each lookup cost microseconds.
+        """
         cache = self._conversions
         if len(cache) > _CONVERSION_CACHE_LIMIT:
             cache.clear()
-        charset_element = ds._dict.get(0x00080005)  # type: ignore[call-overload]
-        charset = getattr(charset_element, "value", None)
+        charset = getattr(elements.get(0x00080005), "value", None)
         if charset is not None and not isinstance(charset, bytes):
             charset = str(charset).encode()
         values: dict[str, Any] = {}
         for keyword, tag, vr_hint in specs:
-            if tag not in ds._dict:
+            element = elements.get(tag)
+            if element is None:
                 values[keyword] = None
                 continue
-            key = _element_key(ds, tag, charset)
+            key = _element_key(element, tag, charset)
             if key is None:
                 values[keyword] = _to_python(ds, keyword, vr_hint)
                 continue
@@ -533,9 +555,16 @@ class Ingestor:
         missing = [k for k in _REQUIRED if not _uids(ds).get(k)]
         if missing:
             raise InvalidDataset(f"{', '.join(missing)} missing")
-        digest = hashlib.blake2b(body, digest_size=20).hexdigest()
         calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
-        record = self._record(ds, path, len(raw), digest, ts, calling_ae)
+        record = self._record(ds, path, len(raw), file_tag(raw), ts, calling_ae)
         if received_at is not None:
             record.received_at = received_at
         self.index.add_instance(record)
+
+
+def _dataset_part(file_bytes: bytes) -> bytes | None:
+    """The dataset of a stored Part 10 file (after its file meta), None when unreadable."""
+    try:
+        return file_bytes[split_part10(file_bytes)[1]:]
+    except InvalidDataset:
+        return None

@@ -221,13 +221,16 @@ class CompletionTracker:
         own), and return the timer work for after the commit."""
         latest: dict[str, InstanceRecord] = {}
         counts: dict[str, int] = {}
+        added: dict[str, int] = {}
         for record in records:
             series_uid = str(record.values.get("SeriesInstanceUID") or "")
             if series_uid and not is_output_uid(series_uid):
                 latest[series_uid] = record
                 counts[series_uid] = counts.get(series_uid, 0) + 1
+                added[series_uid] = added.get(series_uid, 0) + int(record.inserted)
         actions = {uid: self._arrived(conn, uid, str(r.values.get("StudyInstanceUID") or ""),
-                                      r.series_attributes, r.received_at, arrived=counts[uid])
+                                      r.series_attributes, r.received_at, arrived=counts[uid],
+                                      added=added[uid])
                    for uid, r in latest.items()}
         if not actions:
             return None
@@ -255,16 +258,24 @@ class CompletionTracker:
             self._schedule(series_uid, schedule_at)
 
     def _arrived(self, conn: Any, series_uid: str, study_uid: str, attributes: Mapping[str, Any],
-                 received_at: float | None, arrived: int = 1) -> tuple[bool, float | None]:
-        """Update ``series_state`` for a series that got ``arrived`` instances; returns
-        (complete now, timer at)."""
+                 received_at: float | None, arrived: int = 1, added: int | None = None
+                 ) -> tuple[bool, float | None]:
+        """Update ``series_state`` for a series that got ``arrived`` instances, ``added`` of them
+        new rows (None: unknown, counted); returns (complete now, timer at).
+
+        The state's ``received`` is kept up to date by adding the new rows, so a large series
+        is not counted again for every instance; it is counted whenever the state row is made
+        or re-opened, and when ``added`` is not known."""
         now = received_at or time.time()
         schedule_at: float | None = None
         complete_now = False
-        received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
-                                    (series_uid,)).fetchone()[0])
-        row = conn.execute("SELECT state, expected, stable_after, generation FROM series_state "
+        row = conn.execute("SELECT state, expected, stable_after, generation, received FROM series_state "
                            "WHERE series_uid = ?", (series_uid,)).fetchone()
+        if row is None or added is None or row[0] != "open":
+            received = int(conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
+                                        (series_uid,)).fetchone()[0])
+        else:
+            received = int(row[4]) + added
         if row is None:
             routes = self.routes_for(attributes)
             stable = self._stable_after(routes)
@@ -277,7 +288,7 @@ class CompletionTracker:
             schedule_at = now + stable
             state = "open"
         else:
-            state, expected, stable, generation = row
+            state, expected, stable, generation = row[:4]
             if state == "open":
                 conn.execute("UPDATE series_state SET received = ?, last_received = ?, due_at = ? "
                              "WHERE series_uid = ?", (received, now, now + stable, series_uid))

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from node.errors import IndexUnreadable
 from node.storage.attributes import ATTRIBUTES
 from node.storage.matching import pn_match
@@ -48,6 +46,9 @@ class InstanceRecord:
     calling_ae: str = ""
     received_at: float = field(default_factory=time.time)
     series_attributes: dict[str, Any] = field(default_factory=dict)
+    inserted: bool = True
+    """Set when the row is written: False when it replaced a row of the same SOP Instance UID
+    (commit hooks count the instances a series gained from it)."""
 
     @property
     def sop_uid(self) -> str:
@@ -122,6 +123,10 @@ class Index:
         return conn
 
     def _create_schema(self) -> None:
+        # Imported here: sqlite_utils imports pandas, tens of MB in every process that opens
+        # the index (the DIMSE receivers among them) for a schema made once.
+        import sqlite_utils
+
         db = sqlite_utils.Database(self._writer)
         with self._write_lock:
             if "patients" not in db.table_names():
@@ -164,6 +169,9 @@ class Index:
                     db.table("patients").create_index([column])
                 for column in ("study_date", "accession_number"):
                     db.table("studies").create_index([column])
+            # Added after the first schema: C-FIND and QIDO match studies by PatientID, which
+            # scanned every study without it.
+            self._writer.execute("CREATE INDEX IF NOT EXISTS idx_patients_patient_id ON patients (patient_id)")
 
     # -- connections -------------------------------------------------------------------------
 
@@ -361,6 +369,8 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
               "attributes": json.dumps(record.series_attributes, default=str)}
     _upsert(conn, "series", series, "series_uid",
             insert_only={"first_received": now, "calling_ae": record.calling_ae})
+    record.inserted = conn.execute("SELECT 1 FROM instances WHERE sop_uid = ?",
+                                   (record.sop_uid,)).fetchone() is None
     instance = {"sop_uid": record.sop_uid, "series_uid": v["SeriesInstanceUID"],
                 "study_uid": v["StudyInstanceUID"], **cols("instances"),
                 "transfer_syntax_uid": record.transfer_syntax_uid, "path": record.path,

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from node.errors import OutOfResources
 
-__all__ = ["InstanceStore", "PartialRecovery", "safe_component"]
+__all__ = ["InstanceStore", "PartialRecovery", "StoredFile", "file_tag", "safe_component"]
 
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 _PART_SUFFIX = ".part"
@@ -62,6 +62,22 @@ def safe_component(uid: str) -> str:
     return uid
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A file :meth:`InstanceStore.write_file` made durable."""
+
+    size: int
+    crc32: int
+
+    @property
+    def tag(self) -> str:
+        """A version tag of the file's content: CRC-32 and size (the index's ``digest``).
+
+        It tells a changed file from the one a cache was built from; whether two copies
+        are identical is decided by comparing their bytes (``node.ingest``)."""
+        return f"{self.crc32:08x}-{self.size}"
+
+
 @dataclass
 class PartialRecovery:
     """What :meth:`InstanceStore.recover_partial_files` did with the temporary files it found."""
@@ -70,6 +86,11 @@ class PartialRecovery:
     """Complete files now under their final name (or filed as a recovered copy)."""
     removed: int = 0
     """Incomplete files deleted (never acknowledged)."""
+
+
+def file_tag(data: bytes) -> str:
+    """:attr:`StoredFile.tag` of a file with these bytes."""
+    return StoredFile(len(data), zlib.crc32(data)).tag
 
 
 def _fsync_dir(path: Path) -> None:
@@ -169,7 +190,12 @@ class InstanceStore:
         self._known_dirs.add(directory)
 
     def write(self, target: Path, chunks: Iterable[bytes]) -> int:
-        """Write ``chunks`` to ``target`` atomically and durably; returns the byte count.
+        """Write ``chunks`` to ``target`` atomically and durably; returns the byte count
+        (see :meth:`write_file`)."""
+        return self.write_file(target, chunks).size
+
+    def write_file(self, target: Path, chunks: Iterable[bytes]) -> StoredFile:
+        """Write ``chunks`` to ``target`` atomically and durably; returns its size and CRC-32.
 
         When this returns, the bytes are flushed to disk and the file is under its final
         name; after a power loss that undid the rename, start-up recovery restores that
@@ -223,7 +249,7 @@ class InstanceStore:
                            "the storage volume",
                 ) from exc
             raise self._write_failure(exc) from exc
-        return size
+        return StoredFile(size, crc)
 
     def _write_failure(self, exc: OSError) -> OutOfResources:
         reason = exc.strerror or type(exc).__name__
