@@ -43,9 +43,11 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from node.dimse.fast_find import FIND_MODELS, FindEvent, FindRequest, find_response_pdus
 from node.dimse.guard import PduLimits, PduTooLong, PduTooSlow, check_pdu_header, read_exactly, send_abort
 
 __all__ = ["FastStoreReader", "StoreRequest", "parse_command"]
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _P_DATA_TF = 0x04
 _C_STORE_RQ = 0x0001
+_C_FIND_RQ = 0x0020
 _NO_DATASET = 0x0101
 # Events whose handlers need pynetdicom's own objects for every PDU or message.
 _RAW_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
@@ -225,14 +228,14 @@ class FastStoreReader:
             value = body[offset + 6:offset + 4 + item_length]
             offset += 4 + item_length
             is_command, is_last = bool(control & 0x01), bool(control & 0x02)
-            if self._mode == "store" and (is_command or context_id != self._context_id):
+            if self._mode in ("store", "find") and (is_command or context_id != self._context_id):
                 # A new command before the dataset ended: not something to serve here.
                 self._reset()
                 self._mode = "pass"
             if self._mode == "pass":
                 forward.append(bytes(item))
                 self._follow_passed(value, is_command, is_last)
-            elif self._mode == "store":
+            elif self._mode in ("store", "find"):
                 self._fragments.append(value)
                 if is_last:
                     if forward:  # keep the order: what came first goes to pynetdicom first
@@ -277,6 +280,10 @@ class FastStoreReader:
             self._fields = fields
             self._mode = "store"
             return []
+        if fields is not None and first_in_pdu and self._find_servable(fields):
+            self._fields = fields
+            self._mode = "find"
+            return []
         no_dataset = fields is None or _us(fields.get(0x0800)) == _NO_DATASET
         self._mode = "idle" if no_dataset else "pass"
         return items
@@ -301,6 +308,28 @@ class FastStoreReader:
         self._contexts.setdefault(self._context_id, context.as_tuple)
         return True
 
+    def _find_servable(self, fields: dict[int, bytes]) -> bool:
+        """A C-FIND request of a supported model with its identifier, the node's handler bound."""
+        assoc = self.assoc
+        if (_us(fields.get(0x0100)) != _C_FIND_RQ or _us(fields.get(0x0800)) == _NO_DATASET
+                or _us(fields.get(0x0110)) is None or not fields.get(0x0002)):
+            return False
+        if not assoc.is_established or assoc._sent_release or self.dul.event_queue.qsize():
+            return False
+        context = assoc._accepted_cx.get(self._context_id)
+        if context is None or str(context.abstract_syntax) not in FIND_MODELS:
+            return False
+        if _text(fields.get(0x0002)) != str(context.abstract_syntax):
+            return False  # pynetdicom reports the mismatch
+        handler = assoc.get_handlers(evt.EVT_C_FIND)
+        if not (handler and getattr(handler[0], "__name__", "") == "on_find"
+                and type(getattr(handler[0], "__self__", None)).__name__ == "DimseHandlers"):
+            return False
+        if any(assoc.get_handlers(event) for event in _RAW_EVENTS):
+            return False
+        self._contexts.setdefault(self._context_id, context.as_tuple)
+        return True
+
     def _reset(self) -> None:
         self._fragments = []
         self._fields = None
@@ -314,9 +343,13 @@ class FastStoreReader:
         fields = self._fields
         fragments = self._fragments
         context_id = self._context_id
+        find = self._mode == "find"
         self._reset()
         assert fields is not None
         data = fragments[0].tobytes() if len(fragments) == 1 else b"".join(fragments)
+        if find:
+            self._serve_find(fields, data, context_id)
+            return
         request = StoreRequest(fields, data)
         event = Event(self.assoc, evt.EVT_C_STORE, {"request": request,
                                                   "context": self._contexts[context_id]})
@@ -336,6 +369,44 @@ class FastStoreReader:
             self._send(pdu, message_id, request, context_id)
             return
         self._respond_through_pynetdicom(status, request, context_id)
+
+    def _serve_find(self, fields: dict[int, bytes], data: bytes, context_id: int) -> None:
+        assoc = self.assoc
+        context = assoc._accepted_cx[context_id]
+        request = FindRequest(_us(fields.get(0x0110)) or 0, _text(fields.get(0x0002)),
+                              _us(fields.get(0x0700)) or 0, data)
+        event = FindEvent(assoc, request, self._contexts[context_id], context.transfer_syntax[0])
+        bound: Any = assoc.get_handlers(evt.EVT_C_FIND)
+        handler, args = bound
+        try:
+            results = handler(event, *args) if args else handler(event)
+        except Exception:
+            log.exception("exception in the C-FIND handler")
+            results = iter([(0xC311, None)])
+        pdus = find_response_pdus(event, iter(results), context_id,
+                                  int(assoc.requestor.maximum_length or 0))
+        if not assoc.is_established:
+            return
+        if not self.dul.to_provider_queue.empty():
+            # Something is already waiting to go out through pynetdicom: it goes first.
+            self._forward_out(pdus)
+            return
+        try:
+            self.dul.socket.socket.sendall(pdus)  # type: ignore[union-attr]
+        except OSError:
+            self.dul.event_queue.put("Evt17")
+
+    def _forward_out(self, pdus: bytes) -> None:
+        """Queue already encoded P-DATA-TF PDUs behind what pynetdicom has waiting to send."""
+        offset = 0
+        while offset < len(pdus):
+            length = struct.unpack_from(">I", pdus, offset + 2)[0]
+            pdata = P_DATA()
+            body = pdus[offset + 6:offset + 6 + length]
+            item_length = struct.unpack_from(">I", body, 0)[0]
+            pdata.presentation_data_value_list = [[body[4], body[5:4 + item_length]]]  # type: ignore[list-item]
+            self.dul.send_pdu(pdata)
+            offset += 6 + length
 
     def _send(self, pdu: bytes, message_id: int, request: StoreRequest, context_id: int) -> None:
         dul = self.dul
