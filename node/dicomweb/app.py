@@ -153,6 +153,8 @@ def create_app(settings: Settings, *, store: InstanceStore | None = None,
                             max_sequence_depth=settings.storage.max_sequence_depth)
     http = settings.http
     service = DicomwebService(http=http, store=store, index=index, ingestor=ingestor)
+    ingestor.listeners.append(service.metadata.on_ingest)
+    service.metadata.start()
     routes = _routes(service)
     from node.ops import Operations  # /metrics, /healthz, /readyz (node/ops)
     operations = Operations(settings, index=index, ingestor=ingestor)

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from node.config import HttpSettings
 from node.dicomweb.buffers import BufferPool
+from node.dicomweb.metadata import MetadataStore
 from node.ingest import Ingestor
 from node.storage.index import Index
 from node.storage.store import InstanceStore
@@ -48,10 +49,16 @@ class DicomwebService:
     store: InstanceStore
     index: Index
     ingestor: Ingestor
+    #: Stored WADO-RS metadata (made when instances arrive; see node/dicomweb/metadata.py).
+    metadata: MetadataStore = field(default=None, repr=False)  # type: ignore[assignment]
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     #: WADO-RS batch buffers (8 MB plus room for one more instance), reused across requests.
     buffers: BufferPool = field(default_factory=lambda: BufferPool(12 * 1024 * 1024, keep=4),
                                 init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.metadata is None:
+            self.metadata = MetadataStore(self.store)
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -64,6 +71,7 @@ class DicomwebService:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.metadata.close()
 
     def base_url(self, request: Request) -> str:
         """The absolute URL of the DICOMweb root as this request reached it."""

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import mmap
-import os
-import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,7 +29,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from node.dicomweb.dicom_json import dataset_to_json, element_path, parse_element_path
+from node.dicomweb.dicom_json import element_path, parse_element_path
+from node.dicomweb.metadata import URL_MARK_JSON
 from node.dicomweb.multipart import (
     MediaType,
     NotAcceptable,
@@ -65,11 +63,6 @@ _FRAME_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 _MULTIPART = ("multipart/related", "multipart/*", "*/*")
-# Stands for the instance URL in cached metadata; NUL characters make it impossible in a
-# DICOM text value, and JSON writes them as \u0000.
-_URL_MARK = "\x00instance-url\x00"
-_URL_MARK_JSON = json.dumps(_URL_MARK)[1:-1]
-
 
 # -- lookup -----------------------------------------------------------------------------------
 
@@ -281,44 +274,17 @@ def _body_length(service: DicomwebService, boundary: str, rows: list[dict[str, A
 # -- metadata ---------------------------------------------------------------------------------
 
 
-def instance_metadata(path: Path, instance_url: str) -> dict[str, Any]:
-    """The PS3.18 JSON metadata of the instance at ``path``; binary values above 768 bytes
-    (and Pixel Data) become BulkDataURIs under ``instance_url``."""
-    ds = dcmread(path, defer_size=_DEFER)
-    return dataset_to_json(ds, bulk=lambda p: f"{instance_url}/bulkdata/{element_path(p)}")
-
-
-def _metadata_text(service: DicomwebService, row: dict[str, Any], base: str) -> str:
-    """One instance's metadata as JSON text, from the metadata cache when it is there.
-
-    The cache holds the JSON with a placeholder for the instance URL (which depends on how
-    the request reached the server), one file per instance content digest under
-    ``<storage>/cache/metadata``; it is derived data, rebuilt whenever missing.
-    """
-    cache = (service.store.root / "cache" / "metadata" / row["study_uid"]
-             / f"{row['sop_uid']}.{str(row['digest'])[:16]}.json")
-    try:
-        text = cache.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        encoded = instance_metadata(service.store.absolute(row["path"]), _URL_MARK)
-        text = json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache.with_name(f"{cache.name}.{secrets.token_hex(4)}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, cache)
-        except OSError as exc:  # a read-only or full disk still answers, uncached
-            log.warning("metadata cache not written for %s: %s", row["sop_uid"], exc)
-    return text.replace(_URL_MARK_JSON, _instance_url(base, row))
-
-
 def _metadata_batch(service: DicomwebService, base: str, rows: list[dict], first: bool) -> bytes:
+    """The metadata of ``rows`` as JSON array items (comma-led unless ``first``), read from the
+    stored metadata (:mod:`node.dicomweb.metadata`), made from the files where missing."""
+    texts = service.metadata.texts(rows)
     items = []
     for row in rows:
-        try:
-            items.append(_metadata_text(service, row, base))
-        except OSError as exc:
-            log.error("metadata: instance %s is indexed but cannot be read: %s", row["sop_uid"], exc)
+        text = texts.get(row["sop_uid"])
+        if text is None:
+            log.error("metadata: instance %s is indexed but its file cannot be read", row["sop_uid"])
+            continue
+        items.append(text.replace(URL_MARK_JSON, _instance_url(base, row)))
     text = ",".join(items)
     return ((("" if first else ",") + text) if items else "").encode("utf-8")
 

@@ -47,6 +47,7 @@ from node.config import Settings
 from node.jobs.ledger import is_output_uid
 from node.ops.audit import AuditTrail
 from node.storage.index import Index
+from node.storage.metadata_cache import MetadataCache
 from node.storage.store import InstanceStore
 
 __all__ = ["Retention", "RetentionReport", "RetentionScheduler", "SeriesVerdict"]
@@ -378,6 +379,11 @@ class Retention:
                 if patient is not None and conn.execute("SELECT 1 FROM studies WHERE patient_key = ? LIMIT 1",
                                                         (patient[0],)).fetchone() is None:
                     conn.execute("DELETE FROM patients WHERE patient_key = ?", (patient[0],))
+        cache = MetadataCache(self.store.root)  # the series' stored WADO-RS metadata goes too
+        try:
+            cache.forget_series([series_uid])
+        finally:
+            cache.close()
         self.audit.series_removed(study_uid=verdict.study_uid, series_uid=series_uid, instances=len(sops),
                                   detail={"bytes": verdict.bytes, "retention_days": verdict.retention_days,
                                           "last_received": datetime.fromtimestamp(verdict.last_received, UTC)

@@ -4,6 +4,8 @@ instance, metadata, frames, bulk data, rendered) and store, against a live serve
 from __future__ import annotations
 
 import io
+import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -184,17 +186,54 @@ def test_unavailable_media_types_are_406(service: RunningService, accept: str) -
     assert "error" in response.json()
 
 
-def test_metadata_cache_serves_the_same_json_for_any_host(service: RunningService) -> None:
+def test_stored_metadata_serves_the_same_json_for_any_host(service: RunningService) -> None:
     url = f"{service.url}/studies/{service.study_uid}/series/{service.series_uid}/metadata"
     first = httpx.get(url).json()
-    cache = service.settings.storage.path / "cache" / "metadata" / service.study_uid
-    assert len(list(cache.glob("*.json"))) == len(service.files)
+    rows = sqlite3.connect(service.settings.storage.path / "cache" / "metadata.sqlite").execute(
+        "SELECT COUNT(*) FROM instance_metadata WHERE series_uid = ?", (service.series_uid,)).fetchone()[0]
+    assert rows == len(service.files)
     assert httpx.get(url).json() == first
     port = service.server.port
     other = httpx.get(url, headers={"Host": f"localhost:{port}"}).json()
     uri = other[0]["7FE00010"]["BulkDataURI"]
     assert uri.startswith(f"http://localhost:{port}/dicom-web/studies/{service.study_uid}/")
     assert uri.replace("localhost", "127.0.0.1") == first[0]["7FE00010"]["BulkDataURI"]
+
+
+def test_metadata_is_made_when_instances_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first metadata request of a series is answered from stored metadata, made in the
+    background once ingest went quiet: no file is read for it."""
+    from node.dicomweb import metadata as metadata_module
+    from node.dicomweb.client import StowClient
+    from tests.dicomweb.conftest import start_service
+
+    files = write_mr_series(tmp_path / "in", SeriesSpec(slices=5, rows=32, columns=32, seed=11))
+    server, _settings = start_service(tmp_path)
+    try:
+        store = server.app.state.dicomweb.metadata  # type: ignore[attr-defined]
+        store.quiet_s = 0.2
+        with StowClient(server.url) as client:
+            assert client.store_files(files).ok
+        study_uid, series_uid, _ = _uids(files[0])
+        deadline = time.monotonic() + 30
+        while len(store.cache.lookup(_stored_pairs(server, study_uid))) < len(files):
+            assert time.monotonic() < deadline, "the metadata was not made in the background"
+            time.sleep(0.05)
+
+        def no_file_reads(path: Path) -> str:
+            raise AssertionError(f"{path} was read to answer a metadata request")
+
+        monkeypatch.setattr(metadata_module, "_metadata_text", no_file_reads)
+        answer = httpx.get(f"{server.url}/studies/{study_uid}/series/{series_uid}/metadata")
+        assert answer.status_code == 200
+        assert sorted(i["00200013"]["Value"][0] for i in answer.json()) == [1, 2, 3, 4, 5]
+    finally:
+        server.stop()
+
+
+def _stored_pairs(server: object, study_uid: str) -> list[tuple[str, str]]:
+    index = server.app.state.dicomweb.index  # type: ignore[attr-defined]
+    return [(r["sop_uid"], r["digest"]) for r in index.stored_instances(study_uid=study_uid)]
 
 
 def test_retrieval_reads_a_bounded_distance_ahead(service: RunningService,
