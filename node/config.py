@@ -119,6 +119,10 @@ class DicomSettings(_Section):
     # Refuse associations that call another AE title than ae_title (0x07, called AE not recognised).
     require_called_ae_title: bool = True
     storage_sop_classes: list[str] = Field(default_factory=list)
+    # Receiver processes that serve the associations (each its own C-STORE path; all share
+    # the store, the index and max_associations). Unset: one per CPU core; 0: associations
+    # are served by threads of the node's main process.
+    workers: Annotated[int, Field(ge=0, le=64)] | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -140,6 +144,11 @@ class DicomSettings(_Section):
                 '[[dicom.peers]] table (ae_title, host, port) or set allow_any = true'
             )
         return self
+
+    @property
+    def receiver_processes(self) -> int:
+        """How many receiver processes serve associations (``workers``; unset: CPU cores)."""
+        return (os.cpu_count() or 1) if self.workers is None else self.workers
 
     def peer(self, ae_title: str) -> PeerSettings | None:
         """The configured peer with that AE title (trailing spaces ignored)."""

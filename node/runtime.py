@@ -15,13 +15,16 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from node.config import Settings
 from node.dicomweb import HttpServer, create_app
 from node.dimse.handlers import DimseHandlers
+from node.dimse.receivers import ReceiverPool
 from node.dimse.server import DimseServer, storage_sop_classes
 from node.ingest import Ingestor
 from node.jobs.run import Pipeline
+from node.storage.events import EventFollower
 from node.storage.index import Index, RebuildProgress
 from node.storage.rebuild import prepare_index, rebuild_index
 from node.storage.store import InstanceStore
@@ -60,7 +63,11 @@ class Node:
             sop_classes=settings.dicom.storage_sop_classes or None,
         )
         self._marker = Path(storage.path) / ".running"
+        # Left when a DIMSE receiver process died: the next start reconciles store and index.
+        self._reconcile_marker = Path(storage.path) / ".reconcile"
         self.http: HttpServer | None = None
+        self.receivers: ReceiverPool | None = None
+        self.events: EventFollower | None = None
         # Completion → routing → jobs → outbox (node.jobs.run); routes are validated here, so a
         # wrong routes.toml stops the node before it listens.
         self.pipeline: Pipeline | None = (
@@ -68,9 +75,11 @@ class Node:
 
     def recover(self) -> int:
         """After an unclean stop: drop partial files and index stored files the index lacks."""
-        if self._marker.exists():
+        if self._marker.exists() or self._reconcile_marker.exists():
             log.warning("the previous run did not stop cleanly; reconciling store and index")
-            return self.ingestor.reconcile()
+            added = self.ingestor.reconcile()
+            self._reconcile_marker.unlink(missing_ok=True)
+            return added
         # A power loss can also lose the marker; a promoted temporary file still needs its row.
         if self.store.recover_partial_files().promoted:
             return self.ingestor.reconcile()
@@ -94,7 +103,9 @@ class Node:
         operations = getattr(app.state, "operations", None) if app is not None else None
         if operations is not None and self.pipeline is not None:
             operations.attach(self.pipeline, self.store)  # completion/delivery metrics, retention job
-        if dimse:
+        if dimse and self.settings.dicom.receiver_processes > 0:
+            self._start_receivers(operations)
+        elif dimse:
             # The audit trail records associations; the metrics count refused C-STOREs.
             self.dimse.handlers.operations = operations
             self.dimse.start(operations.audit.dimse_bindings() if operations is not None else ())
@@ -107,7 +118,7 @@ class Node:
                 self.http.start()
             except OSError:
                 self.http = None
-                self.dimse.stop()
+                self._stop_dimse()
                 raise
         if self.rebuild_reason is not None:
             threading.Thread(target=self._rebuild, args=(operations,), name="index-rebuild", daemon=True).start()
@@ -131,11 +142,49 @@ class Node:
                                                "seconds": round(time.time() - started, 1)})
         self.rebuild_reason = None
 
+    def _start_receivers(self, operations: Any) -> None:
+        """DIMSE in receiver processes (node.dimse.receivers), their events followed here."""
+        self.events = EventFollower(self.index, self.store, self.ingestor)
+        self.events.start()  # first hands over what a previous run left unfollowed
+        metrics = operations.metrics if operations is not None else None
+        if metrics is not None:
+            metrics.before_exposition.append(self.events.catch_up)  # /metrics counts all committed
+
+        def observed(stores: list[Any], refusals: list[Any]) -> None:
+            if metrics is None:
+                return
+            for seconds, status in stores:
+                metrics.store_observed(float(seconds), int(status))
+            for status, calling_ae, count in refusals:
+                for _ in range(int(count)):
+                    metrics.store_refused(int(status), str(calling_ae))
+
+        def receiver_died() -> None:
+            self._reconcile_marker.touch()
+
+        self.receivers = ReceiverPool(self.settings, self.settings.dicom.receiver_processes,
+                                      on_events=self.events.wake, on_metrics=observed, on_death=receiver_died)
+        try:
+            self.receivers.start()
+        except OSError:
+            self.receivers = None
+            self.events.stop()
+            raise
+
+    def _stop_dimse(self) -> None:
+        if self.receivers is not None:
+            self.receivers.stop()
+            self.receivers = None
+        if self.events is not None:
+            self.events.stop()
+            self.events = None
+        self.dimse.stop()
+
     def stop(self) -> None:
         if self.http is not None:
             self.http.stop()
             self.http = None
-        self.dimse.stop()
+        self._stop_dimse()
         if self.pipeline is not None:
             self.pipeline.stop()
         self.index.close()

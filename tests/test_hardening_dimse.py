@@ -43,10 +43,16 @@ pytestmark = [pytest.mark.peers]
 
 
 def _rss_mb(node: NodeProcess) -> float:
-    for line in Path(f"/proc/{node.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    """Resident memory of the node's main process and its DIMSE receiver processes together."""
+    from tests.test_receivers import receiver_pids
+
+    total = 0.0
+    for pid in [node.process.pid, *receiver_pids(node)]:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    assert total > 0, "no VmRSS"
+    return total
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float | None:

@@ -54,6 +54,7 @@ __all__ = [
     "PduTooSlow",
     "check_pdu_header",
     "guard_association",
+    "quick_ack",
     "read_exactly",
     "send_abort",
 ]
@@ -65,6 +66,7 @@ _P_DATA_TF = 0x04
 # dozens of transfer syntaxes each stays far below this.
 _CONTROL_PDU_LIMIT = 1 << 20
 _READ_CHUNK = 1 << 20
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # A-ABORT, source: service provider (2), reason: invalid PDU parameter value (6) (PS3.8 9.3.8).
 _ABORT_INVALID_PARAMETER = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06"
 _AE_REPERTOIRE = re.compile(rb"^[\x20-\x5b\x5d-\x7e]+$")  # PS3.5 AE: no backslash, no controls
@@ -123,10 +125,27 @@ def read_exactly(sock: Any, view: memoryview, deadline: float | None) -> int:
         if not count:
             return total
         total += count
+        quick_ack(sock)
         if total < wanted and deadline is not None and time.monotonic() > deadline:
             raise PduTooSlow(f"a PDU still lacked {wanted - total} of {wanted} bytes when its time "
                              "ran out ([dicom] pdu_read_timeout)")
     return total
+
+
+def quick_ack(sock: Any) -> None:
+    """Acknowledge what was read at once (Linux ``TCP_QUICKACK``, which the kernel clears
+    again after a while, so it is set after every read).
+
+    A sender with Nagle's algorithm on (dcmtk's default, and most modalities') holds the
+    last, short segment of each request until its earlier segments are acknowledged, and
+    the receiver's delayed acknowledgement comes up to 40 ms later: every instance waited
+    for that timer. Measured in docs/storage.md ("Senders with Nagle on")."""
+    if _TCP_QUICKACK is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except (OSError, ValueError):
+        pass  # not a TCP socket (a test's socket pair), or closed meanwhile
 
 
 def send_abort(sock: Any) -> None:

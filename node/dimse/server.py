@@ -437,10 +437,15 @@ class DimseServer:
             self.ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
         self._server: ThreadedAssociationServer | None = None
 
-    def start(self, extra_handlers: Sequence[tuple[Any, Any]] = ()) -> None:
-        """Listen on ``[dicom] host:port`` in background threads.
+    def make_server(self, extra_handlers: Sequence[tuple[Any, Any]] = (),
+                    server_class: type[NodeAssociationServer] = NodeAssociationServer,
+                    **options: Any) -> NodeAssociationServer:
+        """The association server of ``[dicom]`` (not yet serving): the node's contexts,
+        handlers, TLS, timeouts and association guard.
 
-        ``extra_handlers`` are further pynetdicom notification handlers (the audit trail's).
+        ``extra_handlers`` are further pynetdicom notification handlers (the audit trail's);
+        ``server_class`` and ``options`` choose the server (a DIMSE receiver process serves
+        connections its node accepted, :mod:`node.dimse.receiver`).
         """
         ssl_context = tls_context(self.settings.tls, server=True) if self.settings.tls else None
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
@@ -454,23 +459,31 @@ class DimseServer:
             evt_handlers=[*self.handlers.bindings(), (evt.EVT_CONN_OPEN, self._on_connection_open),
                           *extra_handlers],
             ssl_context=ssl_context,
-            server_class=NodeAssociationServer,
+            server_class=server_class,
             network_timeout=self.settings.network_timeout,
             tls_handshake_timeout=self.settings.tls_handshake_timeout,
+            **options,
         )
         assert isinstance(server, NodeAssociationServer)
-        # As pynetdicom's start_server(block=False): serve in a daemon thread, listed by the AE.
-        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
-        self.ae._servers.append(server)
-        self._server = server
         # pynetdicom's server runs a full gc.collect() every 60 polls (30 s), a pause of
         # hundreds of ms holding the GIL on a node with a large heap, whatever is being
         # received. The node's accepted associations release their resources when they end
         # (make_event_driven); what is left is ordinary garbage for Python's own collector.
-        if self._server is not None:
-            self._server.service_actions = _young_collection  # type: ignore[method-assign]
+        server.service_actions = _young_collection  # type: ignore[method-assign]
+        self.ae._servers.append(server)
+        self._server = server
+        return server
+
+    def start(self, extra_handlers: Sequence[tuple[Any, Any]] = ()) -> None:
+        """Listen on ``[dicom] host:port`` in background threads.
+
+        ``extra_handlers`` are further pynetdicom notification handlers (the audit trail's).
+        """
+        server = self.make_server(extra_handlers)
+        # As pynetdicom's start_server(block=False): serve in a daemon thread, listed by the AE.
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
         log.info("DIMSE listening as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
-                 self.settings.port, " (TLS)" if ssl_context else "")
+                 self.settings.port, " (TLS)" if self.settings.tls else "")
 
     def _on_connection_open(self, event: Event) -> None:
         guard_association(event.assoc, self.policy, self.slots, self.limits)

@@ -170,7 +170,10 @@ class LocalExecutor:
         self.workers = workers
         self.warm_analyzers = tuple(warm_analyzers)
         self.logging_settings = logging_settings
-        _start_forkserver()
+        if self.warm_analyzers:
+            # Without routed analyzers no process is started until a job comes (e.g. a
+            # reprocess): a node that only stores keeps no idle pool in memory.
+            _start_forkserver()
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -279,7 +282,8 @@ def make_executor(settings: Settings, analyzers: Sequence[str] = ()) -> Executor
     if jobs.executor == "dask":
         return DaskExecutor(jobs.scheduler, node_url_of(settings), _worker_token(settings), jobs.workers)
     executor = LocalExecutor(jobs.workers, analyzers, settings.logging)
-    executor.warm_up()
+    if analyzers:
+        executor.warm_up()
     return executor
 
 

@@ -170,6 +170,9 @@ class NodeMetrics:
             "(sent, failed); a failed attempt is retried with backoff or dead-lettered",
             ["destination", "result"], registry=self.registry)
         self.index = index
+        #: Called before each exposition (the node hands over the instances its receiver
+        #: processes committed, so that the counters include every stored instance).
+        self.before_exposition: list[Callable[[], object]] = []
         self.registry.register(IndexCollector(index, storage_root))
         if ingestor is not None:
             ingestor.listeners.append(self.on_ingest)
@@ -224,6 +227,11 @@ class NodeMetrics:
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
+        for hook in self.before_exposition:
+            try:
+                hook()
+            except Exception:
+                log.exception("before-exposition hook %r failed", hook)
         return generate_latest(self.registry)
 
     def routes(self) -> list[Route]:

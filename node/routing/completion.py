@@ -241,6 +241,18 @@ class CompletionTracker:
 
         return after_commit
 
+    def follow_series(self, series_uids: Sequence[str]) -> None:
+        """Series whose state another process updated (a DIMSE receiver, in the transaction that
+        stored their instances): complete those it marked complete, move their timers."""
+        for series_uid in series_uids:
+            row = self.get(series_uid)
+            if row is None:
+                continue
+            if row.state == "completing":
+                self._schedule_completion(series_uid)
+            elif row.state == "open":
+                self._schedule(series_uid, row.due_at)
+
     def instance_arrived(self, series_uid: str, study_uid: str, attributes: Mapping[str, Any],
                          received_at: float | None = None) -> None:
         """Record one stored instance of a series; complete it when its count is reached."""

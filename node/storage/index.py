@@ -1,8 +1,12 @@
 """The SQLite index: patients, studies, series and instances, and the queries on them.
 
-WAL mode; one writer connection guarded by a lock (a commit in WAL mode does not
-wait for the disk, the instance file itself was fsynced before), and one reader
-connection per thread so C-FIND and QIDO never wait for ingest. A commit that a
+WAL mode; one writer connection per process guarded by a lock (a commit in WAL mode
+does not wait for the disk, the instance file itself was fsynced before), and one
+reader connection per thread so C-FIND and QIDO never wait for ingest. Processes that
+write the same index (the node and its DIMSE receiver processes) take turns through an
+exclusive ``flock`` on ``<index>.writer`` around every write transaction: a blocked
+writer wakes as soon as the lock is free, where SQLite's own busy handler would sleep
+1, 2, 5, 10 ... ms between retries. A commit that a
 process crash could lose is impossible (SQLite has written it to the WAL before
 ``commit`` returns); after a power loss the start-up reconciliation re-indexes
 any stored file the index does not know (see ``node.ingest.Ingestor.reconcile``).
@@ -10,8 +14,10 @@ any stored file the index does not know (see ``node.ingest.Ingestor.reconcile``)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -101,6 +107,7 @@ class Index:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
+        self._process_lock = os.open(f"{self.path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._local = threading.local()
         # Set while the index is being rebuilt from the stored files (/readyz is not ready).
         self.rebuild: RebuildProgress | None = None
@@ -128,7 +135,7 @@ class Index:
         import sqlite_utils
 
         db = sqlite_utils.Database(self._writer)
-        with self._write_lock:
+        with self._writing():
             if "patients" not in db.table_names():
                 db.table("patients").create(
                     {"patient_key": str, **_columns_for("patients")}, pk="patient_key"
@@ -185,9 +192,19 @@ class Index:
         return conn
 
     @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's writer lock, then the lock shared with the other processes."""
+        with self._write_lock:
+            fcntl.flock(self._process_lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._process_lock, fcntl.LOCK_UN)
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """The writer connection inside ``BEGIN IMMEDIATE … COMMIT`` (rolled back on error)."""
-        with self._write_lock:
+        with self._writing():
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -199,6 +216,9 @@ class Index:
     def close(self) -> None:
         with self._write_lock:
             self._writer.close()
+            if self._process_lock >= 0:
+                os.close(self._process_lock)
+                self._process_lock = -1
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
