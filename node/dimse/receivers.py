@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _MESSAGE_BYTES = 1 << 20
 _RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# glibc gives each thread that allocates its own malloc arena and keeps freed memory there;
+# a receiver's association threads each handle ~100 KB buffers per instance.
+_MALLOC = {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
 
 
 class Channel:
@@ -237,7 +240,7 @@ class ReceiverPool:
 
     def _spawn(self, number: int) -> None:
         channel, theirs = Channel.pair()
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **_MALLOC}
         command = [sys.executable, "-m", "node.dimse.receiver", "--channel", str(theirs.fileno()),
                    "--number", str(number)]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=environment,

@@ -175,7 +175,19 @@ class LocalExecutor:
             # reprocess): a node that only stores keeps no idle pool in memory.
             _start_forkserver()
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        # Made on the first job or warm-up: the pool's queues start multiprocessing's
+        # resource tracker, one more process.
+        self._pool_instance: concurrent.futures.ProcessPoolExecutor | None = None
+
+    @property
+    def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool_instance is None:
+            self._pool_instance = self._new_pool()
+        return self._pool_instance
+
+    @_pool.setter
+    def _pool(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        self._pool_instance = pool
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -204,6 +216,8 @@ class LocalExecutor:
     def close(self) -> None:
         """Stop at once: a job still running is cut off and re-queued at the next start."""
         with self._lock:
+            if self._pool_instance is None:
+                return
             processes = list((getattr(self._pool, "_processes", None) or {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
             for process in processes:

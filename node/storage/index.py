@@ -130,13 +130,15 @@ class Index:
         return conn
 
     def _create_schema(self) -> None:
-        # Imported here: sqlite_utils imports pandas, tens of MB in every process that opens
-        # the index (the DIMSE receivers among them) for a schema made once.
-        import sqlite_utils
-
-        db = sqlite_utils.Database(self._writer)
         with self._writing():
-            if "patients" not in db.table_names():
+            exists = self._writer.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'patients'").fetchone()
+            if exists is None:
+                # Imported only here: sqlite_utils imports pandas, 36 MB in every process that
+                # opens the index (the DIMSE receivers among them), for a schema made once.
+                import sqlite_utils
+
+                db = sqlite_utils.Database(self._writer)
                 db.table("patients").create(
                     {"patient_key": str, **_columns_for("patients")}, pk="patient_key"
                 )
