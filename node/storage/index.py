@@ -385,12 +385,12 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     _upsert(conn, "patients", patient, "patient_key")
     study = {"study_uid": v["StudyInstanceUID"], "patient_key": patient_key,
              **cols("studies"), "updated_at": now}
-    _upsert(conn, "studies", study, "study_uid", insert_only={"created_at": now})
+    _upsert(conn, "studies", study, "study_uid", insert_only={"created_at": now}, stamp="updated_at")
     series = {"series_uid": v["SeriesInstanceUID"], "study_uid": v["StudyInstanceUID"],
               **cols("series"), "last_received": now,
               "attributes": json.dumps(record.series_attributes, default=str)}
     _upsert(conn, "series", series, "series_uid",
-            insert_only={"first_received": now, "calling_ae": record.calling_ae})
+            insert_only={"first_received": now, "calling_ae": record.calling_ae}, stamp="last_received")
     record.inserted = conn.execute("SELECT 1 FROM instances WHERE sop_uid = ?",
                                    (record.sop_uid,)).fetchone() is None
     instance = {"sop_uid": record.sop_uid, "series_uid": v["SeriesInstanceUID"],
@@ -404,18 +404,30 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
                  list(instance.values()))
 
 
+# A row's time stamp (a study's updated_at, a series' last_received) is moved on when it is
+# this many seconds behind: rewriting the row for every instance of a series made each commit
+# write its study's and series' pages again (the UI orders by them, retention counts days).
+_STAMP_RESOLUTION_S = 1.0
+
+
 def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], key: str,
-            insert_only: dict[str, Any] | None = None) -> None:
-    """Insert the row, or update its non-null values when the key exists."""
+            insert_only: dict[str, Any] | None = None, stamp: str | None = None) -> None:
+    """Insert the row, or update its non-null values when the key exists and one of them
+    differs (or the ``stamp`` column is :data:`_STAMP_RESOLUTION_S` behind): an unchanged
+    row is not written again."""
     full = {**row, **(insert_only or {})}
     names = ", ".join(full)
     marks = ", ".join("?" for _ in full)
     updates = ", ".join(
         f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in row if c != key
     )
+    changed = [f"(excluded.{c} IS NOT NULL AND excluded.{c} IS NOT {table}.{c})"
+               for c in row if c not in (key, stamp)]
+    if stamp is not None:
+        changed.append(f"{table}.{stamp} IS NULL OR excluded.{stamp} >= {table}.{stamp} + {_STAMP_RESOLUTION_S}")
     conn.execute(
         f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT({key}) DO UPDATE SET {updates}",
+        f"ON CONFLICT({key}) DO UPDATE SET {updates} WHERE {' OR '.join(changed) or '0'}",
         list(full.values()),
     )
 
