@@ -173,7 +173,9 @@ class Node:
 
     def _stop_dimse(self) -> None:
         if self.receivers is not None:
-            self.receivers.stop()
+            if self.receivers.stop():
+                # An association was cut: an instance may have been written but not indexed.
+                self._reconcile_marker.touch()
             self.receivers = None
         if self.events is not None:
             self.events.stop()

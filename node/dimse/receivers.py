@@ -185,11 +185,13 @@ class ReceiverPool:
         log.info("DIMSE listening as %s on %s:%d%s, %d receiver process(es)", dicom.ae_title, dicom.host,
                  dicom.port, " (TLS)" if dicom.tls else "", self.count)
 
-    def stop(self) -> None:
-        """Stop listening, end the receivers (SIGTERM, then SIGKILL after 10 s)."""
+    def stop(self) -> bool:
+        """Stop listening, end the receivers (SIGTERM, then SIGKILL after 10 s). Returns whether
+        a receiver still had connections open (their associations were cut)."""
         with self._lock:
             self._stopping = True
             receivers = [r for r in self._receivers if r is not None]
+            cut = any(r.alive and r.connections for r in receivers)
             pending = list(self._pending)
             self._pending.clear()
             self._lock.notify_all()
@@ -212,6 +214,7 @@ class ReceiverPool:
                 receiver.process.kill()
                 receiver.process.wait(5)
             receiver.channel.close()
+        return cut
 
     @property
     def pids(self) -> list[int]:
