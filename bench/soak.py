@@ -127,7 +127,11 @@ def _sender(soak: Soak, number: int, port: int, rate: float, template: Dataset) 
                 ds.file_meta.MediaStorageSOPInstanceUID = sop
                 ds.InstanceNumber = sent % 200 + 1
                 started = time.monotonic()
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except (RuntimeError, OSError) as exc:  # the association ended under the call (a kill)
+                    soak.failed("c-store", f"sender {number}: {exc}")
+                    break
                 if not assoc.is_established or "Status" not in status:
                     soak.failed("c-store", f"sender {number}: no response (association ended)")
                     break
@@ -218,6 +222,9 @@ def _c_find(soak: Soak, port: int, senders: int) -> None:
                     break
                 if int(status.Status) not in (0xFF00, 0xFF01):
                     final = int(status.Status)
+        except (RuntimeError, OSError) as exc:  # the association ended under the call (a kill)
+            soak.failed("c-find", str(exc))
+            continue
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -262,11 +269,11 @@ def run(minutes: float, kills: int, senders: int, rate: float, warmup: float, wo
     lives = [time.monotonic()]
     templates = [_template(workdir / f"template{n}") for n in range(senders)]
     base = f"http://127.0.0.1:{http_port}/dicom-web"
-    threads = [threading.Thread(target=_sender, args=(soak, n, port, rate, templates[n]), daemon=True)
-               for n in range(senders)]
-    threads += [threading.Thread(target=_qido, args=(soak, base, senders), daemon=True),
-                threading.Thread(target=_wado, args=(soak, base), daemon=True),
-                threading.Thread(target=_c_find, args=(soak, port, senders), daemon=True)]
+    threads = [threading.Thread(target=_sender, args=(soak, n, port, rate, templates[n]), daemon=True,
+                                name=f"sender-{n}") for n in range(senders)]
+    threads += [threading.Thread(target=_qido, args=(soak, base, senders), daemon=True, name="qido"),
+                threading.Thread(target=_wado, args=(soak, base), daemon=True, name="wado"),
+                threading.Thread(target=_c_find, args=(soak, port, senders), daemon=True, name="c-find")]
     started = time.monotonic()
     end = started + minutes * 60
     kill_times = [started + minutes * 60 * (k + 1) / (kills + 1) for k in range(kills)]
@@ -301,6 +308,10 @@ def run(minutes: float, kills: int, senders: int, rate: float, warmup: float, wo
                           f"{counts}, errors {errors}", flush=True)
                 next_sample = now + 5
             time.sleep(0.2)
+        # A client thread that died would lighten the load unnoticed: that is an error too.
+        dead = [thread.name for thread in threads if not thread.is_alive()]
+        if dead:
+            soak.errors.append(f"client threads ended during the run: {', '.join(dead)}")
     finally:
         soak.stop.set()
         for thread in threads:

@@ -12,6 +12,8 @@ dataset with a status naming the limit (``[storage] max_sequence_depth``) instea
 Only the structure is walked (element headers, items and delimiters; values are skipped by
 their length), and only when the dataset holds more items than the limit: nesting ``d``
 sequences deep takes at least ``d - 1`` items, so counting the item tag is a sound first test.
+Ingest runs it on the header pydicom has parsed (a nest deep enough to exhaust pydicom's
+recursion is refused from the ``RecursionError``), so the pixel data is not searched.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ def _is_sequence(tag: int, vr: bytes | None, length: int) -> bool:
     return False
 
 
-def nests_deeper_than(data: bytes, *, implicit: bool, little: bool, limit: int) -> bool:
-    """Whether the sequences of an encoded dataset nest more than ``limit`` levels deep.
+def nests_deeper_than(data: bytes, *, implicit: bool, little: bool, limit: int, start: int = 0,
+                      end: int | None = None) -> bool:
+    """Whether the sequences of an encoded dataset (or of the elements in ``data[start:end]``)
+    nest more than ``limit`` levels deep.
 
     Parameters
     ----------
@@ -83,11 +87,14 @@ def nests_deeper_than(data: bytes, *, implicit: bool, little: bool, limit: int) 
         Its transfer syntax's VR encoding and byte order.
     limit:
         The deepest nesting allowed (1: sequences whose items hold no sequence).
+    start, end:
+        Where whole top-level elements begin and end (the header before Pixel Data, say).
     """
+    end = len(data) if end is None else end
     item_tag = b"\xfe\xff\x00\xe0" if little else b"\xff\xfe\xe0\x00"
-    if data.count(item_tag) + 1 <= limit:
+    if data.count(item_tag, start, end) + 1 <= limit:
         return False
-    return sequence_depth(data, implicit=implicit, little=little, limit=limit) > limit
+    return sequence_depth(memoryview(data)[start:end], implicit=implicit, little=little, limit=limit) > limit
 
 
 def sequence_depth(data: bytes | bytearray | memoryview, *, implicit: bool, little: bool,

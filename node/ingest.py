@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 import threading
 import time
 import zlib
@@ -199,8 +200,10 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
     """Parse the top-level elements before the pixel data (values stay raw until used).
 
     The offset where parsing stopped (the Pixel Data element, or the end) is kept on the
-    dataset as ``_pacsnode_header_end`` for :func:`~node.dataset_checks.check_pixel_length`. Sequences nested
-    deeper than ``max_depth`` are refused before pydicom recurses through them.
+    dataset as ``_pacsnode_header_end`` for :func:`~node.dataset_checks.check_pixel_length`.
+    Sequences nested deeper than ``max_depth`` are refused: measured on the parsed header and
+    on any elements after the Pixel Data, or from pydicom's ``RecursionError`` when the nest
+    is deeper than it can recurse.
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         try:
@@ -209,11 +212,8 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
             raise InvalidDataset(f"deflated dataset cannot be inflated: {exc}") from exc
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
-    if nests_deeper_than(data, implicit=implicit, little=little, limit=max_depth):
-        raise InvalidDataset(
-            f"sequences are nested more than {max_depth} levels deep, more than this node "
-            "accepts ([storage] max_sequence_depth); the sender's object is malformed"
-        )
+    too_deep = InvalidDataset(f"sequences are nested more than {max_depth} levels deep, more than this "
+                              "node accepts ([storage] max_sequence_depth); the sender's object is malformed")
     stream = BytesIO(data)
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
@@ -224,17 +224,32 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
                 value = ds[keyword].value  # converted here, so a broken element fails here
                 uids[keyword] = "" if value is None else str(value)
     except RecursionError as exc:
-        raise InvalidDataset("sequences are nested too deeply to be read; the sender's object is "
-                             "malformed") from exc
+        raise too_deep from exc
     except DECODE_ERRORS as exc:
         raise InvalidDataset(
             f"the dataset cannot be decoded ({type(exc).__name__}: {exc}); the sender's "
             "file is corrupt or truncated"
         ) from exc
     # pydicom leaves the stream at the element that stopped the parse.
-    ds._pacsnode_header_end = stream.tell()
+    header_end = stream.tell()
+    if (nests_deeper_than(data, implicit=implicit, little=little, limit=max_depth, end=header_end)
+            or nests_deeper_than(data, implicit=implicit, little=little, limit=max_depth,
+                                 start=_after_pixels(data, header_end, implicit, little))):
+        raise too_deep
+    ds._pacsnode_header_end = header_end
     ds._pacsnode_uids = uids  # read once: every later step needs them
     return ds
+
+
+def _after_pixels(data: bytes, at: int, implicit: bool, little: bool) -> int:
+    """Where the elements after a native Pixel Data element at ``at`` begin (the end of the
+    data when there is none); ``at`` itself for encapsulated pixel data, whose fragments the
+    depth walk skips item by item."""
+    if at + 12 > len(data):
+        return len(data)
+    header = 8 if implicit else 12
+    (length,) = struct.unpack_from("<I" if little else ">I", data, at + header - 4)
+    return at if length == 0xFFFFFFFF else min(len(data), at + header + length)
 
 
 def _uids(ds: Dataset) -> dict[str, str]:
