@@ -105,9 +105,14 @@ class Viewer:
 
 
 def _coloured(pixels: np.ndarray) -> int:
-    """Pixels that are not grey: overlays and annotations on an MR image."""
+    """Pixels that are neither grey nor OHIF's blue: overlays and annotations on an MR image.
+
+    OHIF's own controls over the viewport (the cine player, the loading bar) are blue; counting
+    them let a viewport without any overlay pass.
+    """
     spread = pixels.max(axis=2) - pixels.min(axis=2)
-    return int((spread > 60).sum())
+    not_blue = pixels[..., 2] < np.maximum(pixels[..., 0], pixels[..., 1])
+    return int(((spread > 60) & not_blue).sum())
 
 
 @pytest.fixture(scope="module")
