@@ -45,7 +45,7 @@ from tests.fuzz.harness import (
     check_wado,
     store_reference_instance,
 )
-from tests.peers import NodeProcess, node_process, wait_for_port
+from tests.peers import NodeProcess, node_process, tree_stats, wait_for_port
 
 _BATCH = 40
 #: The properties, in the order they take turns.
@@ -103,10 +103,8 @@ def _batch(run: PropertyRun, strategy: st.SearchStrategy[Any], check: Callable[[
 
 
 def _rss_mb(node: NodeProcess) -> float:
-    for line in Path(f"/proc/{node.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """RSS of the node's processes together (main process, DIMSE receivers)."""
+    return tree_stats(node.process.pid)[0]
 
 
 @dataclass

@@ -17,7 +17,8 @@ Pass criteria, all measured:
 * **0 errors**: no failed request while the node is up (the window from a kill until the
   restarted node answers ``/readyz`` 200, plus 3 s, is excluded), no WADO-RS 404 for an
   acknowledged instance, no unhandled exception in the node's log;
-* **RSS growth < 50 MB after warm-up**, in every lifetime of the node: the largest RSS after
+* **RSS growth < 50 MB after warm-up**, in every lifetime of the node: the largest RSS (of the
+  node's processes together: the main process, its DIMSE receivers, any job workers) after
   the first ``--warmup`` minutes of a lifetime minus the RSS at the end of the warm-up.
 
 Writes a JSON report to ``bench/results/soak-<time>.json`` and exits 1 when a criterion
@@ -53,7 +54,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from node.dimse.scu import requestor_handlers
 from node.samples import SeriesSpec, write_mr_series
 from tests.fuzz.harness import CRASH_MARKERS
-from tests.peers import NodeProcess, free_port, query_index, start_node, write_node_config
+from tests.peers import NodeProcess, free_port, query_index, start_node, tree_stats, write_node_config
 
 _ROOT = "1.2.826.0.1.3680043.10.1379.77."
 _GRACE = 3.0
@@ -234,16 +235,6 @@ def _c_find(soak: Soak, port: int, senders: int) -> None:
             soak.count("c-find")
 
 
-def _process_stats(pid: int) -> tuple[float, int, int]:
-    rss = threads = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-        elif line.startswith("Threads:"):
-            threads = int(line.split()[1])
-    return rss, int(threads), len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def _wait_ready(http_port: int, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,7 +289,7 @@ def run(minutes: float, kills: int, senders: int, rate: float, warmup: float, wo
                 print(f"[{(time.monotonic() - started) / 60:5.1f} min] kill -9 and restart #{life} "
                       f"({time.monotonic() - now:.1f} s until ready)", flush=True)
             if now >= next_sample and not soak.node_down(now):
-                rss, thread_count, fds = _process_stats(node.process.pid)
+                rss, thread_count, fds = tree_stats(node.process.pid)
                 with soak.lock:
                     soak.rss.append((now - started, life, rss, thread_count, fds))
                     counts = dict(soak.counts)

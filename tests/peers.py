@@ -30,6 +30,8 @@ __all__ = [
     "have",
     "node_process",
     "orthanc_process",
+    "process_tree",
+    "tree_stats",
     "wait_for_port",
 ]
 
@@ -65,6 +67,37 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, log: 
         time.sleep(poll)
     tail = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a node's DIMSE receiver processes, say), from /proc."""
+    tree, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+            tree += children
+            frontier += children
+    return tree
+
+
+def tree_stats(pid: int) -> tuple[float, int, int]:
+    """RSS (MB), threads and open file descriptors of ``pid`` and its descendants together."""
+    rss, threads, fds = 0.0, 0, 0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) / 1024
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
+            fds += len(os.listdir(f"/proc/{member}/fd"))
+        except OSError:
+            continue  # ended meanwhile
+    return rss, threads, fds
 
 
 def free_port() -> int:
