@@ -223,3 +223,19 @@ def test_qc_sees_the_slices_of_a_mosaic() -> None:
     findings = assess_geometry(frames_of(headers)).as_dict()
     assert (findings["slices"], findings["time_points"], findings["missing_slices"]) == (35, 2, 0)
     assert abs(findings["slice_spacing_mm"] - 3.6) < 1e-3
+
+
+@requires_scanner_dicom
+def test_spine_on_a_sagittal_head_is_rejected_not_crashed(tmp_path: Path) -> None:
+    """A sagittal brain T1 routed to spine: sagittal, but no spine to find (it crashed on an empty
+    marrow sample before)."""
+    from analyzers.contract import AnalysisInput, SeriesInput
+    from analyzers.spine.analyzer import SpineAnalyzer, SpineSettings
+
+    files = series_files("siemens-decubitus-hfs/3_t1_fl2d_sag")
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    job = AnalysisInput("spine", SeriesInput(str(header.SeriesInstanceUID), str(header.StudyInstanceUID),
+                                             tuple(files), {"SeriesDescription": "t1_fl2d_sag"}),
+                        {}, (), SpineSettings(), tmp_path)
+    with pytest.raises(UnsuitableInput, match="does not show a spine"):
+        SpineAnalyzer().analyze(job)

@@ -99,6 +99,10 @@ class DetectionResult:
     marrow_t2: float | None = None
 
 
+# Fewer voxels than this in the vertebral-body core give no marrow reference.
+_MIN_MARROW_VOXELS = 50
+
+
 def sagittal_axes(affine: NDArray[np.floating[Any]]) -> int:
     """+1 when increasing column index runs posterior, -1 when anterior.
 
@@ -221,6 +225,11 @@ def detect_lesions(
     core2d = (depth > 4.0 / float(spacing[2])) & (depth < 0.55 * band_px)
     core = np.zeros(shape, dtype=bool)
     core[n_slices // 3:max(n_slices - n_slices // 3, n_slices // 3 + 1)] = core2d
+    if core.sum() < _MIN_MARROW_VOXELS:
+        raise SpineDataError(
+            "no vertebral-body band in front of the spinal canal: the series does not show a spine "
+            "(a sagittal spine T1/T2 is needed)"
+        )
     normal = np.ones(shape, dtype=bool)
     abnormal = np.zeros(shape, dtype=bool)
     marrow_t1 = float("nan")
@@ -230,6 +239,8 @@ def detect_lesions(
         abnormal = np.abs(image1 / marrow_t1 - 1.0) > opts.lesion_t1_deviation
     marrow_t2 = None
     if image2 is not None:
+        if (core & normal).sum() < _MIN_MARROW_VOXELS:
+            raise SpineDataError("no normal marrow found in the vertebral-body band on T1 and T2")
         marrow_t2 = _mode(image2[core & normal])
         normal &= np.abs(image2 / marrow_t2 - 1.0) < opts.marrow_t2_tolerance
         abnormal |= np.abs(image2 / marrow_t2 - 1.0) > opts.lesion_t2_deviation
