@@ -31,7 +31,7 @@ def _in_plane(volume: Volume, analyzer: str, min_matrix: int) -> None:
     _, rows, columns = volume.shape3d
     if min(rows, columns) < min_matrix:
         raise UnsuitableInput(
-            f"{analyzer} needs images of at least {min_matrix}x{min_matrix} pixels; this is a "
+            f"{analyzer} needs images of at least {min_matrix}x{min_matrix} pixels; input: "
             f"{volume.describe()}"
         )
 
@@ -45,10 +45,10 @@ def check_static(volume: Volume, analyzer: str, *, min_slices: int = 3, min_matr
         A dynamic series, too few slices, or too small images; the reason names the layout.
     """
     if volume.is_dynamic:
-        raise UnsuitableInput(f"{analyzer} needs a static series; this is a {volume.describe()}")
+        raise UnsuitableInput(f"{analyzer} needs a static series; input: {volume.describe()}")
     if volume.shape3d[0] < min_slices:
         raise UnsuitableInput(
-            f"{analyzer} is a 3D method and needs at least {min_slices} slices; this is a {volume.describe()}"
+            f"{analyzer} is a 3D method and needs at least {min_slices} slices; input: {volume.describe()}"
         )
     _in_plane(volume, analyzer, min_matrix)
 
@@ -63,19 +63,19 @@ def check_dynamic(volume: Volume, analyzer: str, *, min_time_points: int = 10, m
         time points, or too small images; the reason names the layout.
     """
     if not volume.is_dynamic or volume.times is None:
-        what = volume.describe() if volume.is_dynamic else f"static {volume.describe()}"
+        what = "no times in its headers" if volume.is_dynamic else "static"
         raise UnsuitableInput(
-            f"{analyzer} needs a dynamic series with a time axis (frame timing); this is a {what}"
-            + (" without times in its headers" if volume.is_dynamic else "")
+            f"{analyzer} needs a dynamic series with a time axis (frame timing); input ({what}): "
+            f"{volume.describe()}"
         )
     if len(volume.times) < min_time_points:
         raise UnsuitableInput(
-            f"{analyzer} needs at least {min_time_points} time points; this is a {volume.describe()}"
+            f"{analyzer} needs at least {min_time_points} time points; input: {volume.describe()}"
         )
     if not np.all(np.diff(volume.times) > 0):
         raise UnsuitableInput(
-            f"{analyzer}: the time points of this {volume.describe()} do not follow each other in time "
-            "(repeated or decreasing acquisition times)"
+            f"{analyzer}: the time points do not follow each other in time (repeated or decreasing "
+            f"acquisition times); input: {volume.describe()}"
         )
     _in_plane(volume, analyzer, min_matrix)
 
@@ -103,13 +103,13 @@ def check_acquisition(volume: Volume, analyzer: str, *, min_echo_ms: float | Non
     repetition = _header_value(volume, "RepetitionTime")
     if min_echo_ms is not None and echo is not None and echo < min_echo_ms:
         raise UnsuitableInput(
-            f"{analyzer} needs an echo time of at least {min_echo_ms:g} ms; this {volume.describe()} has "
-            f"TE {echo:g} ms{hint}"
+            f"{analyzer} needs an echo time of at least {min_echo_ms:g} ms; input: TE {echo:g} ms, "
+            f"{volume.describe()}{hint}"
         )
     if max_repetition_ms is not None and repetition is not None and repetition > max_repetition_ms:
         raise UnsuitableInput(
-            f"{analyzer} needs a repetition time of at most {max_repetition_ms:g} ms; this "
-            f"{volume.describe()} has TR {repetition:g} ms{hint}"
+            f"{analyzer} needs a repetition time of at most {max_repetition_ms:g} ms; input: TR "
+            f"{repetition:g} ms, {volume.describe()}{hint}"
         )
 
 

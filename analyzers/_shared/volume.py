@@ -120,7 +120,7 @@ class Volume:
         nz, ny, nx = self.shape3d
         dz, dy, dx = self.spacing
         times = f" x {self.data.shape[0]} time points" if self.is_dynamic else ""
-        return f"{self.layout} series of {nz} slices{times} ({nx}x{ny} pixels, {dx:.3g}x{dy:.3g}x{dz:.3g} mm)"
+        return f"{self.layout}, {nz} slices{times} ({nx}x{ny} pixels, {dx:.3g}x{dy:.3g}x{dz:.3g} mm)"
 
     @property
     def is_dynamic(self) -> bool:
