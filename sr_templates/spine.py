@@ -27,6 +27,8 @@ TEMPLATE = ReportTemplate(
         Quantity("probability", c.PROBABILITY, c.PERCENT, "Probability",
                  "Probability of the stated impression (%)"),
         Quantity("volume", c.VOLUME, c.CUBIC_MILLIMETER, "Volume", "Lesion volume (mm3)"),
+        Quantity("lesion_count", c.LESION_COUNT, c.NO_UNITS, "Lesions",
+                 "Number of vertebral lesions found in the series"),
     ),
     diagnoses=MappingProxyType({
         "hemangioma": c.VERTEBRAL_HEMANGIOMA,

@@ -403,6 +403,8 @@ class SpineAnalyzer:
             OutputSeries.for_job(job.job_id, "sr", series_number=settings.series_number + 1,
                                  series_description=f"{TEMPLATE.series_description} SR"),
             segmentation=seg, texts=texts,
+            # The lesion count makes the report complete when no lesion was found (TID 1500 needs a group).
+            study_measurements=[MeasuredValue(TEMPLATE.quantity("lesion_count"), float(len(lesions)))],
         )
         datasets.append(sr)
         return datasets
