@@ -297,7 +297,8 @@ def run_rows(data: dict[str, list[Path]], work: Path, servers: dict[str, ServerF
                     sampler = MemorySampler(server.pid) if case.sample_memory and name == "pacsnode" else None
                     cpu_before = cpu_seconds(tree)
                     elapsed = _send(server, files, case.associations, dict(os.environ) if case.nagle else NODELAY)
-                    row.cpu.setdefault(name, []).append(cpu_seconds(process_tree(server.pid) + tree) - cpu_before)
+                    row.cpu.setdefault(name, []).append(
+                        cpu_seconds(sorted(set(process_tree(server.pid)) | set(tree))) - cpu_before)
                     row.seconds.setdefault(name, []).append(elapsed)
                     if sampler is not None:
                         sampler.stop()

@@ -18,7 +18,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import decode, encode
 
-from node.dimse.fast_find import FindEvent, FindRequest, encode_find_response, find_response_pdus
+from node.dimse.fast_find import FindEvent, FindRequest, encode_find_response, find_response_pdus, syntax_flags
 
 _STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
@@ -51,7 +51,7 @@ def _event(syntax: str = ExplicitVRLittleEndian) -> FindEvent:
     ts = UID(syntax)
     data = encode(identifier, ts.is_implicit_VR, ts.is_little_endian)
     assert data is not None
-    return FindEvent(SimpleNamespace(), FindRequest(7, _STUDY_ROOT_FIND, 2, data), None, ts)
+    return FindEvent(SimpleNamespace(), FindRequest(7, _STUDY_ROOT_FIND, 2, data), None, syntax_flags(ts))
 
 
 def _match(number: int) -> Dataset:

@@ -29,7 +29,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-__all__ = ["FIND_MODELS", "FindEvent", "FindRequest", "encode_find_response", "find_response_pdus"]
+__all__ = ["FIND_MODELS", "FindEvent", "FindRequest", "SyntaxFlags", "encode_find_response", "find_response_pdus",
+           "syntax_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +102,29 @@ class FindEvent:
 
     is_cancelled = False
 
-    def __init__(self, assoc: Any, request: FindRequest, context: Any, transfer_syntax: Any) -> None:
+    def __init__(self, assoc: Any, request: FindRequest, context: Any, syntax: SyntaxFlags) -> None:
         self.assoc = assoc
         self.request = request
         self.context = context
-        self._syntax = transfer_syntax
+        self.syntax = syntax
         self._identifier: Dataset | None = None
 
     @property
     def identifier(self) -> Dataset:
         if self._identifier is None:
             self.request.Identifier.seek(0)
-            self._identifier = decode(self.request.Identifier, self._syntax.is_implicit_VR,
-                                      self._syntax.is_little_endian, self._syntax.is_deflated)
+            self._identifier = decode(self.request.Identifier, *self.syntax)
         return self._identifier
+
+
+SyntaxFlags = tuple[bool, bool, bool]
+"""A transfer syntax as ``(implicit VR, little endian, deflated)``."""
+
+
+def syntax_flags(transfer_syntax: Any) -> SyntaxFlags:
+    """:data:`SyntaxFlags` of a pydicom ``UID`` (its properties are computed on every access)."""
+    return (bool(transfer_syntax.is_implicit_VR), bool(transfer_syntax.is_little_endian),
+            bool(transfer_syntax.is_deflated))
 
 
 def _status_of(value: Any) -> int:
@@ -127,7 +137,6 @@ def find_response_pdus(event: FindEvent, results: Iterator[tuple[Any, Dataset | 
     request = event.request
     message_id = int(request.MessageID)
     sop_class = str(request.AffectedSOPClassUID)
-    syntax = event._syntax
     out: list[bytes] = []
 
     def respond(status: int, identifier: bytes | None = None) -> None:
@@ -140,8 +149,7 @@ def find_response_pdus(event: FindEvent, results: Iterator[tuple[Any, Dataset | 
         for status_value, dataset in results:
             status = _status_of(status_value)
             if status in (0xFF00, 0xFF01):
-                encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian,
-                                 syntax.is_deflated) if dataset is not None else None
+                encoded = encode(dataset, *event.syntax) if dataset is not None else None
                 if not encoded:
                     log.error("a C-FIND match could not be encoded; answering 0x%04X", _ENCODING_FAILED)
                     respond(_ENCODING_FAILED)

@@ -47,7 +47,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from node.dimse.fast_find import FIND_MODELS, FindEvent, FindRequest, find_response_pdus
+from node.dimse.fast_find import FIND_MODELS, FindEvent, FindRequest, SyntaxFlags, find_response_pdus, syntax_flags
 from node.dimse.guard import PduLimits, PduTooLong, PduTooSlow, check_pdu_header, read_exactly, send_abort
 
 __all__ = ["FastStoreReader", "StoreRequest", "parse_command"]
@@ -148,6 +148,9 @@ class FastStoreReader:
         self._context_id = 0
         self._mode = "idle"  # idle | command | store | pass
         self._contexts: dict[int, Any] = {}
+        self._find_models: dict[int, str | None] = {}
+        self._raw: bool | None = None
+        self._syntaxes: dict[int, SyntaxFlags] = {}
         self._storage: dict[str, bool] = {}
 
     @staticmethod
@@ -303,10 +306,35 @@ class FastStoreReader:
         storage = self._storage.get(sop_class)
         if storage is None:
             storage = self._storage[sop_class] = uid_to_service_class(sop_class) is StorageServiceClass
-        if not storage or any(assoc.get_handlers(event) for event in _RAW_EVENTS):
+        if not storage or self._raw_traffic():
             return False
-        self._contexts.setdefault(self._context_id, context.as_tuple)
+        if self._context_id not in self._contexts:
+            self._contexts[self._context_id] = context.as_tuple
         return True
+
+    def _raw_traffic(self) -> bool:
+        """Whether something listens to the raw traffic (then pynetdicom serves everything).
+        Decided once per association: the node binds its handlers before it starts."""
+        if self._raw is None:
+            self._raw = any(self.assoc.get_handlers(event) for event in _RAW_EVENTS)
+        return self._raw
+
+    def _find_model(self, context_id: int) -> str | None:
+        """The FIND model of an accepted context when the node's C-FIND handler serves it here."""
+        if context_id in self._find_models:
+            return self._find_models[context_id]
+        assoc = self.assoc
+        context = assoc._accepted_cx.get(context_id)
+        model = str(context.abstract_syntax) if context is not None else None
+        handler = assoc.get_handlers(evt.EVT_C_FIND)
+        if (model not in FIND_MODELS or not handler or getattr(handler[0], "__name__", "") != "on_find"
+                or type(getattr(handler[0], "__self__", None)).__name__ != "DimseHandlers"):
+            model = None
+        if context is not None:
+            self._find_models[context_id] = model
+            if model is not None and context_id not in self._contexts:
+                self._contexts[context_id] = context.as_tuple
+        return model
 
     def _find_servable(self, fields: dict[int, bytes]) -> bool:
         """A C-FIND request of a supported model with its identifier, the node's handler bound."""
@@ -316,19 +344,10 @@ class FastStoreReader:
             return False
         if not assoc.is_established or assoc._sent_release or self.dul.event_queue.qsize():
             return False
-        context = assoc._accepted_cx.get(self._context_id)
-        if context is None or str(context.abstract_syntax) not in FIND_MODELS:
-            return False
-        if _text(fields.get(0x0002)) != str(context.abstract_syntax):
-            return False  # pynetdicom reports the mismatch
-        handler = assoc.get_handlers(evt.EVT_C_FIND)
-        if not (handler and getattr(handler[0], "__name__", "") == "on_find"
-                and type(getattr(handler[0], "__self__", None)).__name__ == "DimseHandlers"):
-            return False
-        if any(assoc.get_handlers(event) for event in _RAW_EVENTS):
-            return False
-        self._contexts.setdefault(self._context_id, context.as_tuple)
-        return True
+        model = self._find_model(self._context_id)
+        if model is None or _text(fields.get(0x0002)) != model:
+            return False  # not ours to serve, or a mismatch pynetdicom reports
+        return not self._raw_traffic()
 
     def _reset(self) -> None:
         self._fragments = []
@@ -375,7 +394,10 @@ class FastStoreReader:
         context = assoc._accepted_cx[context_id]
         request = FindRequest(_us(fields.get(0x0110)) or 0, _text(fields.get(0x0002)),
                               _us(fields.get(0x0700)) or 0, data)
-        event = FindEvent(assoc, request, self._contexts[context_id], context.transfer_syntax[0])
+        flags = self._syntaxes.get(context_id)
+        if flags is None:
+            flags = self._syntaxes[context_id] = syntax_flags(context.transfer_syntax[0])
+        event = FindEvent(assoc, request, self._contexts[context_id], flags)
         bound: Any = assoc.get_handlers(evt.EVT_C_FIND)
         handler, args = bound
         try:

