@@ -164,6 +164,8 @@ class Node:
 
         self.receivers = ReceiverPool(self.settings, self.settings.dicom.receiver_processes,
                                       on_events=self.events.wake, on_metrics=observed, on_death=receiver_died)
+        if metrics is not None:
+            metrics.before_exposition.append(self.receivers.flush_metrics)
         try:
             self.receivers.start()
         except OSError:

@@ -197,7 +197,7 @@ def write_repositioned(files: list[Path], folder: Path, position: str) -> list[P
 
 
 def write_philips_dsc(path: Path, *, source: str = "philips-enhanced/1903_WIP_SOURCE_-_3DpCASL.dcm",
-                      time_points: int = 30, repetition_s: float = 1.5, description: str = "DSC_PERF",
+                      time_points: int = 40, repetition_s: float = 1.5, description: str = "DSC_PERF",
                       echo_ms: float = 30.0, noise: float = 0.01, seed: int = 0) -> Path:
     """A DSC series in the Philips layout (the whole series in one Enhanced MR instance) built from
     the real Philips pCASL object: the 40 slices of its first label frame set repeated over

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,15 @@ class Viewer:
         self.page.screenshot(path=str(self.shots / f"{name}-page.png"))
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
-    def svg_text(self) -> str:
-        return " ".join(text or "" for text in self.page.locator("svg text").all_text_contents())
+    def svg_text(self, wait_ms: int = 0) -> str:
+        """The annotation labels drawn over the viewport; waits up to ``wait_ms`` for the first
+        (OHIF draws an SR's measurements after hydrating it, which takes longer on a busy machine)."""
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            text = " ".join(t or "" for t in self.page.locator("svg text").all_text_contents())
+            if text.strip() or time.monotonic() >= deadline:
+                return text
+            self.page.wait_for_timeout(500)
 
 
 def _coloured(pixels: np.ndarray) -> int:
@@ -189,11 +197,12 @@ def _open_sr(viewer: Viewer, analyzed_node: AnalyzedNode, analyzer: str) -> None
     viewer.open_series(description, wait_ms=10_000)
     assert not viewer.errors, viewer.errors
     assert "Something went wrong" not in viewer.page.inner_text("body", timeout=30_000)
-    pixels = viewer.viewport(f"ohif-{analyzer}-sr")
-    labels = viewer.svg_text()
     findings = analyzed_node.rows(
         f"SELECT findings FROM jobs WHERE route LIKE '{analyzer}%' AND state = 'done' AND study_uid = '{study}'")
-    if any(json.loads(str(f) or "{}").get("lesions") for (f,) in findings):  # groups with regions
+    with_regions = any(json.loads(str(f) or "{}").get("lesions") for (f,) in findings)
+    labels = viewer.svg_text(wait_ms=30_000 if with_regions else 0)
+    pixels = viewer.viewport(f"ohif-{analyzer}-sr")
+    if with_regions:  # groups with regions
         assert labels.strip(), f"{description}: no measurement drawn"
         assert _coloured(pixels) > 20
     assert pixels.mean() > 10  # the source image is shown under the regions

@@ -226,7 +226,7 @@ def test_real_t1_brains_as_post_contrast_series(orthanc: OrthancProcess, tmp_pat
 
 def test_philips_whole_series_dsc_completes_at_once_and_maps_sit_on_its_frames(
         orthanc: OrthancProcess, tmp_path: Path) -> None:
-    path = write_philips_dsc(tmp_path / "philips" / "dsc.dcm", time_points=30)
+    path = write_philips_dsc(tmp_path / "philips" / "dsc.dcm", time_points=40)
     node = _node(tmp_path, orthanc, ("dsc",), stable_after=60.0)  # one instance holds all: count 1
     try:
         storescu(node.node.port, [path])

@@ -145,15 +145,20 @@ class _Link:
         with self._lock:
             self._refused[(status, calling_ae)] += 1
 
-    def flush_forever(self) -> None:
-        while True:
-            time.sleep(_FLUSH_S)
-            with self._lock:
-                observed, self._observed = self._observed, []
-                refused, self._refused = self._refused, Counter()
+    def flush(self) -> None:
+        """Send the observations gathered since the last flush (nothing when there are none)."""
+        with self._lock:
+            observed, self._observed = self._observed, []
+            refused, self._refused = self._refused, Counter()
+            # under the lock: a concurrent flush cannot overtake this batch on the channel
             if observed or refused:
                 self.send({"t": "metrics", "observed": observed,
                            "refused": [[status, ae, count] for (status, ae), count in refused.items()]})
+
+    def flush_forever(self) -> None:
+        while True:
+            time.sleep(_FLUSH_S)
+            self.flush()
 
 
 class _Operations:
@@ -216,6 +221,10 @@ def serve(settings: Settings, channel: Channel, number: int) -> None:
             handed.take(sock, (str(address[0]), int(address[1])))
         elif message.get("t") == "slot":
             link.answered(message)
+        elif message.get("t") == "flush":
+            # /metrics is about to be read: what was answered before must be in it
+            link.flush()
+            link.send({"t": "flushed", "id": message.get("id")})
         elif fd is not None:
             os.close(fd)
     # The node closed the channel (it stops, or it died): nothing here outlives it.

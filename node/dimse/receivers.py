@@ -28,6 +28,7 @@ die with the main process (``PR_SET_PDEATHSIG``, and the end of their Unix socke
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -147,6 +148,8 @@ class ReceiverPool:
         self._deaths: dict[int, int] = {}
         self._threads: list[threading.Thread] = []
         self._spawns: queue.Queue[tuple[float, int]] = queue.Queue()
+        self._flushes: dict[int, threading.Event] = {}
+        self._flush_ids = itertools.count(1)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -307,6 +310,28 @@ class ReceiverPool:
                 continue
             client.close()
 
+    def flush_metrics(self, timeout: float = 2.0) -> None:
+        """Have every live receiver send its pending C-STORE observations now, and wait (at most
+        ``timeout`` seconds) until they were handed to ``on_metrics``, so that an exposition
+        includes every C-STORE answered before it."""
+        waits: list[tuple[_Receiver, int, threading.Event]] = []
+        with self._lock:
+            for receiver in self._receivers:
+                if receiver is not None and receiver.alive and receiver.ready:
+                    number = next(self._flush_ids)
+                    self._flushes[number] = threading.Event()
+                    waits.append((receiver, number, self._flushes[number]))
+        for receiver, number, _ in waits:
+            try:
+                receiver.channel.send({"t": "flush", "id": number})
+            except OSError:
+                pass  # it is dying: its reader reports that
+        deadline = time.monotonic() + timeout
+        for _, number, event in waits:
+            event.wait(max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                self._flushes.pop(number, None)
+
     # -- messages from a receiver --------------------------------------------------------------
 
     def _read(self, receiver: _Receiver) -> None:
@@ -333,6 +358,11 @@ class ReceiverPool:
         elif kind == "metrics":
             if self.on_metrics is not None:
                 self.on_metrics(message.get("observed", []), message.get("refused", []))
+        elif kind == "flushed":
+            with self._lock:
+                waiting = self._flushes.get(int(message.get("id") or 0))
+            if waiting is not None:
+                waiting.set()
         elif kind == "take":
             ok = self.slots.take()
             with self._lock:
