@@ -95,9 +95,10 @@ def _batch(run: PropertyRun, strategy: st.SearchStrategy[Any], check: Callable[[
     started = time.monotonic()
     try:
         explore()
-    except AssertionError as exc:  # hypothesis re-raises the shrunk failure with its input in the notes
-        notes = "\n".join(getattr(exc, "__notes__", []))
-        run.failures.append(f"seed {batch_seed}: {str(exc)[:2000]}\n{notes[:4000]}")
+    except (AssertionError, ExceptionGroup) as exc:  # the shrunk failure(s), inputs in the notes
+        for failure in (exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)):
+            notes = "\n".join(getattr(failure, "__notes__", []))
+            run.failures.append(f"seed {batch_seed}: {str(failure)[:2000]}\n{notes[:4000]}")
     finally:
         run.seconds += time.monotonic() - started
 
@@ -116,7 +117,7 @@ class _Running:
 def _start(stack: ExitStack, folder: Path) -> _Running:
     node = stack.enter_context(node_process(folder, env=FUZZ_NODE_ENV))
     wait_for_port(node.http_port)
-    target = FuzzTarget(node.port, node.http_port, node.log)
+    target = FuzzTarget(node.port, node.http_port, node.log, index=node.storage / "index.sqlite")
     store_reference_instance(target)
     return _Running(node, target)
 

@@ -204,15 +204,27 @@ _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 
 def expected_pixel_bytes(ds: Dataset) -> int | None:
-    """Bytes of native Pixel Data the image attributes call for, or None when they are missing."""
+    """Bytes of native Pixel Data the image attributes call for, or None when they are missing.
+
+    Raises
+    ------
+    InvalidDataset
+        An image attribute is present but cannot be decoded (a wrong VR or length).
+    """
+    keywords = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
+                "PhotometricInterpretation")
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    except (AttributeError, TypeError, ValueError, KeyError):
-        return None
+        rows, cols, bits, samples, frames, photometric = (ds.get(k) for k in keywords)
+        if rows is None or cols is None or bits is None:
+            return None
+        rows, cols, bits = int(rows), int(cols), int(bits)
+        samples, frames = int(samples or 1), int(frames or 1)
+        photometric = str(photometric or "").strip().upper()
+    except DECODE_ERRORS as exc:
+        raise InvalidDataset(
+            f"an image attribute cannot be decoded ({type(exc).__name__}: {str(exc)[:120]}); the "
+            "dataset is corrupt"
+        ) from exc
     per_pixel = 2 if photometric in _SUBSAMPLED and samples == 3 else samples
     return (rows * cols * frames * per_pixel * bits + 7) // 8
 

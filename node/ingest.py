@@ -158,7 +158,7 @@ def _to_python(ds: Dataset, keyword: str, vr_hint: str | None = None) -> Any:
         return None
     try:
         value = ds[keyword].value
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except DECODE_ERRORS:  # an element the sender encoded wrongly: not indexed, not fatal
         return None
     if value is None or value == "":
         return None

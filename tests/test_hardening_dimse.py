@@ -18,11 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import ConfigError, load_settings
+from tests.attacks import element, image_dataset
 from tests.dimse_wire import (
     EXPLICIT_LE,
     IMPLICIT_LE,
@@ -37,7 +39,7 @@ from tests.dimse_wire import (
     raw_association,
     read_pdu,
 )
-from tests.peers import NodeProcess, node_process
+from tests.peers import NodeProcess, node_process, wait_for_port
 
 pytestmark = [pytest.mark.peers]
 
@@ -288,3 +290,24 @@ def test_what_the_fuzzer_found_is_answered(tmp_path: Path) -> None:
         assert _echo_ok(node)
         log = node.log.read_text()
         assert "Exception in thread" not in log and "Exception in handler" not in log, log[-3000:]
+
+
+def test_undecodable_elements_are_refused_or_served(tmp_path: Path) -> None:
+    """More of what the fuzzer found: Samples per Pixel written as FL (2 bytes where FL needs 4)
+    made the pixel check raise in the handler (0xC211); a stored instance with such an element
+    elsewhere (Referenced Frame Number) made WADO-RS metadata drop the connection."""
+    with node_process(tmp_path / "node") as node, raw_association(node.port) as assoc:
+        wait_for_port(node.http_port)
+        bad_samples = image_dataset("1.2.826.0.1.3680043.9.9999.6.1").replace(
+            element(0x00280002, b"US", struct.pack("<H", 1)), element(0x00280002, b"FL", struct.pack("<H", 1)))
+        status, comment = assoc.store("1.2.826.0.1.3680043.9.9999.6.1", bad_samples)
+        assert status == 0xC000 and "cannot be decoded" in comment, (hex(status), comment)
+        sop = "1.2.826.0.1.3680043.9.9999.6.2"
+        odd_frame = image_dataset(sop, extra=[element(0x00081160, b"FL", b"\x01\x00")])
+        assert assoc.store(sop, odd_frame, message_id=2) == (0x0000, "")
+        assoc.release()
+        url = (f"http://127.0.0.1:{node.http_port}/dicom-web/studies/1.2.826.0.1.3680043.9.9999.1/series/"
+               f"1.2.826.0.1.3680043.9.9999.2/instances/{sop}/metadata")
+        response = httpx.get(url, timeout=30)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()[0]["00081160"] == {"vr": "FL"}  # the value is left out, the rest is served

@@ -30,6 +30,8 @@ from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag, Tag
 
+from node.dataset_checks import DECODE_ERRORS
+
 __all__ = [
     "BINARY_VRS",
     "BulkDataLocator",
@@ -251,7 +253,10 @@ def _dataset_json(ds: Dataset, prefix: tuple[int, ...], bulk: BulkDataLocator | 
                 continue
             # SQ items are read by pydicom (then encoded here); UN may be re-typed by pydicom
             if codec is not None and vr not in ("SQ", "UN"):
-                fast = _raw_json(raw, vr, codec, path, bulk, threshold)
+                try:
+                    fast = _raw_json(raw, vr, codec, path, bulk, threshold)
+                except DECODE_ERRORS:  # e.g. bytes that are not text in the character set: pydicom's turn
+                    fast = None
                 if fast is not None:
                     out[f"{int(tag):08X}"] = fast
                     continue
@@ -259,7 +264,7 @@ def _dataset_json(ds: Dataset, prefix: tuple[int, ...], bulk: BulkDataLocator | 
             element = ds[tag]
             out[f"{int(tag):08X}"] = _element_json(element, _vr_of(element), path, bulk,
                                                    threshold, codec)
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        except DECODE_ERRORS as exc:
             # a value that cannot be decoded is answered without its value, not as a failure
             log.warning("attribute %s cannot be encoded as JSON: %s", Tag(tag), exc)
             out[f"{int(tag):08X}"] = {"vr": _vr_of(raw)}

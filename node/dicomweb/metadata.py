@@ -23,6 +23,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from node.dataset_checks import DECODE_ERRORS
 from node.dicomweb.dicom_json import dataset_to_json, element_path
 from node.ingest import IngestOutcome
 from node.storage.index import InstanceRecord
@@ -136,8 +137,8 @@ class MetadataStore:
                 continue
             try:
                 text = _metadata_text(path)
-            except (OSError, ValueError, EOFError) as exc:  # a file removed meanwhile: nothing to store
-                log.debug("no metadata made for %s: %s", sop, exc)
+            except DECODE_ERRORS as exc:  # a file removed meanwhile, or one pydicom cannot read
+                log.warning("no WADO-RS metadata for %s: %s: %s", sop, type(exc).__name__, exc)
                 continue
             made[sop] = text
             rows.append((sop, series, study, digest, text))

@@ -18,7 +18,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget
     folder: Path = tmp_path_factory.mktemp("fuzz") / "node"
     with node_process(folder, env=FUZZ_NODE_ENV) as node:
         wait_for_port(node.http_port)
-        target = FuzzTarget(node.port, node.http_port, node.log)
+        target = FuzzTarget(node.port, node.http_port, node.log, index=node.storage / "index.sqlite")
         store_reference_instance(target)
         yield target
 

@@ -7,6 +7,8 @@
   or a closed connection once the fuzzer has finished sending, never silence.
 * STOW-RS, QIDO-RS and WADO-RS: an HTTP answer below 500 (507 only for a full disk), never a
   dropped connection.
+* An input the node stored (C-STORE success, STOW-RS 200/202) is served back: WADO-RS of
+  the instance indexed last, and its metadata, answer below 500.
 * After each input the node answers C-ECHO on a new association, and its log shows no
   unhandled exception in a handler (:data:`CRASH_MARKERS`).
 
@@ -37,6 +39,7 @@ from tests.dimse_wire import (
     raw_association,
     read_pdu,
 )
+from tests.peers import query_index
 
 __all__ = [
     "CRASH_MARKERS",
@@ -72,6 +75,26 @@ class FuzzTarget:
     log: Path
     ae_title: str = "PACSNODE"
     answer_timeout: float = 20.0
+    index: Path | None = None  # the node's index.sqlite: what was stored last is served back
+
+    def assert_latest_served(self) -> None:
+        """The instance the node indexed last is served by WADO-RS (instance and metadata)
+        without a 5xx: a stored instance with a malformed element must not break retrieval."""
+        if self.index is None:
+            return
+        rows = query_index(self.index, "SELECT study_uid, series_uid, sop_uid FROM instances "
+                                       "ORDER BY received_at DESC LIMIT 1")
+        if not rows:
+            return
+        study, series, sop = rows[0]
+        url = f"{self.base}/studies/{quote(study)}/series/{quote(series)}/instances/{quote(sop)}"
+        for suffix, accept in (("", 'multipart/related; type="application/dicom"'),
+                               ("/metadata", "application/dicom+json")):
+            try:
+                response = httpx.get(url + suffix, headers={"Accept": accept}, timeout=self.answer_timeout)
+            except httpx.RemoteProtocolError as exc:
+                raise AssertionError(f"GET {url}{suffix}: the node dropped the connection") from exc
+            assert response.status_code < 500, f"GET {url}{suffix}: {response.status_code} {response.text[:300]}"
 
     @property
     def base(self) -> str:
@@ -150,6 +173,8 @@ def check_c_store(target: FuzzTarget, dataset: bytes, implicit: bool) -> str:
         assert status not in _HANDLER_EXCEPTION, f"C-STORE answered 0x{status:04X}: an exception in the handler"
         assert assoc.echo(message_id=2) == 0x0000, "the association stopped answering after the C-STORE"
         assoc.release()
+    if status in (0x0000, 0xB000, 0xB007, 0xB006):
+        target.assert_latest_served()
     return f"C-STORE 0x{status:04X}"
 
 
@@ -184,7 +209,10 @@ def _http(client: httpx.Client, method: str, url: str, **kwargs: object) -> int:
 
 def check_stow(target: FuzzTarget, client: httpx.Client, body: bytes, content_type: str) -> str:
     headers = {"Content-Type": content_type} if content_type else {}
-    return f"STOW {_http(client, 'POST', f'{target.base}/studies', content=body, headers=headers)}"
+    status = _http(client, 'POST', f'{target.base}/studies', content=body, headers=headers)
+    if status in (200, 202):
+        target.assert_latest_served()
+    return f"STOW {status}"
 
 
 def check_qido(target: FuzzTarget, client: httpx.Client, resource: str, params: list[tuple[str, str]]) -> str:
@@ -205,6 +233,9 @@ FUZZ_NODE_ENV = {
     "PACSNODE_DICOM__ACSE_TIMEOUT": "5",
     "PACSNODE_STORAGE__FSYNC": "false",
     "PACSNODE_HTTP__MAX_UPLOAD_MB": "4",
+    # each stored input replaces the one before under the same SOP Instance UID, so the
+    # instance served back is the one just sent
+    "PACSNODE_STORAGE__DUPLICATE_POLICY": "overwrite",
 }
 STORED = (uid(1), uid(2), uid(95, 1))
 
