@@ -55,20 +55,23 @@ class Server:
 
 
 @contextmanager
-def pacsnode_server(folder: Path, extra: str = "") -> Iterator[Server]:
+def pacsnode_server(folder: Path, extra: str = "", code: Path | None = None) -> Iterator[Server]:
+    """A ``pacsnode serve``; ``code``: run the node from that source tree instead (PYTHONPATH)."""
     folder.mkdir(parents=True, exist_ok=True)
     port, http_port = free_port(), free_port()
     config = write_node_config(folder, port=port, http_port=http_port, extra=extra)
     # Started here rather than with tests.peers.start_node: on a busy machine importing the
     # node can take longer than that helper's 20 s wait.
     environment = {k: v for k, v in os.environ.items() if k != "PACSNODE_CONFIG"}
+    if code is not None:
+        environment["PYTHONPATH"] = str(code)
     with open(folder / "node.log", "ab") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "pacsnode"), "serve", "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(folder))
     try:
         wait_for_port(port, timeout=300, process=process)
-        yield Server("pacsnode", "PACSNODE", port, process.pid, http_port)
+        yield Server("pacsnode" if code is None else "baseline", "PACSNODE", port, process.pid, http_port)
     finally:
         process.terminate()
         try:
@@ -346,6 +349,15 @@ def print_tables(rows: list[Row], scrapes: list[tuple[str, int, int]], finds: di
         for level, values in finds.items():
             print(f"| {level} | {values['pacsnode']:.2f} | {values['Orthanc']:.2f} | "
                   f"{values['Orthanc'] / values['pacsnode']:.2f}x |")
+    if any(row.rate("baseline") for row in rows):
+        print()
+        print("| C-STORE (storescu) | pacsnode inst/s | baseline inst/s | ratio | CPU ms/inst pacsnode | baseline |")
+        print("|---|---|---|---|---|---|")
+        for row in rows:
+            ours, base = row.rate("pacsnode"), row.rate("baseline")
+            print(f"| {row.case.label} | {_fmt(ours)} | {_fmt(base)} | "
+                  f"{_fmt(ours / base if ours and base else None, '{:.2f}x')} | "
+                  f"{_fmt(row.cpu_ms('pacsnode'), '{:.2f}')} | {_fmt(row.cpu_ms('baseline'), '{:.2f}')} |")
     if memory is not None and memory.processes:
         print()
         print(f"| pacsnode memory while ingesting (all {memory.processes} processes) | start MB | peak MB |")
@@ -365,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="send each case this many times per server, interleaved; report "
                              "the median (1)")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run the node from another source tree (e.g. an earlier checkout) in "
+                             "every round and print its rows beside pacsnode's")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only the rows whose label contains one of these texts")
     args = parser.parse_args(argv)
@@ -400,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, ServerFactory] = {
         "pacsnode": pacsnode_server, "Orthanc": orthanc_server, "storescp": storescp_server,
     }
+    if args.baseline:
+        baseline = Path(args.baseline).resolve()
+        servers["baseline"] = lambda folder: pacsnode_server(folder, code=baseline)
     scrapes: list[tuple[str, int, int]] = []
     memory = Memory()
     rows = run_rows(data, work, servers, cases, max(1, args.rounds), scrapes, memory)
