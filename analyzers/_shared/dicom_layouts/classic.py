@@ -9,6 +9,8 @@ that varies.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -45,11 +47,16 @@ def pixels_of(ds: Dataset, source: str, *, rescale: bool = True) -> np.ndarray:
     return pixels
 
 
-def classic_timing(ds: Dataset) -> dict[str, float | int | None]:
-    """The timing candidates of a single-frame image header."""
+def instance_fields(ds: Dataset) -> dict[str, Any]:
+    """The :class:`Frame` fields a single-frame header states once for all its frames (one
+    image, or every tile of a MOSAIC): identity, timing candidates, acquisition, image kind."""
     temporal = ds.get("TemporalPositionIdentifier")
     trigger = float_or_none(ds.get("TriggerTime"))
     return {
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "sop_class_uid": str(ds.SOPClassUID),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "instance_number": int(ds.get("InstanceNumber", 0) or 0),
         "temporal_position": None if temporal in (None, "") else int(temporal),
         "trigger_time_s": None if trigger is None else trigger / 1000.0,
         "acquisition_time_s": (
@@ -58,6 +65,10 @@ def classic_timing(ds: Dataset) -> dict[str, float | int | None]:
             else seconds_of_dt(ds.get("AcquisitionDateTime"))
         ),
         "content_time_s": seconds_of_tm(ds.get("ContentTime")),
+        "echo_time_ms": float_or_none(ds.get("EchoTime")),
+        "flip_angle": float_or_none(ds.get("FlipAngle")),
+        "repetition_time_ms": float_or_none(ds.get("RepetitionTime")),
+        "image_kind": image_kind(ds.get("ImageType")),
     }
 
 
@@ -67,7 +78,6 @@ def classic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
     position = vector(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", source)
     spacing = vector(ds.get("PixelSpacing"), 2, "PixelSpacing", source)
     pixels = pixels_of(ds, source)
-    timing = classic_timing(ds)
     return [
         Frame(
             position=position,
@@ -75,18 +85,7 @@ def classic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
             column_cosine=orientation[3:],
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
             pixels=pixels,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-            instance_number=int(ds.get("InstanceNumber", 0) or 0),
-            temporal_position=timing["temporal_position"],  # type: ignore[arg-type]
-            trigger_time_s=timing["trigger_time_s"],
-            acquisition_time_s=timing["acquisition_time_s"],
-            content_time_s=timing["content_time_s"],
-            echo_time_ms=float_or_none(ds.get("EchoTime")),
-            flip_angle=float_or_none(ds.get("FlipAngle")),
-            repetition_time_ms=float_or_none(ds.get("RepetitionTime")),
-            image_kind=image_kind(ds.get("ImageType")),
+            **instance_fields(ds),
             header=header_without_pixels(ds, owned),
             layout=CLASSIC,
         )

@@ -31,14 +31,13 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from analyzers._shared.dicom_layouts.classic import classic_timing, pixels_of
+from analyzers._shared.dicom_layouts.classic import instance_fields, pixels_of
 from analyzers._shared.dicom_layouts.frames import (
     MOSAIC,
     Frame,
     SeriesGeometryError,
     float_or_none,
     header_without_pixels,
-    image_kind,
     vector,
 )
 
@@ -200,7 +199,7 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
     rows, columns, grid, count = geometry.rows, geometry.columns, geometry.grid, geometry.count
     stored = pixels_of(ds, source)
     tiles = stored.reshape(grid, rows, grid, columns).transpose(0, 2, 1, 3).reshape(grid * grid, rows, columns)
-    timing = classic_timing(ds)
+    fields = instance_fields(ds)
     header = header_without_pixels(ds, owned)
     frames = []
     for k in range(count):
@@ -211,18 +210,7 @@ def mosaic_frames(ds: Dataset, source: str, owned: bool) -> list[Frame]:
                 column_cosine=geometry.column_cosine,
                 pixel_spacing=geometry.pixel_spacing,
                 pixels=np.ascontiguousarray(tiles[k]),
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-                instance_number=int(ds.get("InstanceNumber", 0) or 0),
-                temporal_position=timing["temporal_position"],  # type: ignore[arg-type]
-                trigger_time_s=timing["trigger_time_s"],
-                acquisition_time_s=timing["acquisition_time_s"],
-                content_time_s=timing["content_time_s"],
-                echo_time_ms=float_or_none(ds.get("EchoTime")),
-                flip_angle=float_or_none(ds.get("FlipAngle")),
-                repetition_time_ms=float_or_none(ds.get("RepetitionTime")),
-                image_kind=image_kind(ds.get("ImageType")),
+                **fields,
                 header=header,
                 layout=MOSAIC,
                 tile_offset=geometry.tile_offset(k),
