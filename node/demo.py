@@ -74,6 +74,19 @@ def _start_orthanc(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int] | 
     return process, dicom_port, http_port
 
 
+def _rejections(index_path: Path) -> list[str]:
+    """``route: reason`` of every job an analyzer refused (the demo shows why, not only that)."""
+    from node.jobs.commands import pipeline_report
+
+    index = Index(index_path)
+    try:
+        rows = pipeline_report(index)
+    finally:
+        index.close()
+    return [f"{job['route']}: {job['error']}" for row in rows for job in row["jobs"]
+            if job["state"] == "rejected" and job.get("error")]
+
+
 def _chain_table(index_path: Path) -> tuple[Table, bool]:
     from node.jobs.commands import pipeline_report
 
@@ -172,6 +185,8 @@ def run_demo(workdir: Path, *, keep_running: bool = False) -> int:
             time.sleep(1)
             table, finished = _chain_table(workdir / "var" / "index.sqlite")
         console.print(table)
+        for rejection in _rejections(workdir / "var" / "index.sqlite"):
+            console.print(f"   rejected, with its reason: {rejection}", soft_wrap=True)
         modalities = httpx.get(f"http://127.0.0.1:{orthanc_http}/series?expand", timeout=30).json()
         sr_series = [s for s in modalities if s.get("MainDicomTags", {}).get("Modality") == "SR"]
         console.print(f"5. Orthanc (the PACS) now holds {len(sr_series)} SR series from pacsnode "

@@ -126,12 +126,17 @@ def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
     count = result.findings["lesion_count"]
     assert count >= 2 and result.findings["technique"] == "space"
     volume = load_series(series.files)
-    # the analyzer's own mask, recomputed the same way
+    # the analyzer's own mask, recomputed the same way: argmax components mostly within 5 mm of the brain
     model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
-    from analyzers.brainmets.instances import extract_lesions
+    from analyzers._shared.brain import extract_brain
+    from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
-    own = extract_lesions(model.predict_image(volume.to_sitk()) > 0, volume.affine)
+    near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
+    own, _ = confident_lesions(model.foreground_probability(volume.to_sitk()), volume.affine, OperatingPoint(),
+                               near_brain)
     assert len(own.lesions) == count
+    everything, _ = confident_lesions(model.foreground_probability(volume.to_sitk()), volume.affine, OperatingPoint())
+    assert np.array_equal(everything.mask & own.mask, own.mask)
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert str(seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue) == "128462008"
     reread = load_segmentation(seg_ds, volume)
@@ -176,9 +181,46 @@ def test_oblique_mprage_round_trip(study: dict[str, object]) -> None:
     union = np.zeros(volume.shape3d, dtype=bool)
     for mask in load_segmentation(seg_ds, volume).values():
         union |= mask
-    labels = np.zeros(volume.shape3d, dtype=bool)
     model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
-    labels = model.predict_image(image) > 0
-    from analyzers.brainmets.instances import extract_lesions
+    from analyzers._shared.brain import extract_brain
+    from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
-    assert _dice(union, extract_lesions(labels, volume.affine).mask) == 1.0
+    near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
+    own, _ = confident_lesions(model.foreground_probability(image), volume.affine, OperatingPoint(), near_brain)
+    assert _dice(union, own.mask) == 1.0
+
+
+def test_operating_point_without_lesions_says_no_metastasis_found(
+    study: dict[str, object], tmp_path: Path
+) -> None:
+    """A model folder whose validated threshold no component reaches: no SEG, a coded absent finding."""
+    import shutil
+
+    from analyzers.brainmets.operating import OperatingPoint
+
+    folder = tmp_path / "model"
+    shutil.copytree(Path(str(study["model"])), folder)
+    OperatingPoint(floor=0.5, threshold=0.999999, validation="test phantoms", sensitivity=0.9, fp_per_brain=0.5,
+                   fp_per_lesion_free_brain=0.25, n_cases=8, n_lesion_free=4, n_lesions=10).save(folder)
+    root = Path(str(study["root"]))
+    settings = BrainmetsSettings(space_model=folder, mirroring=False, threads=1)
+    result = BrainmetsAnalyzer().analyze(_job(root, _series(root, "space"), settings))
+    assert [ds.Modality for ds in result.datasets] == ["SR"]
+    assert result.findings["lesion_count"] == 0 and result.findings["lesions"] == []
+    sr = result.datasets[0]
+    container = sr.ContentSequence[-1].ContentSequence
+    coded = [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeValue)
+             for i in container if i.ValueType == "CODE"]
+    assert coded == [("128462008", "272519000")]  # Secondary malignant neoplasm: Absent
+    texts = [str(i.TextValue) for i in container if i.ValueType == "TEXT"]
+    assert "No metastasis found." in texts
+    assert any("0.9" in t and "false positives per brain" in t and "test phantoms" in t for t in texts)
+
+
+def test_a_2d_series_is_rejected_with_a_reason(tmp_path: Path) -> None:
+    from node.samples import SeriesSpec, write_mr_series  # the demo's sample: a 2D series named like an MPRAGE
+
+    files = tuple(write_mr_series(tmp_path / "demo", SeriesSpec(slices=12, rows=64, columns=64)))
+    series = SeriesInput("1.2.3", "1.2.4", files, {"SeriesDescription": "t1_mprage_sag_p2"})
+    with pytest.raises(UnsuitableInput, match=r"needs a 3D T1.*2D acquisition with 4\.0 mm"):
+        BrainmetsAnalyzer().analyze(_job(tmp_path, series, BrainmetsSettings()))

@@ -744,6 +744,7 @@ def build_measurement_report(
     texts: Sequence[tuple[Code, str]] = (),
     evidence: Sequence[Dataset] = (),
     evaluations: Sequence[tuple[Code, Code]] = (),
+    study_evaluations: Sequence[tuple[Code, Code]] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report (Comprehensive 3D SR) with one group per lesion.
 
@@ -771,6 +772,9 @@ def build_measurement_report(
         Qualitative Evaluations (TID 1500 row "Qualitative Evaluations"), e.g.
         ``(codes.MENINGIOMA, codes.ABSENT)`` when the analyzer found nothing:
         the "nothing found" outcome is then a coded finding, not a missing one.
+    study_evaluations:
+        Coded evaluations of the ``"study"`` group (with ``study_measurements``),
+        e.g. the same absent finding next to the probability that it is there.
     """
     refs = _Evidence(source, segmentation, tuple(evidence))
     groups: list[object] = [_lesion_group(les, template, refs, algorithm) for les in lesions]
@@ -778,7 +782,7 @@ def build_measurement_report(
     if len(set(ids)) != len(ids):
         raise OutputError(f"tracking identifiers must be unique, got {ids}")
     if study_measurements:
-        groups.append(_study_group(source, template, algorithm, study_measurements, ()))
+        groups.append(_study_group(source, template, algorithm, study_measurements, study_evaluations))
     return _report_document(template, groups, refs, algorithm, output, texts, evaluations)
 
 

@@ -4,14 +4,22 @@ Method of "MRI cross-technique transfer learning for brain metastasis
 detection" (Eur Radiol Exp 2025;9:15): an nnU-Net v2 model segments
 metastases on a 3D post-contrast T1 series, SPACE-like (black-blood) or
 MPRAGE-like (gradient echo); on MPRAGE the model trained with labels carried
-from SPACE (the study's setting B) is used when configured. Connected
-components (26-connectivity, minimum size setting) become lesions with volume,
-longest diameter and centroid.
+from SPACE (the study's setting B) is used when configured. Most brains sent to
+it have no metastasis: lesions are the connected components (26-connectivity,
+minimum size setting) of the model's foreground probability whose confidence
+(highest voxel probability) reaches the model folder's validated operating
+point (:mod:`analyzers.brainmets.operating`, chosen for at most one false
+positive per brain); each has a volume, longest diameter and centroid. A 2D
+series or one with voxels coarser than ``max_voxel_mm`` is rejected: small
+metastases cannot be seen on it and the model was not validated there.
 
 Outputs: a binary SEG (one segment per lesion, segmented property SCT 128462008
 secondary malignant neoplasm, tracking ID/UID shared with the SR) and a TID 1500
 SR with one measurement group per lesion (volume, diameter, SCOORD/SCOORD3D,
-SEG reference, finding site brain) and the lesion count. With priors of the same
+SEG reference, finding site brain), the lesion count and the operating point
+with the sensitivity and false positives per brain it was validated at. Without
+a lesion the SR says "no metastasis found" (the coded finding Secondary
+malignant neoplasm: Absent) and no SEG is written. With priors of the same
 patient, lesions are matched by centroid distance in patient coordinates and
 labelled new / stable / growing / shrinking (and prior lesions not found again
 as resolved). Not for clinical use.
@@ -32,7 +40,8 @@ from analyzers._shared.orientation import AXIAL, reorient
 from analyzers._shared.sanity import check_brain, check_static
 from analyzers._shared.volume import SeriesGeometryError, Volume, load_series
 from analyzers.brainmets.inference import ModelFolderError, NnUNetModel, Technique, TechniqueError, detect_technique
-from analyzers.brainmets.instances import DEFAULT_MIN_VOXELS, LesionSet, extract_lesions
+from analyzers.brainmets.instances import DEFAULT_MIN_VOXELS, LesionSet
+from analyzers.brainmets.operating import OperatingPoint, OperatingPointError, confident_lesions, grown
 from analyzers.contract import (
     NOT_FOR_CLINICAL_USE,
     AnalysisInput,
@@ -98,7 +107,11 @@ class BrainmetsSettings(AnalyzerSettings):
     threads: int = 2
     """torch CPU threads."""
     min_lesion_voxels: int = DEFAULT_MIN_VOXELS
-    """Components with fewer voxels are dropped."""
+    """Components with fewer voxels are dropped (when the model folder has no operating point)."""
+    max_voxel_mm: float = 3.0
+    """Series whose voxels are coarser than this along any axis (or 2D acquisitions) are rejected."""
+    brain_margin_mm: float = 5.0
+    """Lesions need at least half their voxels within this distance of the registered brain mask."""
     match_distance_mm: float = 10.0
     """Largest centroid distance of a lesion and its prior."""
     change_percent: float = 20.0
@@ -146,6 +159,19 @@ def compare_with_prior(
     return status, matched, resolved
 
 
+def _check_three_d(volume: Volume, attributes: Any, max_voxel_mm: float) -> None:
+    """Refuse 2D acquisitions and coarse voxels: the model was trained and validated on 3D T1."""
+    acquisition = str(attributes.get("MRAcquisitionType") or volume.headers[0].get("MRAcquisitionType", "")).upper()
+    coarsest = max(volume.spacing)
+    if acquisition == "2D" or coarsest > max_voxel_mm:
+        kind = "a 2D acquisition" if acquisition == "2D" else "a series"
+        raise UnsuitableInput(
+            f"brainmets needs a 3D T1 with voxels of at most {max_voxel_mm:g} mm; this is {kind} with "
+            f"{coarsest:.1f} mm between slices or pixels, on which metastases of a few millimetres are not "
+            "visible and the model was not validated. Send the 3D post-contrast T1 (SPACE/CUBE/VISTA or MPRAGE)."
+        )
+
+
 def _latest_prior(priors: Sequence[PriorFinding]) -> PriorFinding | None:
     usable = [p for p in priors if isinstance(p.findings.get("lesions"), list)]
     if not usable:
@@ -183,7 +209,9 @@ class BrainmetsAnalyzer:
         except SeriesGeometryError as exc:
             raise UnsuitableInput(f"the series is not one regular 3D volume: {exc}") from exc
         check_static(volume, "brainmets (a static 3D T1)", min_slices=3, min_matrix=32)
-        check_brain(volume, "brainmets")
+        _check_three_d(volume, job.series.attributes, settings.max_voxel_mm)
+        # Where the brain is (MNI152 fit); a series that shows none is refused.
+        brain = check_brain(volume, "brainmets")
         if settings.technique != "auto":
             technique: Technique = settings.technique
         else:
@@ -198,16 +226,24 @@ class BrainmetsAnalyzer:
         try:
             model = NnUNetModel(folder, settings.folds, mirroring=settings.mirroring,
                                 device=settings.device, threads=settings.threads)
+            point = OperatingPoint.load(folder)
             # The network sees the array axes it was trained on (axial, columns to the left, rows
-            # to the back), whatever the acquisition plane and patient position; labels go back
-            # onto the series' own grid voxel for voxel.
+            # to the back), whatever the acquisition plane and patient position; probabilities go
+            # back onto the series' own grid voxel for voxel.
             canonical = reorient(volume, AXIAL)
-            labels = canonical.back(model.predict_image(canonical.to_sitk()))
-        except ModelFolderError as exc:
+            probability = canonical.back(model.foreground_probability(canonical.to_sitk()))
+        except (ModelFolderError, OperatingPointError) as exc:
             raise UnsuitableInput(f"the configured {model_label} cannot be used: {exc}") from exc
-        found = extract_lesions(labels > 0, volume.affine, settings.min_lesion_voxels)
+        if not point.validated:
+            point = OperatingPoint(min_voxels=settings.min_lesion_voxels)
+        # Metastases are in the brain: components mostly outside it (scalp, orbits, neck) are not reported.
+        inside = grown(brain.mask, volume.spacing, settings.brain_margin_mm)
+        found, confidences = confident_lesions(probability, volume.affine, point, inside)
         findings = self._findings(job, found, technique, folder, model_label, settings)
-        datasets = self._outputs(job, volume, found, findings, settings)
+        findings["operating_point"] = point.statement()
+        for entry, confidence in zip(findings["lesions"], confidences, strict=True):
+            entry["confidence"] = round(confidence, 4)
+        datasets = self._outputs(job, volume, found, findings, settings, point)
         return AnalysisResult(datasets=datasets, findings=findings)
 
     def _findings(self, job: AnalysisInput, found: LesionSet, technique: str, folder: Path,
@@ -249,7 +285,7 @@ class BrainmetsAnalyzer:
         return findings
 
     def _outputs(self, job: AnalysisInput, volume: Volume, found: LesionSet,
-                 findings: dict[str, Any], settings: BrainmetsSettings) -> list[Dataset]:
+                 findings: dict[str, Any], settings: BrainmetsSettings, point: OperatingPoint) -> list[Dataset]:
         algorithm = out.Algorithm(name="pacsnode brainmets", version=self.version)
         datasets: list[Dataset] = []
         seg = None
@@ -273,6 +309,9 @@ class BrainmetsAnalyzer:
             ))
         texts = [(c.COMMENT, f"Technique {findings['technique']}; {findings['model']['label']} "
                              f"({findings['model']['folder']}); {findings['lesion_count']} lesion(s).")]
+        if not found.lesions:
+            texts.insert(0, (c.IMPRESSION, "No metastasis found."))
+        texts.append((c.COMMENT, point.statement()))
         comparison = findings.get("comparison")
         if comparison is not None:
             states = ", ".join(f"{e['tracking_id']}: {e['status']}" for e in findings["lesions"]) or "no lesions"
@@ -284,6 +323,7 @@ class BrainmetsAnalyzer:
             segmentation=seg,
             study_measurements=[out.MeasuredValue(quantities["lesion_count"], float(findings["lesion_count"]))],
             texts=texts,
+            evaluations=[(c.METASTASIS, c.PRESENT if found.lesions else c.ABSENT)],
         )
         datasets.append(sr)
         return datasets

@@ -198,3 +198,24 @@ class NnUNetModel:
         import SimpleITK as sitk
 
         return self.predict_array(sitk.GetArrayFromImage(image), tuple(image.GetSpacing())[::-1])
+
+    def foreground_probability(self, image: Any) -> np.ndarray:
+        """Probability ``(z, y, x)`` that a voxel is foreground (1 - background), on the image's grid.
+
+        The ensemble's softmax as nnU-Net resamples it back to the input grid;
+        its argmax is what :meth:`predict_image` returns.
+        """
+        import SimpleITK as sitk
+
+        arr = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
+        if arr.ndim != 3:
+            raise ModelFolderError(f"expected a (z, y, x) volume, got shape {arr.shape}")
+        predictor = self._load()
+        _, probabilities = predictor.predict_single_npy_array(
+            arr[np.newaxis], {"spacing": [float(s) for s in tuple(image.GetSpacing())[::-1]]},
+            save_or_return_probabilities=True,
+        )
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if probabilities.shape[1:] != arr.shape:
+            raise ModelFolderError(f"nnU-Net returned probabilities {probabilities.shape} for input {arr.shape}")
+        return np.clip(1.0 - probabilities[0], 0.0, 1.0)

@@ -25,7 +25,6 @@ from analyzers.phantoms.anatomy import (
     PatientPose,
     as_triple,
     axial_grid,
-    load_template,
     random_pose,
     sample_anatomy,
 )
@@ -35,32 +34,13 @@ from analyzers.phantoms.dicomio import random_patient, random_scanner, vendor_ke
 from analyzers.phantoms.lesions import Ellipsoid, random_rotation
 from analyzers.phantoms.model import PhantomCase, PhantomError, SeriesData
 from analyzers.phantoms.structural import T1C_STYLE, bias_field, smooth_texture, tissue_image
-from analyzers.phantoms.vessels import MCA_POLYLINES, distance_to_polyline
+from analyzers.phantoms.vessels import HEAD_VESSELS, cortical_veins, vessel_fraction
 
 __all__ = ["BRAINMETS_LABEL", "generate_brainmets", "simulate_brainmets"]
 
 BRAINMETS_LABEL = "metastasis"
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 _FOV_MM = (144.0, 192.0, 160.0)  # superior-inferior, anterior-posterior, left-right
-_FIXED_VESSELS = (
-    *MCA_POLYLINES,
-    np.array([[0.0, 30.0, -8.0], [0.0, 40.0, 10.0], [0.0, 25.0, 30.0], [0.0, -10.0, 38.0], [0.0, -40.0, 35.0]]),
-    np.array(
-        [
-            [0.0, 58.0, 20.0],
-            [0.0, 40.0, 52.0],
-            [0.0, 5.0, 72.0],
-            [0.0, -40.0, 70.0],
-            [0.0, -75.0, 48.0],
-            [0.0, -95.0, 20.0],
-        ]
-    ),
-    np.array([[0.0, -45.0, 20.0], [0.0, -70.0, 8.0], [0.0, -95.0, 12.0]]),
-    np.array([[0.0, -98.0, 10.0], [-40.0, -90.0, -2.0], [-60.0, -60.0, -15.0]]),
-    np.array([[0.0, -98.0, 10.0], [40.0, -90.0, -2.0], [60.0, -60.0, -15.0]]),
-    np.array([[-8.0, -20.0, -12.0], [-22.0, -40.0, -4.0], [-20.0, -70.0, 6.0]]),
-    np.array([[8.0, -20.0, -12.0], [22.0, -40.0, -4.0], [20.0, -70.0, 6.0]]),
-)
 _STYLE: dict[str, dict[str, Any]] = {
     "siemens": {
         "SeriesDescription": "t1_space_tra_iso_KM_DB",
@@ -111,52 +91,6 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
-
-
-def _cortical_veins(rng: np.random.Generator, count: int) -> list[np.ndarray]:
-    """Random smooth vessels hugging the brain surface, in MNI (RAS) mm."""
-    template = load_template()
-    surface = np.argwhere((template.outside_mm[::2, ::2, ::2] > 0.5) & (template.outside_mm[::2, ::2, ::2] < 2.5)) * 2
-    points = surface @ template.affine_ras[:3, :3].T + template.affine_ras[:3, 3]
-    veins = []
-    for _ in range(count):
-        path = [points[int(rng.integers(len(points)))]]
-        heading = rng.normal(size=3)
-        for _ in range(int(rng.integers(4, 8))):
-            d = np.linalg.norm(points - path[-1], axis=1)
-            ahead = (points - path[-1]) @ heading
-            candidates = np.nonzero((d > 8.0) & (d < 14.0) & (ahead > 0))[0]
-            if candidates.size == 0:
-                break
-            nxt = points[int(rng.choice(candidates))]
-            heading = nxt - path[-1]
-            path.append(nxt)
-        if len(path) >= 3:
-            veins.append(np.asarray(path))
-    return veins
-
-
-def _vessel_fraction(grid: Grid, pose: PatientPose, vessels: list[tuple[np.ndarray, float]]) -> np.ndarray:
-    """Partial-volume fraction of tubes (MNI polylines with radii) on ``grid``."""
-    frac = np.zeros(grid.shape, dtype=np.float32)
-    inv = np.linalg.inv(grid.affine)
-    shape = np.asarray(grid.shape)
-    half_voxel = 0.5 * min(grid.spacing)
-    for line, radius in vessels:
-        pts = pose.mni_to_patient(line)
-        idx = pts @ inv[:3, :3].T + inv[:3, 3]
-        pad = np.ceil((radius + 1.0) / np.asarray(grid.spacing)).astype(int) + 1
-        lo = np.clip(np.floor(idx.min(0)).astype(int) - pad, 0, shape)
-        hi = np.clip(np.ceil(idx.max(0)).astype(int) + pad + 1, 0, shape)
-        if np.any(hi <= lo):
-            continue
-        box = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
-        world = box @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-        value = np.clip((radius + half_voxel - distance_to_polyline(world, pts)) / (2 * half_voxel), 0.0, 1.0)
-        keep = value > 0
-        sel = tuple(box[keep].T)
-        frac[sel] = np.maximum(frac[sel], value[keep])
-    return frac
 
 
 def _render(
@@ -287,9 +221,9 @@ def simulate_brainmets(
                 "edema_mm": float(rng.uniform(3, 15)),
             }
         )
-    vessels = [(line, 1.4) for line in _FIXED_VESSELS[:2]] + [(line, 2.5) for line in _FIXED_VESSELS[3:6]]
-    vessels += [(line, 1.0) for line in (_FIXED_VESSELS[2], *_FIXED_VESSELS[6:])]
-    vessels += [(v, float(rng.uniform(0.6, 1.4))) for v in _cortical_veins(rng, veins)]
+    vessels = [(line, 1.4) for line in HEAD_VESSELS[:2]] + [(line, 2.5) for line in HEAD_VESSELS[3:6]]
+    vessels += [(line, 1.0) for line in (HEAD_VESSELS[2], *HEAD_VESSELS[6:])]
+    vessels += [(v, float(rng.uniform(0.6, 1.4))) for v in cortical_veins(rng, veins)]
 
     motion_rotation = _rotation(rng.uniform(-2.0, 2.0, size=3))
     motion_shift = rng.uniform(-2.0, 2.0, size=3)
@@ -312,7 +246,7 @@ def simulate_brainmets(
         )
     ):
         this_anatomy = anatomy if name == "space" else sample_anatomy(grid, this_pose)
-        vessel_frac = _vessel_fraction(grid, this_pose, vessels)
+        vessel_frac = vessel_fraction(grid, this_pose, vessels)
         vessel_frac[this_anatomy.outside_mm > 12] = 0.0
         pixels, instances, edema = _render(
             this_anatomy, levels, lesions, this_pose, vessel_frac, vessel_level, rng, snr

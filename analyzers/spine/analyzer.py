@@ -48,6 +48,7 @@ from analyzers._shared.outputs import (
     build_measurement_report,
     build_segmentation,
 )
+from analyzers._shared.probability import ProbabilityCalibration, format_probability, significant
 from analyzers._shared.sanity import check_static
 from analyzers._shared.volume import SegmentationError, SeriesGeometryError, Volume, load_segmentation, load_series
 from analyzers.contract import (
@@ -341,7 +342,9 @@ class SpineAnalyzer:
     # ------------------------------------------------------------------ outputs
     def _outputs(self, job: AnalysisInput, own: Volume, lesions: Sequence[_Lesion], models: SpineModelSet,
                  findings: Mapping[str, Any], source: str, settings: SpineSettings) -> list[Any]:
-        algorithm = Algorithm(self.name, self.version)
+        calibrations = {s: m.calibration for s, m in models.models.items()}
+        parameters = tuple(p for cal in calibrations.values() if cal is not None for p in cal.algorithm_parameters())
+        algorithm = Algorithm(self.name, self.version, parameters=parameters)
         datasets: list[Any] = []
         seg = None
         if source == "automatic" and lesions and findings["combined_report"]:
@@ -360,15 +363,18 @@ class SpineAnalyzer:
         for n, (lesion, row) in enumerate(zip(lesions, findings["lesions"], strict=True), start=1):
             label = row.get("class")
             measurements = []
+            reported = {s: _reported(p, calibrations[s]) for s, p in lesion.p_hemangioma.items()}
+            combined = None
             if label is not None:
+                combined = _reported(row["p_hemangioma_combined"],
+                                     _combined_range([calibrations[s] for s in row["combined_from"]]))
+                hemangioma = label == "hemangioma"
                 # The template's probability is that of the stated impression.
-                def of_impression(p: float, hem: bool = label == "hemangioma") -> float:
-                    return 100.0 * (p if hem else 1.0 - p)
-
-                measurements += [MeasuredValue(probability, of_impression(p), methods[s])
-                                 for s, p in lesion.p_hemangioma.items()]
-                measurements.append(MeasuredValue(probability, of_impression(row["p_hemangioma_combined"]),
-                                                  methods["combined"]))
+                measurements += [MeasuredValue(probability, _percent_of_impression(p, hemangioma), methods[s])
+                                 for s, p in reported.items() if p is not None]
+                if combined is not None:
+                    measurements.append(MeasuredValue(probability, _percent_of_impression(combined, hemangioma),
+                                                      methods["combined"]))
             sites = [c.VERTEBRA] + ([vertebra(lesion.level)] if lesion.level else [])
             groups.append(LesionFinding(
                 tracking_id=f"lesion {n}",
@@ -379,19 +385,23 @@ class SpineAnalyzer:
                 segment_number=n if seg is not None else None,
             ))
             per_sequence = ", ".join(
-                f"{s.upper()} {p:.2f}{' (less reliable)' if s not in RELIABLE_SEQUENCES else ''}"
-                for s, p in lesion.p_hemangioma.items()
+                f"{s.upper()} {'not reported (calibration not measured)' if p is None else format_probability(p)}"
+                f"{' (less reliable)' if s not in RELIABLE_SEQUENCES else ''}"
+                for s, p in reported.items()
             )
             summary = (f"lesion {n} ({lesion.level or 'level not determined'}): P(hemangioma) {per_sequence}"
-                       + (f"; combined {row['p_hemangioma_combined']:.2f} -> {label}" if label else ""))
+                       + (f"; combined {format_probability(combined) if combined is not None else 'not reported'}"
+                          f" -> {label}" if label else ""))
             texts.append((c.COMMENT, summary[:1024]))
         texts.append((c.COMMENT, "Probabilities in the measurement groups are of the stated impression; "
-                                 "the combined value averages T1 and T2 weighted by validation AUC. STIR and "
-                                 "T1C are less reliable (as the spine CNN study found) and not combined "
-                                 "when T1 or T2 is available."))
+                                 "the combined value averages the T1 and T2 probabilities weighted by "
+                                 "validation AUC and is limited to the range both models' validations support "
+                                 "(its own calibration is not measured). STIR and T1C are less reliable (as the "
+                                 "spine CNN study found) and not combined when T1 or T2 is available."))
         identities = "; ".join(f"{s}: {m.name} {m.version} (validation AUC {m.validation_auc:.2f})"
                                for s, m in models.models.items())
         texts.append((c.COMMENT, f"models: {identities}"[:1024]))
+        texts += [cal.sr_text() for cal in calibrations.values() if cal is not None]
         if not findings["combined_report"]:
             texts.append((c.COMMENT, f"{findings['sequence'].upper()} only; the combined report is written for "
                                      f"the {findings['lead_sequence'].upper()} series "
@@ -408,6 +418,28 @@ class SpineAnalyzer:
         )
         datasets.append(sr)
         return datasets
+
+
+def _reported(p_hemangioma: float, validated: ProbabilityCalibration | tuple[float, float] | None) -> float | None:
+    """P(hemangioma) as a report may print it: clipped to the validated range, 2 significant digits."""
+    if validated is None:
+        return None
+    lower, upper = (validated.lower, validated.upper) if isinstance(validated, ProbabilityCalibration) else validated
+    return significant(min(max(float(p_hemangioma), lower), upper))
+
+
+def _combined_range(calibrations: Sequence[ProbabilityCalibration | None]) -> tuple[float, float] | None:
+    """The range every combined model's validation supports (None when one is unvalidated or they do not meet)."""
+    if not calibrations or any(cal is None for cal in calibrations):
+        return None
+    lower = max(cal.lower for cal in calibrations if cal is not None)
+    upper = min(cal.upper for cal in calibrations if cal is not None)
+    return (lower, upper) if lower <= upper else None
+
+
+def _percent_of_impression(p_hemangioma: float, hemangioma: bool) -> float:
+    """The reported P(hemangioma) as the probability of the stated class, in percent."""
+    return round(100.0 * (p_hemangioma if hemangioma else 1.0 - p_hemangioma), 6)
 
 
 def _resample_values(moving: Volume, onto: Volume) -> np.ndarray:

@@ -35,6 +35,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalibration, ProbabilityError
 from analyzers.spine.combine import (
     CLASSES,
     RELIABLE_SEQUENCES,
@@ -243,7 +244,9 @@ class SequenceModel:
     name, version:
         Model identity written into every report.
     info:
-        Further JSON-able facts (training command, cohort, metrics).
+        Further JSON-able facts (training command, cohort, metrics); ``info["probability"]``
+        holds the calibration of P(hemangioma) on held-out lesions
+        (:class:`~analyzers._shared.probability.ProbabilityCalibration`).
     """
 
     sequence: str
@@ -253,6 +256,17 @@ class SequenceModel:
     name: str = "pacsnode-spine"
     version: str = "0.0.0"
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def calibration(self) -> ProbabilityCalibration | None:
+        """How P(hemangioma) was validated (``info["probability"]``), or None for an unvalidated model."""
+        raw = self.info.get(PROBABILITY_CARD_KEY)
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return ProbabilityCalibration.from_dict(raw)
+        except ProbabilityError as exc:
+            raise SpineModelError(f"{self.sequence} model: {exc}") from exc
 
     def __post_init__(self) -> None:
         if self.sequence not in SEQUENCES:

@@ -16,9 +16,15 @@ Design (../shared/papers/spine-hemangioma-vs-metastasis-cnn.txt):
    P(metastasis) ≥ 0.5, i.e. the softmax arg-max) with patient-level cluster-bootstrap
    95 % CIs; per comparison (hemangioma vs the metastases of each primary) when the
    labels give a ``primary`` column;
-6. the model (``spine_<sequence>.pt`` + ``.json``, whose held-out AUC weights the
+6. the calibration of P(hemangioma) on the same held-out lesions (slope, intercept,
+   Brier, the range a report may print; :mod:`analyzers._shared.probability`);
+7. the model (``spine_<sequence>.pt`` + ``.json``, whose held-out AUC weights the
    combination in the analyzer) and its model card (``model_card_<sequence>.md/.json``)
    written to ``--out``.
+
+``--calibrate`` trains nothing: it measures the calibration of the model already in
+``--out`` on the lesions given (another phantom seed or a site's own labelled lesions,
+held out from training) and stores it with the model and its card.
 
 Epoch progress goes to stderr; the summary table to stdout.
 """
@@ -38,7 +44,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from analyzers._shared.modelcard import CardMetric, DataDescription, ModelCard, write_model_card
+from analyzers._shared.modelcard import (
+    CardMetric,
+    DataDescription,
+    ModelCard,
+    ModelCardError,
+    load_model_card,
+    write_model_card,
+)
+from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalibration
 from analyzers._shared.stats import bootstrap_binary_metrics, cluster_bootstrap_ci, roc_auc
 from analyzers.spine.dataset import (
     LesionCohort,
@@ -100,6 +114,7 @@ class TrainingOutcome:
     n_train: int
     n_test: int
     seconds: float
+    calibration: ProbabilityCalibration | None = None
 
 
 def _search_space(base: HyperParameters, trials: int, seed: int) -> list[HyperParameters]:
@@ -181,8 +196,20 @@ def train_sequence(
             evaluations.append(_evaluate(f"hemangioma vs {primary} ({cohort.sequence})", test.labels[rows],
                                          p_met[rows], test.groups[rows], n_boot, seed))
     model.validation_auc = float(np.clip(evaluations[0].auc[0], 0.0, 1.0))
+    calibration = measure_calibration(model, test.labels, 1.0 - p_met,
+                                      f"held-out 40 % of the training source's patients ({cohort.sequence})")
     return TrainingOutcome(model, evaluations, search, len(train.labels), len(test.labels),
-                           time.monotonic() - start)
+                           time.monotonic() - start, calibration)
+
+
+def measure_calibration(model: SequenceModel, labels: NDArray[np.int64], p_hemangioma: NDArray[np.float64],
+                        validation: str) -> ProbabilityCalibration:
+    """Calibration of P(hemangioma) on held-out lesions (labels: 0 hemangioma, 1 metastasis)."""
+    return ProbabilityCalibration.measure(
+        (np.asarray(labels) == 0).astype(int), p_hemangioma,
+        model=f"{model.name} {model.version} ({model.sequence.upper()})", validation=validation,
+        outcome="hemangioma (rather than metastasis)",
+    )
 
 
 def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: str,
@@ -194,6 +221,8 @@ def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: 
         for label, value in (("ROC-AUC", ev.auc), ("accuracy", ev.accuracy),
                              ("sensitivity", ev.sensitivity), ("specificity", ev.specificity)):
             metrics.append(CardMetric(f"{ev.comparison}: {label}", value[0], value[1], value[2], 0.95, note))
+    if outcome.calibration is not None:
+        metrics += outcome.calibration.card_metrics("P(hemangioma): ")
     n_met = int(np.sum(cohort.labels == 1))
     return ModelCard(
         name=model.name,
@@ -238,7 +267,8 @@ def _card(outcome: TrainingOutcome, cohort: LesionCohort, source: str, command: 
             "STIR and T1C models are reported but flagged less reliable, as in the study; the analyzer "
             "combines only T1 and T2 when either is present.",
         ),
-        extra={"command": command, "hyper_parameters": asdict(model.hyper), "search": outcome.search,
+        extra={PROBABILITY_CARD_KEY: None if outcome.calibration is None else outcome.calibration.to_dict(),
+               "command": command, "hyper_parameters": asdict(model.hyper), "search": outcome.search,
                "training_seconds": round(outcome.seconds, 1), "sequence": model.sequence,
                "reliable_in_combination": model.sequence in RELIABLE_SEQUENCES,
                "environment": environment},
@@ -269,7 +299,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="pacsnode-spine")
     parser.add_argument("--version", default="0.0.0")
     parser.add_argument("--quiet", action="store_true", help="no epoch progress on stderr")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="do not train: measure the calibration of the model already in --out on these "
+                             "lesions (a held-out cohort: another seed or site) and store it with the model")
     return parser
+
+
+def calibrate_existing(folder: Path, sequence: str, cohort: LesionCohort, source: str) -> ProbabilityCalibration:
+    """Measure an existing model's calibration on held-out lesions; store it in its JSON and model card."""
+    model = SequenceModel.load(folder, sequence)
+    p_hem = model.probability_hemangioma(cohort.crops).astype(np.float64)
+    calibration = measure_calibration(model, cohort.labels, p_hem, source)
+    model.info = {**model.info, PROBABILITY_CARD_KEY: calibration.to_dict()}
+    model.save(folder)
+    card_path = folder / f"model_card_{sequence}.json"
+    try:
+        card = load_model_card(card_path)
+    except (OSError, ModelCardError):
+        return calibration
+    kept = tuple(m for m in card.metrics if not m.name.startswith("P(hemangioma): "))
+    updated = ModelCard(**{**card.__dict__, "metrics": kept + calibration.card_metrics("P(hemangioma): "),
+                           "extra": {**card.extra, PROBABILITY_CARD_KEY: calibration.to_dict()}})
+    write_model_card(updated, folder, stem=f"model_card_{sequence}")
+    return calibration
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,12 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cohort = labelled_cohort(args.labels, args.sequence)
             source = f"site lesions listed in {args.labels.name}"
+        if args.calibrate:
+            calibration = calibrate_existing(args.out, args.sequence, cohort, f"held-out {source}")
+            print(f"spine {args.sequence}: {calibration.statement()}")
+            return 0
         outcome = train_sequence(cohort, base, search_trials=args.search_trials, seed=args.seed,
                                  n_boot=args.bootstrap, name=args.name, version=args.version,
                                  verbose=not args.quiet, device=device)
         outcome.model.info = {"command": command, "source": source, "n_train": outcome.n_train,
                               "n_test": outcome.n_test, "training_seconds": round(outcome.seconds, 1),
-                              "environment": environment}
+                              "environment": environment,
+                              PROBABILITY_CARD_KEY: None if outcome.calibration is None
+                              else outcome.calibration.to_dict()}
         outcome.model.save(args.out)
         write_model_card(_card(outcome, cohort, source, command, environment), args.out,
                          stem=f"model_card_{args.sequence}")
