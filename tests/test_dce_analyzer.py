@@ -44,6 +44,7 @@ from analyzers.phantoms.dce import simulate_dce
 from analyzers.phantoms.dicomio import write_case
 from sr_templates.dce import TEMPLATE
 
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 TOLERANCE = {"ktrans": (0.005, 0.1), "vp": (0.025, 0.0), "ve": (0.05, 0.0)}
 PHANTOM = {"hyper": {"seed": 2, "matrix": 64, "slices": 8, "pixel_mm": 3.6, "slice_mm": 8.0},
            "flat": {"seed": 1, "matrix": 48, "slices": 6, "pixel_mm": 4.8, "slice_mm": 10.0}}
@@ -104,7 +105,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _pm_label(dataset: Any) -> str | None:
-    if dataset.Modality in ("SR", "SEG"):
+    if dataset.SOPClassUID != PARAMETRIC_MAP:  # SR, SEG and the derived reference image series
         return None
     shared = dataset.SharedFunctionalGroupsSequence[0]
     return str(shared.RealWorldValueMappingSequence[0].LUTLabel)

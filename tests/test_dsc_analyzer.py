@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from analyzers.phantoms.dicomio import write_case
 from analyzers.phantoms.dsc import simulate_dsc
 from sr_templates.dsc import TEMPLATE
 
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 GEOMETRY = {"matrix": 56, "slices": 8, "pixel_mm": 4.0, "slice_mm": 7.0}
 
 
@@ -113,7 +116,7 @@ def _texts(dataset: Any) -> list[str]:
 
 
 def _pm_label(dataset: Any) -> str | None:
-    if dataset.Modality in ("SR", "SEG"):
+    if dataset.SOPClassUID != PARAMETRIC_MAP:  # SR, SEG and the derived reference image series
         return None
     shared = dataset.SharedFunctionalGroupsSequence[0]
     return str(shared.RealWorldValueMappingSequence[0].LUTLabel)
@@ -165,6 +168,42 @@ def test_outputs_with_seg(runs: dict[str, Any]) -> None:
     # The SR names the model, its validation and calibration (text and TID 4019 parameters).
     assert any(t.startswith("Probability of dural metastasis by model test-dsc 1") for t in texts)
     assert any(t.startswith("validation: 60 held-out test rows") for t in texts)  # TID 4019
+
+
+def test_outputs_reference_the_derived_pre_bolus_series(runs: dict[str, Any], tmp_path: Path) -> None:
+    """The pre-bolus mean is a derived 3D MR series (one instance per slice, its pixels the mean
+    of the baseline time points it names) that references the dynamic frames; the maps, SEG and
+    SR reference it. With ``reference_image = false`` they reference the dynamic series."""
+    datasets = runs["seg"].datasets
+    dynamic = load_series(sorted((runs["dir"] / "dsc").iterdir()))
+    derived = [d for d in datasets if d.SOPClassUID == MR_IMAGE]
+    assert len(derived) == GEOMETRY["slices"]
+    derived_series = {str(d.SeriesInstanceUID) for d in derived}
+    assert len(derived_series) == 1
+    first, last = (int(t) for t in re.search(r"time points (\d+)-(\d+) of", derived[0].DerivationDescription).groups())
+    expected = dynamic.data[first - 1:last].astype(np.float64).mean(axis=0)
+    positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in dynamic.headers[:GEOMETRY["slices"]]])
+    for instance in derived:
+        assert list(instance.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        here = np.array([float(v) for v in instance.ImagePositionPatient])
+        k = int(np.argmin(np.linalg.norm(positions - here, axis=1)))
+        assert np.linalg.norm(positions[k] - here) < 1e-3  # on a source slice
+        assert np.abs(instance.pixel_array.astype(np.float64) - expected[k]).max() <= 0.5
+        sources = {str(i.ReferencedSOPInstanceUID) for i in instance.SourceImageSequence}
+        assert sources == {str(u) for u in dynamic.sop_instance_uids[first - 1:last, k]}
+        assert str(instance.ReferencedSeriesSequence[0].SeriesInstanceUID) == dynamic.series_instance_uid
+    derived_uids = {str(d.SOPInstanceUID) for d in derived}
+    seg = next(d for d in datasets if d.Modality == "SEG")
+    assert {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence} == derived_series
+    pm = next(d for d in datasets if d.SOPClassUID == PARAMETRIC_MAP)
+    for frame in pm.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert str(source.ReferencedSOPInstanceUID) in derived_uids
+
+    without = _run(runs["dir"], DscSettings(model=str(runs["model"]), reference_image=False), True, tmp_path)
+    assert not [d for d in without.datasets if d.SOPClassUID == MR_IMAGE]
+    seg = next(d for d in without.datasets if d.Modality == "SEG")
+    assert {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence} == {dynamic.series_instance_uid}
 
 
 def test_ratios_against_truth(runs: dict[str, Any]) -> None:

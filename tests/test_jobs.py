@@ -131,6 +131,19 @@ def test_check_outputs_refuses(tmp_path: Path, change, message: str) -> None:
         check_outputs([good], job)
 
 
+def test_check_outputs_follows_a_derivation_chain(tmp_path: Path) -> None:
+    """A SEG on a derived image series of the same job passes when that series references the
+    input; a chain that never reaches an input series is refused."""
+    job = _input(tmp_path)
+    derived = _output("1.5", "P1", "1.5.1")  # e.g. the pre-bolus mean of a dynamic input
+    seg = _output("1.5", "P1", derived.SeriesInstanceUID)
+    seg.SOPInstanceUID, seg.SeriesInstanceUID = "1.9.5", "1.9.6"
+    check_outputs([seg, derived], job)
+    derived.ReferencedSeriesSequence[0].SeriesInstanceUID = "7.7"
+    with pytest.raises(OutputRejected, match="references none"):
+        check_outputs([seg, derived], job)
+
+
 class _ScriptedExecutor:
     """An executor whose outcomes the test decides (the runner's bookkeeping alone)."""
 

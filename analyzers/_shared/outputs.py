@@ -536,6 +536,16 @@ class LesionRegion:
             source_image=image,
         )
 
+    def coordinates(self, source: Volume) -> hd.sr.CoordinatesForMeasurement:
+        """The :meth:`scoord` box as the spatial coordinates a measurement is inferred from
+        (TID 300 INFERRED FROM SCOORD, purpose "Source")."""
+        region = self.scoord(source)
+        return hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.asarray(region.GraphicData, dtype=np.float64).reshape(-1, 2),
+            source_image=region.ContentSequence[0],
+        )
+
     def scoord3d(self, source: Volume) -> hd.sr.ImageRegion3D:
         """SCOORD3D ELLIPSE of the same points in patient coordinates (mm)."""
         ijk = np.column_stack([self.points, np.full(4, float(self.slice_index))])
@@ -657,6 +667,11 @@ def _lesion_group(
     if referenced_segment is not None:
         items.append(region_2d)
     items.append(lesion.region.scoord3d(source))
+    # OHIF 3 turns a group into a measurement of its panel only from the SCOORD under the
+    # group's first NUM (TID 300 INFERRED FROM, as its own reports write it); see docs/viewer.md.
+    first_num = next((item for item in items if item.ValueType == "NUM"), None)
+    if first_num is not None:
+        first_num.ContentSequence = [*first_num.get("ContentSequence", []), lesion.region.coordinates(source)]
     return group
 
 

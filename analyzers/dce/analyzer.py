@@ -103,6 +103,10 @@ class DceSettings(AnalyzerSettings):
     integer_maps: bool = True
     """Also write each map as an integer-scaled Parametric Map (16-bit, slope and intercept in its
     Real World Value Mapping) for viewers and PACS that show no float images."""
+    reference_image: bool = True
+    """Write the pre-bolus mean as a derived 3D MR series and put the maps, SEG and SR on it,
+    for viewers that overlay nothing on a dynamic series (OHIF 3); false: they reference the
+    dynamic series' first time point (docs/viewer.md)."""
     failed_fit_value: float | None = None
     """Value of a failed voxel fit in the Parametric Maps; None = NaN (IEEE 754 float pixel
     data: no value). A number (e.g. -1, impossible for these quantities) only for a viewer

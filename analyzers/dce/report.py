@@ -14,6 +14,7 @@ import numpy as np
 from pydicom import Dataset
 
 from analyzers._shared import outputs as out
+from analyzers._shared.reference_image import build_reference_image
 from analyzers._shared.volume import Volume
 from analyzers.contract import NOT_FOR_CLINICAL_USE, AnalysisInput
 from analyzers.dce.model import RecurrenceModel
@@ -104,7 +105,9 @@ def build_findings(dynamic: Volume, maps: DceMaps, readouts: list[dict[str, Any]
 def build_outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: list[dict[str, Any]],
                   findings: dict[str, Any], have_t10: bool, model: RecurrenceModel | None,
                   settings: DceSettings, version: str) -> list[Dataset]:
-    """Parametric Maps (float, and integer-scaled companions), the SEG and the SR."""
+    """Parametric Maps (float, and integer-scaled companions), the SEG and the SR; with
+    ``settings.reference_image`` first the pre-bolus mean as a derived 3D MR series, which
+    they reference instead of the dynamic series (:mod:`analyzers._shared.reference_image`)."""
     printed = model is not None and model.calibration is not None and any(
         e["probability"] is not None for e in readouts)
     parameters = model.calibration.algorithm_parameters() if printed and model and model.calibration else ()
@@ -113,6 +116,13 @@ def build_outputs(job: AnalysisInput, dynamic: Volume, maps: DceMaps, readouts: 
     number = settings.series_number
     quantities = TEMPLATE.quantities
     datasets: list[Dataset] = []
+    if settings.reference_image:
+        # The pre-bolus mean as a derived 3D series that the maps, SEG and SR reference.
+        reference = build_reference_image(dynamic, maps.arrival.baseline_frames, algorithm,
+                                          out.OutputSeries.for_job(job.job_id, "reference", series_number=number),
+                                          what="pre-bolus mean")
+        datasets += reference.datasets
+        dynamic = reference.volume
     pm_values = [("ktrans", maps.ktrans), ("vp", maps.vp)]
     if maps.model == "extended_tofts":
         pm_values += [("ve", maps.ve), ("kep", maps.kep)]

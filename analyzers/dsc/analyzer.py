@@ -91,6 +91,10 @@ class DscSettings(AnalyzerSettings):
     integer_maps: bool = True
     """Also write each map as an integer-scaled Parametric Map (16-bit, slope and intercept in its
     Real World Value Mapping) for viewers and PACS that show no float images."""
+    reference_image: bool = True
+    """Write the pre-bolus mean as a derived 3D MR series and put the maps, SEG and SR on it,
+    for viewers that overlay nothing on a dynamic series (OHIF 3); false: they reference the
+    dynamic series' first time point (docs/viewer.md)."""
 
 
 class LesionResult(dict[str, Any]):
@@ -196,6 +200,7 @@ class DscAnalyzer:
 
         datasets = build_outputs(job.job_id, volume, maps, results, findings, settings.series_number,
                                  self.version, integer_maps=settings.integer_maps,
+                                 reference_image=settings.reference_image,
                                  calibration=calibration if decider.withheld is None else None)
         return AnalysisResult(datasets=datasets, findings=findings)
 

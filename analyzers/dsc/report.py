@@ -18,6 +18,7 @@ from pydicom.sr.coding import Code
 
 from analyzers._shared import outputs as out
 from analyzers._shared.probability import ProbabilityCalibration, format_probability
+from analyzers._shared.reference_image import build_reference_image
 from analyzers._shared.volume import Volume
 from analyzers.dsc.maps import DscMaps
 from sr_templates import Quantity, SegmentClass
@@ -50,16 +51,29 @@ def build_outputs(
     version: str,
     *,
     integer_maps: bool = True,
+    reference_image: bool = True,
     calibration: ProbabilityCalibration | None = None,
 ) -> list[Dataset]:
     """Parametric Maps (float, and integer-scaled with ``integer_maps``), a SEG (when there is
     anything to segment) and the SR of one job.
 
+    With ``reference_image``, the pre-bolus mean (the baseline frames S0 is read from) is
+    written first as a derived 3D MR series, and the maps, SEG and SR reference it instead
+    of the dynamic series' first time point (:mod:`analyzers._shared.reference_image`).
     ``calibration`` (when probabilities are reported) names the model and its validation in
     the SR's algorithm parameters (TID 4019) and in a comment.
     """
     parameters = calibration.algorithm_parameters() if calibration is not None else ()
     algorithm = out.Algorithm(name="pacsnode dsc", version=version, parameters=parameters)
+    datasets: list[Dataset] = []
+    if reference_image:
+        baseline = slice(maps.timing.baseline_start, maps.timing.baseline_end + 1)
+        reference = build_reference_image(volume, baseline, algorithm,
+                                          out.OutputSeries.for_job(job_id, "reference",
+                                                                   series_number=series_number),
+                                          what="pre-bolus mean")
+        datasets += reference.datasets
+        volume = reference.volume
     q = TEMPLATE.quantities
     reference_cbv = results[0]["reference"].cbv if results else float("nan")
     reference_cbf = results[0]["reference"].cbf if results else float("nan")
@@ -71,7 +85,6 @@ def build_outputs(
         # Relative maps use the reference region of the first lesion.
         pm_values += [(q["rcbv"], _relative_map(maps.cbv, reference_cbv)),
                       (q["rcbf"], _relative_map(maps.cbf, reference_cbf))]
-    datasets: list[Dataset] = []
     for offset, (quantity, values) in enumerate(pm_values, start=1):
         datasets.append(out.build_parametric_map(
             volume, values, quantity, algorithm,

@@ -96,12 +96,29 @@ def _referenced_uids(ds: Dataset) -> set[str]:
     return found
 
 
+def _traced_to_inputs(datasets: list[Dataset], inputs: set[str]) -> set[str]:
+    """SOP Instance UIDs of the outputs that reference an input series, directly or through
+    the series of other such outputs (a derivation chain within the job)."""
+    references = {str(ds.SOPInstanceUID): _referenced_uids(ds) for ds in datasets}
+    reached = set(inputs)
+    traced: set[str] = set()
+    while True:
+        found = {str(ds.SOPInstanceUID) for ds in datasets
+                 if str(ds.SOPInstanceUID) not in traced and references[str(ds.SOPInstanceUID)] & reached}
+        if not found:
+            return traced
+        traced |= found
+        reached |= {str(ds.SeriesInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) in found}
+
+
 def check_outputs(datasets: Iterable[Dataset], job: AnalysisInput) -> None:
     """The checks every output passes before it is stored.
 
     Required attributes present; same patient and study as the input; a new series (not
     the input's); a nested reference (Referenced Series, Source Image, Current Requested
-    Procedure Evidence) to at least one input series.
+    Procedure Evidence) to at least one input series, directly or through another output
+    of the same job that does (a SEG on a derived image series that references the input,
+    see docs/viewer.md).
 
     Raises
     ------
@@ -112,6 +129,8 @@ def check_outputs(datasets: Iterable[Dataset], job: AnalysisInput) -> None:
     for series_list in job.related.values():
         inputs.update(s.series_instance_uid for s in series_list)
     patient = job.series.attributes.get("PatientID")
+    datasets = list(datasets)
+    traced = _traced_to_inputs(datasets, inputs)
     for n, ds in enumerate(datasets):
         name = f"output {n} ({ds.get('Modality', '?')} {ds.get('SOPInstanceUID', '?')})"
         missing = [k for k in _REQUIRED if not ds.get(k)]
@@ -124,8 +143,7 @@ def check_outputs(datasets: Iterable[Dataset], job: AnalysisInput) -> None:
             raise OutputRejected(f"{name}: PatientID {ds.PatientID!r} is not the input patient {patient!r}")
         if str(ds.SeriesInstanceUID) in inputs:
             raise OutputRejected(f"{name}: written into an input series; outputs need their own series")
-        references = _referenced_uids(ds)
-        if not references & inputs:
+        if str(ds.SOPInstanceUID) not in traced:
             raise OutputRejected(f"{name}: references none of its input series (evidence, source images or "
                                  "referenced series sequences)")
 
