@@ -19,6 +19,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from node.dataset_checks import DECODE_ERRORS
+
 __all__ = ["HINT_KEYS", "completion_hints"]
 
 HINT_KEYS = ("TemporalPositionsInInstance", "GELocationsInAcquisition")
@@ -72,6 +74,6 @@ def completion_hints(ds: Dataset) -> dict[str, int]:
         locations = _ge_locations(ds)
         if locations is not None:
             hints["GELocationsInAcquisition"] = locations
-    except (AttributeError, KeyError, TypeError, ValueError, EOFError):
-        return hints  # an unparsable private or per-frame element: no hint, the quiet timer decides
+    except DECODE_ERRORS:
+        return hints  # an undecodable private or per-frame element: no hint, the quiet timer decides
     return hints
