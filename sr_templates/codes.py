@@ -198,4 +198,6 @@ IRREGULAR_SHAPE = private_code("IRREGULAR", "Irregular")
 INDISTINCT_MARGIN = private_code("INDISTMARGIN", "Indistinct margin")
 PERITUMORAL_EDEMA = private_code("PERITUMEDEMA", "Peritumoral edema")
 LESION_COUNT = private_code("LESIONCOUNT", "Number of lesions")
+# Detection stage: the model that decided whether the finding is there at all.
+MENINGIOMA_DETECTION = private_code("MENDETECT", "Meningioma detection model")
 NOT_FOR_CLINICAL_USE_FLAG = private_code("NOTCLINICAL", "Not for clinical use")

@@ -2,9 +2,13 @@
 
 IBSI-compliant radiomic features (Zwanenburg et al., Radiology 2020) computed
 with pyradiomics feed a nomogram whose output is the probability of WHO grade
-2/3 vs grade 1. PS3.16 has no concepts for pyradiomics feature names, so each
-reported feature is a ``RADFEATURE`` measurement whose name the analyzer gives
-with :func:`feature_concept`.
+2/3 vs grade 1. A detection stage decides first whether the series shows a
+meningioma at all: its probability is a study-level measurement whose method is
+:data:`~sr_templates.codes.MENINGIOMA_DETECTION`; "no meningioma found" is the
+coded statement (Meningioma, Absent) in the report's Qualitative Evaluations.
+PS3.16 has no concepts for pyradiomics feature names, so each reported feature
+is a ``RADFEATURE`` measurement whose name the analyzer gives with
+:func:`feature_concept`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ TEMPLATE = ReportTemplate(
         "grade1": c.WHO_GRADE_1,
         "grade2_3": c.WHO_GRADE_2_3,
     }),
+    methods=MappingProxyType({"detection": c.MENINGIOMA_DETECTION}),
     segment_classes=by_key(
         SegmentClass("tumour", "Meningioma", c.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
                      c.MENINGIOMA, c.MENINGES),

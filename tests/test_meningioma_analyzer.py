@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pydicom import Dataset
 from analyzers._shared import outputs as out
 from analyzers._shared.volume import load_series
 from analyzers.contract import NOT_FOR_CLINICAL_USE, AnalysisInput, Analyzer, SeriesInput
-from analyzers.meningioma.analyzer import MeningiomaAnalyzer, MeningiomaSettings
+from analyzers.meningioma.analyzer import REFERENCE_MODEL_FOLDER, MeningiomaAnalyzer, MeningiomaSettings
 from analyzers.meningioma.deep_features import BackboneConfig, FineTuneConfig
 from analyzers.meningioma.model import MODEL_CARD_FILE, NOMOGRAM_FIGURE, MeningiomaModel
 from analyzers.meningioma.preprocessing import N4Settings
@@ -122,10 +123,13 @@ def test_training_writes_a_loadable_model_folder(trained: tuple[Path, object]) -
         assert np.all((probabilities >= 0) & (probabilities <= 1))
 
 
+@pytest.mark.skipif(not (REFERENCE_MODEL_FOLDER / "detection.json").is_file(), reason="no detection model committed")
 def test_end_to_end_on_a_t1c_phantom_with_automatic_roi(
     trained: tuple[Path, object], phantom_series, tmp_path: Path
 ) -> None:
     folder, _ = trained
+    # The small grade model borrows the reference model's detection stage (trained on t1c phantoms).
+    shutil.copy(REFERENCE_MODEL_FOLDER / "detection.json", folder / "detection.json")
     files = phantom_series
     result = MeningiomaAnalyzer().analyze(_job(files, tmp_path, MeningiomaSettings(model_folder=str(folder))))
     modalities = sorted(ds.Modality for ds in result.datasets)
@@ -133,7 +137,7 @@ def test_end_to_end_on_a_t1c_phantom_with_automatic_roi(
     findings = result.findings
     json.dumps(findings)  # JSON-able
     assert findings["notice"] == NOT_FOR_CLINICAL_USE
-    assert findings["roi_source"] == "automatic segmentation"
+    assert findings["roi_source"] == "automatic segmentation" and findings["meningioma_found"] is True
     assert findings["radiomics_feature_count"] == 1130
     grade = findings["grade"]
     assert 0.0 <= grade["probability_high_grade"] <= 1.0

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from analyzers._shared.modelcard import load_model_card
+from analyzers._shared.probability import ProbabilityCalibration
 from analyzers._shared.volume import load_segmentation, load_series
 from analyzers.meningioma.analyzer import REFERENCE_MODEL_FOLDER
 from analyzers.meningioma.segmentation import dice
@@ -47,10 +49,11 @@ PHANTOM_OPTIONS = {"matrix": 80, "slices": 40, "pixel_mm": 2.2, "slice_mm": 3.5}
 SEED = 200  # a grade 2/3 mass of about 12 ml on this grid
 
 
-def write_phantom(folder: Path) -> Path:
+def write_phantom(folder: Path, label: str | None = None) -> Path:
     """One ``t1c`` phantom case by the ``pacsnode phantom`` CLI."""
     args = [str(VENV_BIN / "pacsnode"), "phantom", "t1c", "--out", str(folder), "--seed", str(SEED), "--no-progress"]
-    for key, value in PHANTOM_OPTIONS.items():
+    options = dict(PHANTOM_OPTIONS, **({"label": label} if label else {}))
+    for key, value in options.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     subprocess.run(args, check=True, capture_output=True, timeout=300, cwd=ROOT)
     case = folder / "t1c" / "case-0001"
@@ -129,9 +132,15 @@ def test_t1c_study_by_storescu_gives_sr_and_seg_in_orthanc(
     # Probability: the SR states the probability of the class it reports, as the ledger has it.
     grade = findings["grade"]
     p_high = float(grade["probability_high_grade"])
-    expected = p_high if grade["predicted_class"] == "WHO grade 2/3" else 1.0 - p_high
-    assert values["Probability"] == pytest.approx(100.0 * expected, abs=1e-3)
-    assert f"Probability of WHO grade 2/3: {100 * p_high:.1f} %" in texts
+    # Printed as validated: clipped to the model card's range, 2 significant digits, never 0 or 100 %.
+    calibration = ProbabilityCalibration.from_model_card(load_model_card(REFERENCE_MODEL_FOLDER / "model_card.json"))
+    stated = calibration.reported(p_high if grade["predicted_class"] == "WHO grade 2/3" else 1.0 - p_high)
+    assert values["Probability"] == pytest.approx(100.0 * stated, abs=1e-6)
+    assert 0.0 < values["Probability"] < 100.0
+    assert f"Probability of WHO grade 2/3: {calibration.format(p_high)}" in texts
+    assert calibration.statement() in texts  # which model and which validation produced it
+    assert findings["meningioma_found"] is True and findings["detection"]["probability"] >= findings["detection"][
+        "threshold"]
     # Volume: the SR's value is the SEG's voxel count times the voxel volume.
     voxels = int(np.count_nonzero(seg.pixel_array))
     volume_values = [v for k, v in values.items() if "volume" in k.lower()]
@@ -154,3 +163,41 @@ def test_t1c_study_by_storescu_gives_sr_and_seg_in_orthanc(
     print(f"\nT1C study by storescu → SR + SEG in Orthanc: {elapsed:.1f} s; "
           f"P(grade 2/3) {p_high:.3f} (truth {truth['label']}), volume {reported_ml:.2f} ml (truth {true_ml:.2f}), "
           f"Dice {overlap:.2f}")
+
+
+@pytest.fixture(scope="module")
+def healthy_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantom(tmp_path_factory.mktemp("t1c-healthy"), label="healthy")
+
+
+@pytest.mark.skipif(not have("storescu"), reason="dcmtk storescu is missing")
+@pytest.mark.skipif(not (REFERENCE_MODEL_FOLDER / "detection.json").is_file(), reason="no detection model committed")
+def test_brain_without_meningioma_gives_a_nothing_found_sr_in_orthanc(
+    healthy_case: Path, meningioma_node: DceNode, orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """A post-contrast T1 without meningioma (enhancing sinuses, veins, choroid plexus only): no grade, no SEG."""
+    files = sorted(p for p in (healthy_case / "t1c").iterdir() if p.is_file())
+    storescu(meningioma_node.node.port, files)
+    meningioma_node.wait(lambda: [j["state"] for j in _jobs(meningioma_node)] in (["done"], ["rejected"],
+                                                                                   ["failed"]),
+                         600, "the meningioma job")
+    job = _jobs(meningioma_node)[0]
+    assert job["state"] == "done", job["error"]
+    meningioma_node.wait(lambda: meningioma_node.delivered(str(job["id"])), 60, "the SR in Orthanc")
+    outputs = [str(uid) for uid in job["outputs"]]  # type: ignore[union-attr]
+    assert len(outputs) == 1  # the SR only: no SEG of a tumour that is not there
+    findings = job["findings"]
+    assert isinstance(findings, dict)
+    assert findings["meningioma_found"] is False and findings["grade"] is None
+    sr = orthanc_sr(orthanc, outputs, tmp_path / "sr")
+    texts = sr_texts(sr)
+    assert "No meningioma found." in texts
+    assert not any("WHO CNS grade" in t for t in texts)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    coded = [(i.ConceptNameCodeSequence[0].CodeMeaning, i.ConceptCodeSequence[0].CodeMeaning)
+             for i in sr.ContentSequence[-1].ContentSequence if i.ValueType == "CODE"]
+    assert coded == [("Meningioma", "Absent")]
+    study = sr.content.get_image_measurement_groups()
+    assert len(study) == 1
+    probability = study[0].get_measurements()[0]
+    assert probability.name.meaning == "Probability" and 0.0 < float(probability.value) < 100.0

@@ -225,6 +225,9 @@ def test_real_t1_brains_as_post_contrast_series(orthanc: OrthancProcess, tmp_pat
         if sagittal_job[1] == "rejected":  # "no meningioma" is a finding, not a reading failure
             assert "brain" not in sagittal_job[2] and "regular volume" not in sagittal_job[2], sagittal_job
         else:
+            # A healthy volunteer: the report says no meningioma was found (no grade, no SEG).
+            findings = json.loads(node.query("SELECT findings FROM jobs WHERE id = ?", (sagittal_job[4],))[0][0])
+            assert findings["meningioma_found"] is False, findings
             job = {"id": sagittal_job[4], "outputs": sagittal_job[3]}
             volume = load_series(sagittal)
             for output in _outputs_in_orthanc(node, orthanc, job):

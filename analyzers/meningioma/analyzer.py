@@ -7,19 +7,30 @@ wavelet + LoG), ResNet50 features of the largest ROI slice, rad-score and
 DTL-score (LASSO), nomogram with sex, shape, indistinct margin and peritumoral
 edema.
 
-Inputs: the T1C series; optionally a SEG of the tumour (role ``roi``). Without a
-SEG the dural-based enhancing mass is segmented automatically
-(:mod:`analyzers.meningioma.segmentation`) and written back as a SEG.
+Inputs: the T1C series; optionally a SEG of the tumour (role ``roi``). Most
+post-contrast brain T1 series have no meningioma, so without a SEG the analyzer
+first decides whether there is one (:mod:`analyzers.meningioma.detection`):
+candidate enhancing masses (:mod:`analyzers.meningioma.candidates`) are scored
+by the model folder's detection stage. Below its threshold the SR says "no
+meningioma found" (the coded finding Meningioma: Absent, and the calibrated
+probability that there is one); it reports no grade and no SEG. Above it, the
+candidate becomes the ROI, written back as a SEG, and is graded. A study with a
+tumour SEG (a reader's) is graded without detection.
 
 Outputs: a TID 1500 SR with the tumour volume, the clinical signs as qualitative
 evaluations, rad-score, DTL-score, the probability of high grade and the class,
-the model's identity and "not for clinical use"; the SEG when the ROI was made
-automatically. Without a model folder (site or reference) the SR carries the
-volume and clinical signs and says that no grade model is installed.
+the probability that the series shows a meningioma, which model and which
+validation produced each probability, and "not for clinical use"; the SEG when
+the ROI was made automatically. Probabilities are calibrated, limited to the
+range their validation supports and printed with 2 significant digits
+(:mod:`analyzers._shared.probability`). Without a model folder (site or
+reference) only a study with a tumour SEG is reported (volume and clinical
+signs, no grade).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -29,7 +40,9 @@ from pydantic import Field
 from pydicom import Dataset
 
 from analyzers._shared import outputs as out
+from analyzers._shared.modelcard import ModelCardError, load_model_card
 from analyzers._shared.orientation import AXIAL, reorient
+from analyzers._shared.probability import ProbabilityCalibration, ProbabilityError
 from analyzers._shared.sanity import check_brain, check_static
 from analyzers._shared.volume import (
     SegmentationError as SegReadError,
@@ -47,11 +60,12 @@ from analyzers.contract import (
     AnalyzerSettings,
     UnsuitableInput,
 )
+from analyzers.meningioma.candidates import find_candidates, intracranial_space
 from analyzers.meningioma.clinical import ClinicalFeatures
+from analyzers.meningioma.detection import Detection, DetectionModel
 from analyzers.meningioma.errors import FeatureExtractionError, ModelError, SegmentationError
 from analyzers.meningioma.preprocessing import N4Settings, n4_bias_correction
 from analyzers.meningioma.radiomics_features import RadiomicsSettings
-from analyzers.meningioma.segmentation import AutoSegmentationSettings, segment_enhancing_mass
 from sr_templates import Quantity
 from sr_templates import codes as c
 from sr_templates.meningioma import TEMPLATE, feature_quantity
@@ -117,17 +131,28 @@ def _roi_from_seg(job: AnalysisInput, volume: Volume) -> np.ndarray | None:
     return max(masks, key=lambda m: int(m.sum()))
 
 
+@dataclass(frozen=True)
+class _Models:
+    """What a model folder provides; any part may be missing."""
+
+    grade: MeningiomaModel | None
+    network: DtlNetwork | None
+    detection: DetectionModel | None
+    grade_calibration: ProbabilityCalibration | None
+    note: str
+
+
 class MeningiomaAnalyzer:
-    """Meningioma grade nomogram on post-contrast T1 (not for clinical use)."""
+    """Meningioma detection, then grade nomogram, on post-contrast T1 (not for clinical use)."""
 
     name: ClassVar[str] = "meningioma"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "2.0.0"
     needs: ClassVar[dict[str, str]] = {"roi": "seg?"}
     wants_priors: ClassVar[bool] = False
     settings_model: ClassVar[type[AnalyzerSettings]] = MeningiomaSettings
 
     def analyze(self, job: AnalysisInput) -> AnalysisResult:
-        """ROI, features, nomogram and outputs of one T1C series."""
+        """Detection (without a tumour SEG), ROI, features, nomogram and outputs of one T1C series."""
         import torch
 
         from analyzers.meningioma.pipeline import compute_case_features, predict_grade
@@ -148,103 +173,184 @@ class MeningiomaAnalyzer:
         canonical = reorient(volume, AXIAL)
         image = canonical.to_sitk()
         seg_mask = _roi_from_seg(job, volume)
-        automatic = seg_mask is None
+        models = _load_models(settings)
+        detection: Detection | None = None
         corrected = None
         if seg_mask is not None:
             mask_array = seg_mask
         else:
             if not settings.auto_segment:
                 raise UnsuitableInput("no tumour SEG in the study and automatic segmentation is off")
+            if models.detection is None:
+                raise UnsuitableInput(
+                    f"no tumour SEG in the study and no meningioma detection model ({models.note}); "
+                    "send a tumour SEG or install a model trained with `pacsnode train meningioma`"
+                )
             corrected, _ = n4_bias_correction(image, n4)
-            intracranial = canonical.to_sitk(array=canonical.forward(brain.mask.astype(np.uint8)))
             try:
-                auto = segment_enhancing_mass(corrected, AutoSegmentationSettings(), intracranial)
+                inside = intracranial_space(corrected, canonical.forward(brain.mask.astype(bool)))
+                candidates = find_candidates(corrected, inside, models.detection.candidate_settings)
             except SegmentationError as error:
-                raise UnsuitableInput(str(error)) from error
-            mask_array = canonical.back(sitk.GetArrayFromImage(auto).astype(bool))
+                raise UnsuitableInput(f"{error}; the meningioma analyzer needs a head post-contrast T1") from error
+            detection = models.detection.detect(candidates)
+            if detection.candidate is None:
+                return _nothing_found(job, volume, detection, models.detection, settings, self.version)
+            mask_array = canonical.back(detection.candidate.mask)
         mask = canonical.to_sitk(array=canonical.forward(mask_array.astype(np.uint8)))
-        model, network, model_note = _load_model(settings)
         try:
             features = compute_case_features(
                 corrected if corrected is not None else image,
                 mask,
                 _header(volume, job),
                 settings=RadiomicsSettings.from_file(),
-                network=network,
-                clinical_thresholds=None if model is None else model.clinical_thresholds,
+                network=models.network,
+                clinical_thresholds=None if models.grade is None else models.grade.clinical_thresholds,
                 n4=n4,
                 bias_corrected=corrected is not None,
             )
         except FeatureExtractionError as error:
             raise UnsuitableInput(f"features cannot be computed on this ROI: {error}") from error
-        prediction = predict_grade(model, features) if model is not None and network is not None else None
-        findings = _findings(features, prediction, model, model_note, automatic, self.version)
-        datasets = _outputs(job, volume, mask_array, automatic, features, prediction, model, settings, self.version)
+        prediction = None
+        if models.grade is not None and models.network is not None:
+            prediction = predict_grade(models.grade, features)
+        findings = _findings(features, prediction, models, detection, self.version)
+        datasets = _outputs(job, volume, mask_array, features, prediction, models, detection, settings,
+                            self.version)
         return AnalysisResult(datasets=datasets, findings=findings)
 
 
-def _load_model(settings: MeningiomaSettings) -> tuple[MeningiomaModel | None, DtlNetwork | None, str]:
+def _grade_calibration(folder: Path) -> ProbabilityCalibration | None:
+    try:
+        return ProbabilityCalibration.from_model_card(load_model_card(folder / "model_card.json"))
+    except (OSError, ModelCardError, ProbabilityError, KeyError, ValueError):
+        return None
+
+
+def _load_models(settings: MeningiomaSettings) -> _Models:
     from analyzers.meningioma.deep_features import load_network
     from analyzers.meningioma.model import MeningiomaModel
 
     folder = Path(settings.model_folder) if settings.model_folder else REFERENCE_MODEL_FOLDER
+    try:
+        detection = DetectionModel.load(folder)
+    except ModelError as error:
+        if settings.model_folder and (folder / "detection.json").is_file():
+            raise UnsuitableInput(f"the configured meningioma detection model cannot be loaded: {error}") from error
+        detection = None
     try:
         model = MeningiomaModel.load(folder)
         if model.weights_file is None:
             raise ModelError(f"{folder} holds no fine-tuned network weights")
         network = load_network(model.weights_file, model.backbone)
     except ModelError as error:
-        if settings.model_folder:
+        if settings.model_folder and detection is None:
             raise UnsuitableInput(f"the configured meningioma model cannot be loaded: {error}") from error
-        return None, None, f"no grade probability: no model installed ({error})"
-    return model, network, f"model {model.identity} from {folder.name}"
-
-
-def _clinical_json(clinical: ClinicalFeatures) -> dict[str, Any]:
-    return clinical.to_json()
+        return _Models(None, None, detection, None, f"no grade probability: no model installed ({error})")
+    return _Models(model, network, detection, _grade_calibration(folder),
+                   f"model {model.identity} from {folder.name}")
 
 
 def _findings(
     features: CaseFeatures,
     prediction: GradePrediction | None,
-    model: MeningiomaModel | None,
-    model_note: str,
-    automatic: bool,
+    models: _Models,
+    detection: Detection | None,
     version: str,
 ) -> dict[str, Any]:
     used: dict[str, float] = {}
-    if model is not None:
-        used = {name: round(features.radiomics[name], 6) for name in model.rad_score.names}
+    if models.grade is not None:
+        used = {name: round(features.radiomics[name], 6) for name in models.grade.rad_score.names}
     return {
         "notice": NOT_FOR_CLINICAL_USE,
         "analyzer_version": version,
-        "roi_source": "automatic segmentation" if automatic else "SEG of the study",
+        "meningioma_found": True,
+        "roi_source": "automatic segmentation" if detection is not None else "SEG of the study",
+        "detection": None if detection is None else detection.to_json(),
         "tumour_volume_ml": round(features.tumour_volume_ml, 3),
-        "clinical": _clinical_json(features.clinical),
+        "clinical": features.clinical.to_json(),
         "radiomics_feature_count": len(features.radiomics),
         "rad_score_features": used,
         "grade": None if prediction is None else prediction.to_json(),
-        "model": model_note,
+        "model": models.note,
     }
 
 
+def _detection_measurement(detection: Detection, model: DetectionModel) -> list[out.MeasuredValue]:
+    """The probability that the series shows a meningioma, when its calibration is known."""
+    if model.calibration is None:
+        return []
+    return [out.MeasuredValue(TEMPLATE.quantity("probability"), model.calibration.percent(detection.probability),
+                              method=TEMPLATE.methods["detection"])]
+
+
+def _detection_texts(detection: Detection, model: DetectionModel) -> list[tuple[Any, str]]:
+    count = len(detection.candidates)
+    calibration = model.calibration
+    if calibration is None:
+        return [(c.COMMENT, f"Detection: {count} candidate enhancing mass(es); the detection model's "
+                            "calibration was not measured, so no probability is reported.")]
+    summary = (f"Detection: {count} candidate enhancing mass(es); probability of a meningioma "
+               f"{calibration.format(detection.probability)} (called present from "
+               f"{calibration.format(model.threshold)}).")
+    return [(c.COMMENT, summary), calibration.sr_text()]
+
+
+def _nothing_found(
+    job: AnalysisInput,
+    volume: Volume,
+    detection: Detection,
+    model: DetectionModel,
+    settings: MeningiomaSettings,
+    version: str,
+) -> AnalysisResult:
+    """The report of a series without meningioma: a coded absent finding, no grade, no SEG."""
+    parameters = () if model.calibration is None else model.calibration.algorithm_parameters()
+    algorithm = out.Algorithm(name="meningioma", version=version, parameters=parameters)
+    texts = [(c.IMPRESSION, "No meningioma found."), *_detection_texts(detection, model)]
+    report = out.build_measurement_report(
+        volume,
+        TEMPLATE,
+        [],
+        algorithm,
+        out.OutputSeries.for_job(job.job_id, "sr", series_number=settings.series_number),
+        study_measurements=_detection_measurement(detection, model),
+        texts=texts,
+        evaluations=[(c.MENINGIOMA, c.ABSENT)],
+        study_evaluations=[(c.MENINGIOMA, c.ABSENT)],
+    )
+    findings = {
+        "notice": NOT_FOR_CLINICAL_USE,
+        "analyzer_version": version,
+        "meningioma_found": False,
+        "impression": "no meningioma found",
+        "detection": detection.to_json(),
+        "grade": None,
+        "tumour_volume_ml": None,
+        "model": model.provenance.get("name", "meningioma detection"),
+    }
+    return AnalysisResult(datasets=[report], findings=findings)
+
+
 def _measurements(
-    features: CaseFeatures, prediction: GradePrediction | None, model: MeningiomaModel | None
+    features: CaseFeatures, prediction: GradePrediction | None, models: _Models
 ) -> list[out.MeasuredValue]:
     values = [out.MeasuredValue(TEMPLATE.quantity("volume"), features.tumour_volume_ml * 1000.0)]
     if prediction is not None:
-        # The SR's probability is that of the stated impression (the predicted class).
-        p_high = prediction.probability_high_grade
-        probability = p_high if prediction.high_grade else 1.0 - p_high
         values += [
             out.MeasuredValue(TEMPLATE.quantity("rad_score"), prediction.rad_score),
             out.MeasuredValue(DTL_SCORE, prediction.dtl_score),
-            out.MeasuredValue(TEMPLATE.quantity("probability"), 100.0 * probability),
         ]
-    if model is not None:
+        if models.grade_calibration is not None:
+            # The SR's probability is that of the stated impression (the predicted class).
+            p_high = prediction.probability_high_grade
+            p_stated = p_high if prediction.high_grade else 1.0 - p_high
+            values.append(out.MeasuredValue(TEMPLATE.quantity("probability"),
+                                            models.grade_calibration.percent(p_stated)))
+    if models.grade is not None:
         # The radiomic features the rad-score uses, with this case's values.
         values += [
-            out.MeasuredValue(feature_quantity(name), features.radiomics[name]) for name in model.rad_score.names
+            out.MeasuredValue(feature_quantity(name), features.radiomics[name])
+            for name in models.grade.rad_score.names
         ]
     return values
 
@@ -257,21 +363,41 @@ def _evaluations(clinical: ClinicalFeatures) -> list[tuple[Any, Any]]:
     ]
 
 
+def _grade_texts(prediction: GradePrediction | None, models: _Models) -> list[tuple[Any, str]]:
+    if models.grade is None or prediction is None:
+        return [(c.COMMENT, "No grade model installed: no grade reported")]
+    texts = [(c.COMMENT, f"Grade model: {models.grade.identity}"[:1024])]
+    if models.grade_calibration is None:
+        texts.append((c.COMMENT, "Grade probability not reported: the model card has no calibration record; "
+                                 "retrain the model with the current `pacsnode train meningioma`"))
+    else:
+        calibration = models.grade_calibration
+        texts.append((c.COMMENT, "Probability of WHO grade 2/3: "
+                                 f"{calibration.format(prediction.probability_high_grade)}"))
+        texts.append(calibration.sr_text())
+    return texts
+
+
 def _outputs(
     job: AnalysisInput,
     volume: Volume,
     mask: np.ndarray,
-    automatic: bool,
     features: CaseFeatures,
     prediction: GradePrediction | None,
-    model: MeningiomaModel | None,
+    models: _Models,
+    detection: Detection | None,
     settings: MeningiomaSettings,
     version: str,
 ) -> list[Dataset]:
-    algorithm = out.Algorithm(name="meningioma", version=version)
+    parameters: tuple[str, ...] = ()
+    if models.grade_calibration is not None:
+        parameters += models.grade_calibration.algorithm_parameters()
+    if models.detection is not None and detection is not None and models.detection.calibration is not None:
+        parameters += models.detection.calibration.algorithm_parameters()
+    algorithm = out.Algorithm(name="meningioma", version=version, parameters=parameters)
     datasets: list[Dataset] = []
     segmentation = None
-    if automatic:
+    if detection is not None:
         segmentation = out.build_segmentation(
             volume,
             [out.Segment(TEMPLATE.segment_classes["tumour"], mask, tracking_id="meningioma 1")],
@@ -288,19 +414,17 @@ def _outputs(
     lesion = out.LesionFinding(
         tracking_id="meningioma 1",
         region=out.LesionRegion.from_mask(mask),
-        measurements=_measurements(features, prediction, model),
+        measurements=_measurements(features, prediction, models),
         impression=impression,
         evaluations=_evaluations(features.clinical),
         segment_number=1 if segmentation is not None else None,
     )
-    texts = [(c.COMMENT, "ROI: automatic segmentation" if automatic else "ROI: SEG of the study")]
-    if model is not None and prediction is not None:
-        texts.append((c.COMMENT, f"Grade model: {model.identity}"[:1024]))
-        texts.append(
-            (c.COMMENT, f"Probability of WHO grade 2/3: {100 * prediction.probability_high_grade:.1f} %")
-        )
-    else:
-        texts.append((c.COMMENT, "No grade model installed: no probability reported"))
+    texts = [(c.COMMENT, "ROI: automatic segmentation" if detection is not None else "ROI: SEG of the study")]
+    study: list[out.MeasuredValue] = []
+    if detection is not None and models.detection is not None:
+        texts += _detection_texts(detection, models.detection)
+        study = _detection_measurement(detection, models.detection)
+    texts += _grade_texts(prediction, models)
     report = out.build_measurement_report(
         volume,
         TEMPLATE,
@@ -308,7 +432,9 @@ def _outputs(
         algorithm,
         out.OutputSeries.for_job(job.job_id, "sr", series_number=settings.series_number),
         segmentation=segmentation,
+        study_measurements=study,
         texts=texts,
+        evaluations=[(c.MENINGIOMA, c.PRESENT)],
     )
     datasets.append(report)
     return datasets

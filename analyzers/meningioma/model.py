@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from analyzers._shared.probability import LogisticRecalibration
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.meningioma.clinical import ClinicalThresholds
 from analyzers.meningioma.deep_features import FINE_TUNED_WEIGHTS_FILE, BackboneConfig
@@ -217,6 +218,11 @@ class MeningiomaModel:
         Where the model was loaded from (holds the network weights).
     provenance:
         Training data, sizes, measured performance, start weights (model card).
+    recalibration:
+        Logistic recalibration of the nomogram's probability, fitted on
+        out-of-fold predictions of the training cohort (the unpenalised
+        nomogram on in-sample scores is over-confident); None keeps the
+        nomogram's own probability.
     """
 
     rad_score: LassoScore
@@ -227,6 +233,7 @@ class MeningiomaModel:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     folder: Path | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    recalibration: LogisticRecalibration | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -263,11 +270,19 @@ class MeningiomaModel:
                 "classes": self.backbone.classes,
             },
             "provenance": dict(self.provenance),
+            "recalibration": None if self.recalibration is None else self.recalibration.to_dict(),
         }
         (folder / MODEL_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
         plot_nomogram(self.nomogram, folder / NOMOGRAM_FIGURE)
         (folder / MODEL_CARD_FILE).write_text(self.model_card(), encoding="utf-8")
         return folder
+
+    def probability(self, predictors: Sequence[float] | np.ndarray) -> float:
+        """Calibrated probability of high grade: the nomogram's, recalibrated when the model has one."""
+        raw = self.nomogram.probability(predictors)
+        if self.recalibration is None:
+            return raw
+        return float(self.recalibration(np.array([raw]))[0])
 
     def model_card(self) -> str:
         """Markdown model card: data, start weights, selection, intended use."""
@@ -320,6 +335,8 @@ class MeningiomaModel:
                 ),
                 folder=Path(folder),
                 provenance=document.get("provenance", {}),
+                recalibration=None if document.get("recalibration") is None
+                else LogisticRecalibration(**document["recalibration"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{path}: malformed model file ({error})") from error

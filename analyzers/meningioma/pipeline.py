@@ -134,9 +134,9 @@ def compute_case_features(
 
 
 def predict_grade(model: MeningiomaModel, features: CaseFeatures) -> GradePrediction:
-    """Rad-score, DTL-score and nomogram probability of one case."""
+    """Rad-score, DTL-score and the (recalibrated) nomogram probability of one case."""
     rad = model.rad_score.score(features.radiomics)
     dtl = model.dtl_score.score(features.dtl)
     predictors = np.concatenate([features.clinical.as_vector(), [rad, dtl]])
-    probability = model.nomogram.probability(predictors)
+    probability = model.probability(predictors)
     return GradePrediction(rad, dtl, probability, probability >= model.threshold, model.threshold)

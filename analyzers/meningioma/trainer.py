@@ -7,10 +7,17 @@ NPV, Hosmer-Lemeshow and decision curves for the clinical, radiomics and DTL
 SVMs and the DTLR nomogram (:func:`analyzers._shared.stats.evaluation.evaluate_predictions`),
 DeLong tests between models (:func:`analyzers._shared.stats.delong.delong_pairwise`).
 
-Labels CSV: one row per case with ``label`` (``grade1``/``grade2_3`` or 0/1) and
-either ``series_dir`` (folder of the T1C DICOM files, relative to the CSV) with an
-optional ``seg`` (a tumour SEG file), or a phantom cohort's ``case`` column
-(``<csv folder>/<case>/t1c``). Cases without a SEG are segmented automatically.
+Labels CSV: one row per case with ``label`` (``grade1``/``grade2_3`` or 0/1 for a
+meningioma; ``none``, ``healthy``, ``metastases``, ``glioma`` or ``no_meningioma``
+for a series without one) and either ``series_dir`` (folder of the T1C DICOM
+files, relative to the CSV) with an optional ``seg`` (a tumour SEG file), or a
+phantom cohort's ``case`` column (``<csv folder>/<case>/t1c``). The grade models
+use the meningioma rows (cases without a SEG are segmented automatically); the
+detection stage (:mod:`analyzers.meningioma.train_detection`) uses every row and
+is evaluated on the test cohort with sensitivity, specificity (exact 95 % CIs)
+and calibration. The grade probability's calibration on the test cohort (or,
+without one, out of fold) goes into the model card (``extra["probability"]``),
+where the analyzer reads the range it may print.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,7 @@ from analyzers._shared.modelcard import (
     metrics_from_evaluation,
     write_model_card,
 )
+from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalibration
 from analyzers._shared.report import write_report
 from analyzers._shared.stats.delong import DeLongResult, delong_pairwise
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
@@ -53,9 +63,12 @@ from analyzers.meningioma.preprocessing import n4_bias_correction
 from analyzers.meningioma.radiomics_features import RadiomicsSettings
 from analyzers.meningioma.segmentation import segment_enhancing_mass
 from analyzers.meningioma.train import TrainingCase, TrainingResult, extract_training_features, fit_models
+from analyzers.meningioma.train_detection import DetectionEvaluation, has_meningioma, train_detection_stage
 
 __all__ = ["load_cases", "main"]
 
+#: Identity of the detection stage in its model card and in reports.
+DETECTION_MODEL_NAME = "meningioma-detection 1"
 _POSITIVE = {"1", "grade2_3", "high", "who2", "who3"}
 _NEGATIVE = {"0", "grade1", "low", "who1"}
 
@@ -70,7 +83,7 @@ def _label(value: str) -> bool:
 
 
 def load_cases(labels_csv: Path, *, phantom_truth_roi: bool = False) -> list[TrainingCase]:
-    """Read the cases of a labels CSV (see module doc); ROIs from SEG or automatic.
+    """Read the meningioma cases of a labels CSV (see module doc); ROIs from SEG or automatic.
 
     With ``phantom_truth_roi`` a phantom case's true tumour mask
     (``<case>/truth/maps.npz``) is the ROI, standing in for the study's manual
@@ -80,6 +93,8 @@ def load_cases(labels_csv: Path, *, phantom_truth_roi: bool = False) -> list[Tra
     cases = []
     with open(labels_csv, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
+            if not has_meningioma(row):
+                continue  # a series without meningioma: detection data only
             folder = root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
             volume = load_series(sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file()))
             image = volume.to_sitk()
@@ -154,6 +169,8 @@ def _card(
     train_evaluations: dict[str, Evaluation],
     test_evaluations: dict[str, Evaluation] | None,
     seconds: float,
+    grade_calibration: ProbabilityCalibration,
+    detection: tuple[DetectionEvaluation | None, DetectionEvaluation] | None,
 ) -> ModelCard:
     """The model card: data, how it was trained, measured performance, limitations."""
     model = result.model
@@ -166,6 +183,13 @@ def _card(
     if test_evaluations is not None:
         for name in ("nomogram", "clinical", "radiomics", "dtl"):
             metrics += metrics_from_evaluation(test_evaluations[name], f"external test, {name}: ")
+    where = "external test" if test_evaluations is not None else "out-of-fold"
+    metrics += grade_calibration.card_metrics(f"{where}, reported grade probability: ")
+    if detection is not None:
+        held_out, out_of_fold = detection
+        metrics += out_of_fold.card_metrics("out-of-fold, detection: ")[:2]
+        if held_out is not None:
+            metrics += held_out.card_metrics("external test, detection: ")
     network = (
         "torchvision ResNet50 (layers 3-4-6-3, width 64)"
         if backbone.is_resnet50
@@ -198,8 +222,8 @@ def _card(
             f"({len(model.dtl_score.names)} deep features, LASSO) of a {network}; SVM comparison models "
             "on clinical, radiomic and deep features"
         ),
-        intended_use="Research: probability of WHO grade 2/3 meningioma from post-contrast T1. "
-        + NOT_FOR_CLINICAL_USE,
+        intended_use="Research: whether a post-contrast T1 shows a meningioma (detection stage) and, if "
+        "it does, the probability of WHO grade 2/3. " + NOT_FOR_CLINICAL_USE,
         data=DataDescription(
             source=f"training labels {args.labels}{test_source}",
             n_cases=len(y_train),
@@ -227,6 +251,12 @@ def _card(
         ),
         limitations=tuple(limitations),
         extra={
+            PROBABILITY_CARD_KEY: grade_calibration.to_dict(),
+            "detection": None if detection is None else {
+                "external_test": None if detection[0] is None else detection[0].to_dict(),
+                "out_of_fold": detection[1].to_dict(),
+            },
+            "recalibration": None if model.recalibration is None else model.recalibration.to_dict(),
             "nomogram": model.nomogram.to_json(),
             "radiomics_selected": list(model.rad_score.names),
             "dtl_selected": list(model.dtl_score.names),
@@ -255,12 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phantom-truth-roi", action="store_true",
                         help="use a phantom case's true tumour mask as its ROI (manual-delineation stand-in)")
+    parser.add_argument("--no-detection", action="store_true",
+                        help="train the grade models only (the analyzer then grades only studies with a tumour SEG)")
     parser.add_argument("--note", action="append",
                         help="a limitation or fact for the model card (repeatable), e.g. how the machine was loaded")
     args = parser.parse_args(argv)
     started = time.monotonic()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    # The detection stage reads every case again (brain fit, N4, candidates): it runs in a
+    # process of its own beside the grade models and writes only detection.json.
+    pool = None if args.no_detection else ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    detection_job = None if pool is None else pool.submit(
+        train_detection_stage, args.labels, args.out, test_csv=args.test_labels, model_name=DETECTION_MODEL_NAME,
+        threads=args.threads)
     settings = RadiomicsSettings.from_file()
     train_cases = load_cases(args.labels, phantom_truth_roi=args.phantom_truth_roi)
     features = extract_training_features(train_cases, settings=settings, icc_cases=args.icc_cases)
@@ -283,11 +321,30 @@ def main(argv: list[str] | None = None) -> int:
         test_scores = _predict(result.model, result, test_cases, settings)
         y_test = np.array([int(c.high_grade) for c in test_cases])
         report["external_test"], test_evaluations, pairs = _evaluate(y_test, test_scores, thresholds)
+    if args.test_labels:
+        grade_calibration = ProbabilityCalibration.measure(
+            y_test, test_scores["nomogram"], model=result.model.identity,
+            validation=f"external test cohort {args.test_labels}", outcome="WHO grade 2/3")
+    else:
+        assert result.out_of_fold_nomogram is not None
+        grade_calibration = ProbabilityCalibration.measure(
+            y_train, result.out_of_fold_nomogram, model=result.model.identity,
+            validation=f"out-of-fold, training cohort {args.labels} (recalibrated on these predictions)",
+            outcome="WHO grade 2/3")
+    report["grade_calibration"] = grade_calibration.to_dict()
+    detection = None
+    if detection_job is not None and pool is not None:
+        detection_model, held_out, out_of_fold = detection_job.result()
+        pool.shutdown()
+        detection = (held_out, out_of_fold)
+        report["detection"] = {"threshold": detection_model.threshold, "out_of_fold": out_of_fold.to_dict(),
+                               "external_test": None if held_out is None else held_out.to_dict()}
     dtl_names = dtl_feature_names()
     report["selected"] = {"radiomics": list(result.model.rad_score.names),
                           "dtl": [n for n in result.model.dtl_score.names if n in dtl_names]}
     (args.out / "evaluation.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    card = _card(args, result, y_train, train_evaluations, test_evaluations, time.monotonic() - started)
+    card = _card(args, result, y_train, train_evaluations, test_evaluations, time.monotonic() - started,
+                 grade_calibration, detection)
     write_model_card(card, args.out)
     write_report(
         args.out,
@@ -297,5 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         model_card=card,
     )
     summary = {k: report[k]["nomogram"]["auc"] for k in ("training", "external_test") if k in report}
-    print(json.dumps({"out": str(args.out), "nomogram_auc": summary}, default=str))
+    print(json.dumps({"out": str(args.out), "nomogram_auc": summary,
+                      "grade_calibration_slope": grade_calibration.slope,
+                      "detection": None if detection is None else {
+                          k: None if e is None else {"sensitivity": e.sensitivity, "specificity": e.specificity}
+                          for k, e in zip(("external_test", "out_of_fold"), detection, strict=True)}},
+                     default=str))
     return 0

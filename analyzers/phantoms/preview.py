@@ -25,8 +25,12 @@ def _lesion_mask(case: PhantomCase, series: SeriesData) -> np.ndarray | None:
         return own
     for key in _MASK_KEYS:
         mask = case.truth_maps.get(prefix + key)
-        if mask is not None and mask.shape == series.grid.shape:
+        if mask is not None and mask.shape == series.grid.shape and mask.any():
             return mask
+    # A case without the target lesion: show its other pathology (metastases 3, glioma 4) if any.
+    mimics = case.truth_maps.get("mimic_labels")
+    if mimics is not None and mimics.shape == series.grid.shape and (mimics >= 3).any():
+        return (mimics >= 3).astype(np.uint8)
     return None
 
 
