@@ -37,7 +37,7 @@ typecheck: setup
 	$(VENV)/bin/mypy node analyzers/contract.py analyzers/registry.py
 
 pytest: setup viewer
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 test: lint typecheck pytest
 

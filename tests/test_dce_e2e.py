@@ -254,8 +254,12 @@ def test_pretreatment_then_followup_sr_in_orthanc_cites_the_first(flat_case: Pat
     second = next(j for j in dce_node.latest().values() if j["id"] != first["id"])
     elapsed = time.monotonic() - started
     assert first["study_uid"] != second["study_uid"]
-    # Ktrans, vp, ve, kep, T1 maps (float and integer-scaled), SEG, SR
-    assert len(first["outputs"]) == len(second["outputs"]) == 12
+    # Ktrans, vp, ve, kep, T1 maps (float and integer-scaled), SEG, SR, and the pre-bolus mean as a
+    # derived MR image per slice of the dynamic series (the reference image of the maps)
+    slices = len({tuple(round(float(v), 2) for v in dcmread(f, stop_before_pixels=True).ImagePositionPatient)
+                  for f in (flat_case / "dce").iterdir() if f.is_file()})
+    assert slices > 0
+    assert len(first["outputs"]) == len(second["outputs"]) == 12 + slices
 
     first_sr = orthanc_sr(orthanc, first["outputs"], tmp_path / "first")
     second_sr = orthanc_sr(orthanc, second["outputs"], tmp_path / "second")

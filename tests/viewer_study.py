@@ -36,9 +36,12 @@ class AnalyzedNode:
         return query_index(self.index, sql)
 
     def study_of(self, analyzer: str) -> str:
-        """The study holding ``analyzer``'s SR."""
-        rows = self.rows("SELECT study_uid FROM series WHERE modality = 'SR' AND series_description LIKE "
-                         f"'pacsnode {analyzer}%' ORDER BY study_uid")
+        """The study holding ``analyzer``'s SR; of several, one where it also wrote a SEG (its own
+        phantom's study: other phantoms' studies routed to it get "nothing found" reports)."""
+        rows = self.rows(
+            "SELECT s.study_uid FROM series s WHERE s.modality = 'SR' AND s.series_description LIKE "
+            f"'pacsnode {analyzer}%' ORDER BY EXISTS (SELECT 1 FROM series g WHERE g.study_uid = s.study_uid "
+            f"AND g.modality = 'SEG' AND g.series_description LIKE 'pacsnode {analyzer}%') DESC, s.study_uid")
         assert rows, f"no SR of {analyzer}"
         return str(rows[0][0])
 
