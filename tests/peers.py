@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ __all__ = [
     "node_process",
     "orthanc_process",
     "process_tree",
+    "storescu_acknowledged",
     "tree_stats",
     "wait_for_port",
 ]
@@ -319,3 +321,17 @@ def orthanc_process(folder: Path, *, ae_title: str = "ORTHANC",
         yield orthanc
     finally:
         orthanc.stop()
+
+
+def storescu_acknowledged(log: str) -> list[str]:
+    """Files dcmtk storescu saw a success response for (its ``-v`` output pairs each file with
+    its response)."""
+    acked, current = [], None
+    for line in log.splitlines():
+        sent = re.match(r"I: Sending file: (.+)$", line)
+        if sent:
+            current = sent.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(current)
+            current = None
+    return acked

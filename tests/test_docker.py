@@ -39,7 +39,7 @@ from analyzers.phantoms.dicomio import write_case
 from analyzers.phantoms.spine import simulate_spine
 from node.config import ENV_PREFIX, Settings, load_settings
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import free_port, have, wait_until
+from tests.peers import free_port, have, storescu_acknowledged, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -331,18 +331,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         print(f"compose log: {running.log}")
 
 
-def _acknowledged(log: str) -> list[str]:
-    """Files storescu saw a success response for (``-v`` pairs each file with its response)."""
-    acked, current = [], None
-    for line in log.splitlines():
-        sent = re.match(r"I: Sending file: (.+)$", line)
-        if sent:
-            current = sent.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(current)
-            current = None
-    return acked
-
 
 def _sop_uids_found(port: int, series_uid: str) -> set[str]:
     ae = AE(ae_title="CHECK")
@@ -417,13 +405,13 @@ def test_compose_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
     with open(sender_log, "w") as handle:
         sender = subprocess.Popen(["storescu", "-v", "-aec", "PACSNODE", "127.0.0.1", str(dicom_port),
                                    *map(str, burst)], stdout=handle, stderr=subprocess.STDOUT)
-    wait_until(lambda: len(_acknowledged(sender_log.read_text())) >= 80, 120, "80 acknowledged instances",
+    wait_until(lambda: len(storescu_acknowledged(sender_log.read_text())) >= 80, 120, "80 acknowledged instances",
                poll=0.01)
     killed = subprocess.run(["docker", "kill", stack.container("pacsnode")], capture_output=True, text=True,
                             timeout=60)
     assert killed.returncode == 0, killed.stderr
     sender.wait(120)
-    acknowledged = _acknowledged(sender_log.read_text())
+    acknowledged = storescu_acknowledged(sender_log.read_text())
     assert 80 <= len(acknowledged) < len(burst), f"the kill did not land mid-burst ({len(acknowledged)} acked)"
     stack.run("up", "-d", "pacsnode", timeout=300)
     wait_until(stack.node_ready, 240, "the restarted node's /readyz", log=stack.log, poll=1)

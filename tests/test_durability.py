@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -15,22 +14,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import free_port, start_node, write_node_config
+from tests.peers import free_port, start_node, storescu_acknowledged, write_node_config
 
 pytestmark = pytest.mark.peers
 
-
-def _acknowledged(log: str) -> list[str]:
-    """Files storescu saw a success response for (``-v`` output pairs each file with its response)."""
-    acked, current = [], None
-    for line in log.splitlines():
-        sent = re.match(r"I: Sending file: (.+)$", line)
-        if sent:
-            current = sent.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(current)
-            current = None
-    return acked
 
 
 def _sop_uids_found(port: int, series_uid: str) -> set[str]:
@@ -64,11 +51,11 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(tmp_path: Path) -> None:
                                    *map(str, files)], stdout=handle, stderr=subprocess.STDOUT,
                                   env={**os.environ, "TCP_NODELAY": "1"})
     deadline = time.monotonic() + 60
-    while len(_acknowledged(sender_log.read_text())) < 80 and time.monotonic() < deadline:
+    while len(storescu_acknowledged(sender_log.read_text())) < 80 and time.monotonic() < deadline:
         time.sleep(0.01)
     node.kill()  # SIGKILL while the burst is in flight
     sender.wait(60)
-    acknowledged = _acknowledged(sender_log.read_text())
+    acknowledged = storescu_acknowledged(sender_log.read_text())
     assert 80 <= len(acknowledged) < len(files), "the kill did not land mid-burst"
 
     node = start_node(config, storage=storage, port=port, http_port=http_port, log=folder / "node.log")

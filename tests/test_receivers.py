@@ -9,7 +9,6 @@ serves in the main process as before.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ import pytest
 from pydicom import dcmread
 
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import NodeProcess, node_process, query_index, wait_until
+from tests.peers import NodeProcess, node_process, query_index, storescu_acknowledged, wait_until
 
 pytestmark = pytest.mark.peers
 
@@ -42,17 +41,6 @@ def receiver_pids(node: NodeProcess) -> list[int]:
             pids.append(int(entry.name))
     return sorted(pids)
 
-
-def _acknowledged(log: str) -> list[str]:
-    acked, current = [], None
-    for line in log.splitlines():
-        sent = re.match(r"I: Sending file: (.+)$", line)
-        if sent:
-            current = sent.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(current)
-            current = None
-    return acked
 
 
 def _received_total(node: NodeProcess) -> int:
@@ -79,12 +67,12 @@ def test_killing_a_receiver_mid_burst_loses_nothing_acknowledged(tmp_path: Path)
                 senders.append(subprocess.Popen(
                     ["storescu", "-v", "-aec", "PACSNODE", "127.0.0.1", str(node.port), *map(str, half)],
                     stdout=handle, stderr=subprocess.STDOUT, env=NODELAY))
-        wait_until(lambda: all(len(_acknowledged(log.read_text())) >= 30 for log in logs), 120,
+        wait_until(lambda: all(len(storescu_acknowledged(log.read_text())) >= 30 for log in logs), 120,
                    "both associations storing")
         os.kill(before[0], signal.SIGKILL)  # one receiver, while both associations are busy
         for sender in senders:
             sender.wait(120)
-        acknowledged = [path for log in logs for path in _acknowledged(log.read_text())]
+        acknowledged = [path for log in logs for path in storescu_acknowledged(log.read_text())]
         assert len(acknowledged) < len(files), "the kill did not cut an association short"
         expected = {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in acknowledged}
         assert expected <= _indexed(node), "acknowledged instances missing"
