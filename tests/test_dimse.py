@@ -192,6 +192,30 @@ def test_c_get_returns_the_series(node: NodeProcess, mr_series: list[Path], tmp_
     assert final.NumberOfCompletedSuboperations == 1 and received == [got[0]]
 
 
+def test_c_get_decompresses_for_a_requestor_that_accepts_little_endian_only(
+        node: NodeProcess, mr_series: list[Path], tmp_path: Path) -> None:
+    """A JPEG Lossless instance, stored as received, reaches a ``getscu`` that proposes only
+    uncompressed syntaxes decompressed, pixel for pixel; the C-GET ends without failures and the
+    association is released normally."""
+    compressed = tmp_path / "jpeg-lossless.dcm"
+    dcmtk("dcmcjpeg", str(mr_series[1]), str(compressed))
+    assert str(dcmread(compressed).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.70"
+    dcmtk("storescu", "-xs", "-aec", node.ae_title, "127.0.0.1", str(node.port), str(mr_series[0]), str(compressed))
+    stored = next((node.storage / "store").rglob(f"{dcmread(compressed).SOPInstanceUID}.dcm"))
+    assert dcmread(stored).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"  # kept as received
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk("getscu", "-v", "-aec", node.ae_title, "-od", str(out), "-k", "QueryRetrieveLevel=SERIES",
+                   "-k", f"SeriesInstanceUID={dcmread(compressed).SeriesInstanceUID}", "127.0.0.1", str(node.port))
+    log = result.stdout + result.stderr
+    assert "Number of Failed Suboperations    : 0" in log and "Release Failed" not in log, log
+    got = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, out.iterdir())}
+    assert str(dcmread(compressed).SOPInstanceUID) in got, (sorted(got), log)
+    received = got[str(dcmread(compressed).SOPInstanceUID)]
+    assert not received.file_meta.TransferSyntaxUID.is_compressed
+    assert (received.pixel_array == dcmread(compressed).pixel_array).all()
+
+
 def test_c_move_to_orthanc(tmp_path: Path, mr_series: list[Path], orthanc: OrthancProcess) -> None:
     extra = f"""
 [[dicom.peers]]

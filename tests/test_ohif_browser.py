@@ -255,13 +255,7 @@ with sync_playwright() as pw:
 """
 
 
-@pytest.mark.parametrize("analyzer", [
-    "dsc",
-    pytest.param("dce", marks=pytest.mark.xfail(
-        strict=True, reason="the dce phantom's SR holds no lesion (one study-level group without image "
-                            "coordinates, 'Lesion: Absent'); OHIF 3.13's SR viewport shows only the image "
-                            "of the SR's first measurement, so it stays empty (docs/viewer.md)")),
-])
+@pytest.mark.parametrize("analyzer", DYNAMIC)
 def test_sr_on_a_4d_source(viewer: Viewer, analyzed_node: AnalyzedNode, analyzer: str) -> None:
     """The SR of a dynamic series, whose regions lie on the derived pre-bolus series, opens with
     its measurements. OHIF 3.13 stopped responding on SR regions placed on the dynamic series

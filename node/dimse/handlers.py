@@ -192,7 +192,9 @@ class DimseHandlers:
             yield _failure(error).Status, None
             return
         yield len(selection.instances)
-        yield from self._send(event, selection)
+        accepted = list(event.assoc.accepted_contexts)
+        for status, dataset in self._send(event, selection):
+            yield status, (None if dataset is None else _in_accepted_syntax(dataset, accepted))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -321,6 +323,30 @@ class DimseHandlers:
         if not instances:
             raise NotFound("no stored instance matches the retrieve identifier")
         return _Retrieve(instances)
+
+
+def _in_accepted_syntax(dataset: Dataset, accepted: list[PresentationContext]) -> Dataset:
+    """``dataset`` in a transfer syntax the C-GET requestor accepted for its SOP class.
+
+    A compressed instance is decompressed when the requestor accepted only uncompressed syntaxes
+    for its class (as Orthanc transcodes on C-GET): dcmtk ``getscu`` and most viewers propose
+    little endian only. The stored file stays as received. When the class was not accepted at all,
+    or decompression is not possible, the dataset goes unchanged and the sub-operation is counted
+    as failed.
+    """
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed:
+        return dataset
+    offered = {str(cx.transfer_syntax[0]) for cx in accepted
+               if cx.abstract_syntax == dataset.get("SOPClassUID") and cx.as_scu}
+    if str(syntax) in offered or not offered & {_EXPLICIT_LE, _IMPLICIT_LE}:
+        return dataset
+    try:
+        dataset.decompress(generate_instance_uid=False)  # the same instance, not a derived one
+    except DECODE_ERRORS as exc:
+        log.warning("C-GET: %s cannot be decompressed for the requestor (%s: %s)",
+                    dataset.get("SOPInstanceUID"), type(exc).__name__, exc)
+    return dataset
 
 
 def _contexts_for(syntaxes: set[tuple[str, str]]) -> list[PresentationContext]:
