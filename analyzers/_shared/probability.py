@@ -149,6 +149,10 @@ class ProbabilityCalibration:
         The range probabilities are clipped to (:func:`supported_range`).
     outcome:
         What the probability is the probability of (``"WHO grade 2/3"``).
+    recalibrated_on:
+        The cohort a recalibration of the model's score was fitted on when it
+        is not the validation itself (``"the final model's predictions on 60
+        calibration cases"``); empty when the validation names it.
     """
 
     model: str
@@ -161,6 +165,7 @@ class ProbabilityCalibration:
     lower: float
     upper: float
     outcome: str
+    recalibrated_on: str = ""
 
     def __post_init__(self) -> None:
         for name in ("model", "validation", "outcome"):
@@ -182,6 +187,7 @@ class ProbabilityCalibration:
         model: str,
         validation: str,
         outcome: str,
+        recalibrated_on: str = "",
     ) -> ProbabilityCalibration:
         """Measure calibration on validation labels ``y`` (0/1) and the model's probabilities."""
         labels = np.asarray(y).ravel()
@@ -206,6 +212,7 @@ class ProbabilityCalibration:
             lower=lower,
             upper=upper,
             outcome=outcome,
+            recalibrated_on=recalibrated_on,
         )
 
     # ------------------------------------------------------------------ use
@@ -233,8 +240,12 @@ class ProbabilityCalibration:
 
     def statement(self) -> str:
         """One sentence naming the model, its validation and its calibration."""
+        how = (
+            f"recalibrated on {self.recalibrated_on} and validated on" if self.recalibrated_on
+            else "calibrated and validated on"
+        )
         return (
-            f"Probability of {self.outcome} by model {self.model}, calibrated and validated on "
+            f"Probability of {self.outcome} by model {self.model}, {how} "
             f"{self.validation} ({self.n_cases} cases, {self.n_positive} positive): "
             f"{self._calibration_text()}; reported probabilities are limited to "
             f"{format_probability(self.lower)} - {format_probability(self.upper)}."
@@ -246,8 +257,10 @@ class ProbabilityCalibration:
 
     def algorithm_parameters(self) -> tuple[str, ...]:
         """TID 4019 Algorithm Parameters: model, validation and calibration, one per item."""
+        recalibration = (f"recalibrated on: {self.recalibrated_on}"[:1024],) if self.recalibrated_on else ()
         return (
             f"probability model: {self.model}"[:1024],
+            *recalibration,
             f"validation: {self.validation} ({self.n_cases} cases, {self.n_positive} positive)"[:1024],
             f"{self._calibration_text()}"[:1024],
             f"reported range: {format_probability(self.lower)} - {format_probability(self.upper)}",
@@ -256,6 +269,8 @@ class ProbabilityCalibration:
     def card_metrics(self, prefix: str = "") -> tuple[CardMetric, ...]:
         """Calibration numbers for the model card's performance table."""
         note = f"{self.validation}, {self.n_cases} cases"
+        if self.recalibrated_on:
+            note += f"; recalibrated on {self.recalibrated_on}"
         return (
             CardMetric(f"{prefix}calibration slope", self.slope, note=note),
             CardMetric(f"{prefix}calibration intercept", self.intercept, note=note),
@@ -269,6 +284,7 @@ class ProbabilityCalibration:
     # ---------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (a model card's ``extra["probability"]``)."""
+        recalibration = {"recalibrated_on": self.recalibrated_on} if self.recalibrated_on else {}
         return {
             "model": self.model,
             "validation": self.validation,
@@ -280,6 +296,7 @@ class ProbabilityCalibration:
             "lower": self.lower,
             "upper": self.upper,
             "outcome": self.outcome,
+            **recalibration,
         }
 
     @classmethod
@@ -297,6 +314,7 @@ class ProbabilityCalibration:
                 lower=float(raw["lower"]),
                 upper=float(raw["upper"]),
                 outcome=str(raw["outcome"]),
+                recalibrated_on=str(raw.get("recalibrated_on") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProbabilityError(f"incomplete probability calibration record: {exc}") from exc

@@ -18,6 +18,10 @@ is evaluated on the test cohort with sensitivity, specificity (exact 95 % CIs)
 and calibration. The grade probability's calibration on the test cohort (or,
 without one, out of fold) goes into the model card (``extra["probability"]``),
 where the analyzer reads the range it may print.
+
+``--recalibrate-on LABELS_CSV --model-folder DIR`` trains nothing: it refits the
+grade probability's recalibration of a trained folder on a calibration cohort
+(:mod:`analyzers.meningioma.recalibrate`).
 """
 
 from __future__ import annotations
@@ -272,8 +276,8 @@ def _card(
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``pacsnode train meningioma``."""
     parser = argparse.ArgumentParser(prog="pacsnode train meningioma", description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, required=True, help="training cohort labels CSV")
-    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--labels", type=Path, help="training cohort labels CSV (required unless --recalibrate-on)")
+    parser.add_argument("--out", type=Path, help="model folder to write (required unless --recalibrate-on)")
     parser.add_argument("--test-labels", type=Path, help="external test cohort labels CSV")
     parser.add_argument("--start-weights", type=Path, help="network weights to fine-tune from")
     parser.add_argument("--epochs", type=int, default=30)
@@ -289,7 +293,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="train the grade models only (the analyzer then grades only studies with a tumour SEG)")
     parser.add_argument("--note", action="append",
                         help="a limitation or fact for the model card (repeatable), e.g. how the machine was loaded")
+    parser.add_argument("--recalibrate-on", type=Path, metavar="LABELS_CSV",
+                        help="no training: refit the grade probability's recalibration of --model-folder on the "
+                        "model's predictions on this cohort, measure it on --test-labels (else out of fold)")
+    parser.add_argument("--model-folder", type=Path, help="trained model folder to recalibrate (rewritten)")
     args = parser.parse_args(argv)
+    if args.recalibrate_on is not None:
+        if args.model_folder is None:
+            parser.error("--recalibrate-on needs --model-folder (the trained model folder to recalibrate)")
+        from analyzers.meningioma.recalibrate import recalibrate_main
+
+        return recalibrate_main(args)
+    if args.labels is None or args.out is None:
+        parser.error("--labels and --out are required to train (or --recalibrate-on with --model-folder)")
     started = time.monotonic()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)

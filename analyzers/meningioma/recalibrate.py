@@ -1,0 +1,328 @@
+"""``pacsnode train meningioma --recalibrate-on``: refit the grade probability's recalibration only.
+
+A trained model folder keeps its network, feature selection and nomogram; only
+the logistic recalibration of the nomogram's probability
+(:class:`analyzers._shared.probability.LogisticRecalibration`, Platt scaling on
+the nomogram's logit) is fitted again, on the final model's own predictions on a
+calibration cohort that took no part in training. A site uses it to recalibrate
+on its own cases without retraining.
+
+Why not the training run's recalibration: it is fitted on out-of-fold
+predictions of selection and nomogram refitted on 4/5 of the training cases.
+Those refits are noisier than the final model fitted on every case, so a
+recalibration fitted on them shrinks the final model's scores too much (reported
+probabilities too moderate: calibration slope above 1 on held-out cases).
+
+Every case of the calibration cohort goes through the analyzer's pipeline
+(:func:`analyzers.meningioma.pipeline.compute_case_features`) with the model's
+network, on the ROI the training used (tumour SEG, phantom truth or automatic
+segmentation, see :func:`analyzers.meningioma.trainer.load_cases`). The
+calibration of the probability the analyzer reports is then measured once on
+``--test-labels`` (slope and intercept after Cox 1958, Brier score, a case
+bootstrap CI of the slope, reliability plot) or, without a test cohort, out of
+fold on the calibration cohort (the two recalibration parameters refitted per
+fold). ``model.json`` (new recalibration, version + 0.1), ``model_card.md/.json``,
+``evaluation.json`` (per-case predictions under ``"recalibration"``) and
+``report_recalibration.html`` with its ``report_recalibration_*.png`` are
+rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from analyzers._shared.modelcard import CardMetric, ModelCardError, load_model_card, metrics_from_evaluation
+from analyzers._shared.modelcard import write_model_card as write_card
+from analyzers._shared.probability import PROBABILITY_CARD_KEY, LogisticRecalibration, ProbabilityCalibration
+from analyzers._shared.report import write_report
+from analyzers._shared.stats import calibration_slope_intercept
+from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
+from analyzers.meningioma.errors import ModelError
+from analyzers.meningioma.model import MeningiomaModel
+
+__all__ = [
+    "CohortPredictions",
+    "RecalibrationResult",
+    "predict_cohort",
+    "recalibrate",
+    "recalibrate_main",
+    "slope_bootstrap_ci",
+    "write_recalibration",
+]
+
+_OUTCOME = "WHO grade 2/3"
+_REPORT_STEM = "report_recalibration"
+_VALIDATION_MARK = ". Grade probability (model "
+
+
+@dataclass(frozen=True)
+class CohortPredictions:
+    """The final model's nomogram probability (before any recalibration) on every meningioma of a cohort."""
+
+    labels_csv: str
+    case_ids: tuple[str, ...]
+    high_grade: np.ndarray
+    nomogram: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not len(self.case_ids) == len(self.high_grade) == len(self.nomogram):
+            raise ValueError("one label and one probability per case")
+
+    def describe(self) -> str:
+        """``"cohort X (52 meningiomas, 27 WHO grade 2/3)"``."""
+        return (f"cohort {self.labels_csv} ({len(self.case_ids)} meningiomas, "
+                f"{int(np.sum(self.high_grade))} {_OUTCOME})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, one row per case."""
+        return {"labels": self.labels_csv, "cases": [
+            {"case": case, "high_grade": int(label), "nomogram_probability": float(p)}
+            for case, label, p in zip(self.case_ids, self.high_grade, self.nomogram, strict=True)]}
+
+
+def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = False,
+                   threads: int = 1) -> CohortPredictions:
+    """The nomogram probability of the model in ``folder`` on every meningioma of ``labels_csv``.
+
+    The recalibration stored in the folder is not applied: the result is what a
+    new recalibration is fitted on.
+    """
+    import SimpleITK as sitk
+    import torch
+
+    from analyzers.meningioma.deep_features import load_network
+    from analyzers.meningioma.pipeline import compute_case_features, predict_grade
+    from analyzers.meningioma.radiomics_features import RadiomicsSettings
+    from analyzers.meningioma.trainer import load_cases
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    model = replace(MeningiomaModel.load(folder), recalibration=None)
+    if model.weights_file is None:
+        raise ModelError(f"{folder} holds no fine-tuned network weights; train it with `pacsnode train meningioma`")
+    network = load_network(model.weights_file, model.backbone)
+    settings = RadiomicsSettings.from_file()
+    cases = load_cases(labels_csv, phantom_truth_roi=phantom_truth_roi)
+    if not cases:
+        raise ValueError(f"{labels_csv}: no meningioma rows to recalibrate on")
+    probabilities = []
+    for case in cases:
+        features = compute_case_features(
+            case.image, case.mask, case.header, settings=settings, network=network,
+            clinical_thresholds=model.clinical_thresholds, bias_corrected=case.bias_corrected)
+        probabilities.append(predict_grade(model, features).probability_high_grade)
+    return CohortPredictions(str(labels_csv), tuple(c.case_id for c in cases),
+                             np.array([int(c.high_grade) for c in cases]), np.array(probabilities))
+
+
+def slope_bootstrap_ci(y: np.ndarray, probability: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float, float, int] | None:
+    """Percentile CI of the calibration slope over case bootstrap resamples, and how many resamples fitted.
+
+    Resamples with one class only or a fit that does not converge (separated
+    classes) are left out; None when fewer than half of them fit.
+    """
+    rng = np.random.default_rng(seed)
+    slopes = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(y), len(y))
+        if 0 < int(y[pick].sum()) < len(pick):
+            fit = calibration_slope_intercept(y[pick], probability[pick])
+            if fit.converged and math.isfinite(fit.slope):
+                slopes.append(fit.slope)
+    if len(slopes) < n_boot / 2:
+        return None
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(slopes, [tail, 100.0 - tail])
+    return float(low), float(high), len(slopes)
+
+
+def _out_of_fold(y: np.ndarray, raw: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    splits = max(2, min(folds, int(np.bincount(y, minlength=2).min())))
+    out = np.zeros(len(y))
+    for train, test in StratifiedKFold(splits, shuffle=True, random_state=seed).split(raw, y):
+        out[test] = LogisticRecalibration.fit(y[train], raw[train])(raw[test])
+    return out
+
+
+def _raw_cut(threshold: float, recalibration: LogisticRecalibration | None) -> float:
+    """The nomogram probability that ``recalibration`` maps to ``threshold``."""
+    if recalibration is None:
+        return threshold
+    logit = (math.log(threshold / (1.0 - threshold)) - recalibration.a) / recalibration.b
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+@dataclass(frozen=True)
+class RecalibrationResult:
+    """A new recalibration and what was measured on held-out (or out-of-fold) cases.
+
+    Attributes
+    ----------
+    recalibration, previous:
+        The new recalibration and the one the folder held before.
+    calibration:
+        Calibration of the reported probability, the model card's record.
+    slope_ci:
+        Case-bootstrap 95 % CI of the slope and the resamples that fitted, or None.
+    evaluations:
+        On the validation cases: the new, the previous and no recalibration,
+        thresholds at the same nomogram probability as the model's operating threshold.
+    """
+
+    recalibration: LogisticRecalibration
+    previous: LogisticRecalibration | None
+    calibration: ProbabilityCalibration
+    slope_ci: tuple[float, float, int] | None
+    evaluations: dict[str, Evaluation]
+    model_identity: str
+
+
+def _bumped(version: str) -> str:
+    major, _, minor = version.partition(".")
+    return f"{major}.{int(minor) + 1 if minor.isdigit() else 1}"
+
+
+def recalibrate(model: MeningiomaModel, calibration: CohortPredictions, test: CohortPredictions | None, *,
+                operating_threshold: float, folds: int = 5, seed: int = 0) -> RecalibrationResult:
+    """Fit the recalibration on ``calibration``; measure it on ``test`` or out of fold.
+
+    ``operating_threshold`` is the model's operating threshold on its current
+    (previous) probability scale; the evaluations use the same nomogram cut.
+    """
+    y_cal = np.asarray(calibration.high_grade, dtype=int)
+    new = LogisticRecalibration.fit(y_cal, calibration.nomogram)
+    identity = f"{model.provenance.get('name', 'meningioma-nomogram')} " \
+               f"{_bumped(str(model.provenance.get('version', '1')))}"
+    recalibrated_on = f"the final model's predictions on calibration {calibration.describe()}"
+    if test is not None:
+        y, raw = np.asarray(test.high_grade, dtype=int), test.nomogram
+        reported = new(raw)
+        validation = f"external test cohort {test.labels_csv}"
+    else:
+        y, raw = y_cal, calibration.nomogram
+        reported = _out_of_fold(y, raw, folds, seed)
+        validation = f"out-of-fold ({folds}-fold recalibration refits), calibration cohort {calibration.labels_csv}"
+    record = ProbabilityCalibration.measure(y, reported, model=identity, validation=validation, outcome=_OUTCOME,
+                                            recalibrated_on=recalibrated_on)
+    cut = _raw_cut(operating_threshold, model.recalibration)
+    scales = {"recalibrated on the calibration cohort": (reported, float(new(np.array([cut]))[0]))}
+    if model.recalibration is not None:
+        scales["previous recalibration"] = (model.recalibration(raw), operating_threshold)
+    scales["nomogram, not recalibrated"] = (raw, cut)
+    evaluations = {name: evaluate_predictions(y, p, threshold=t, n_boot=1000, seed=seed)
+                   for name, (p, t) in scales.items()}
+    return RecalibrationResult(new, model.recalibration, record, slope_bootstrap_ci(y, reported, seed=seed),
+                               evaluations, identity)
+
+
+def _card_metrics(old: Sequence[CardMetric], result: RecalibrationResult, held_out: bool) -> tuple[CardMetric, ...]:
+    """Old rows without those of the superseded probability scale, then the new measurements."""
+    kept = [m for m in old if "reported grade probability:" not in m.name
+            and not (m.name.startswith("external test, nomogram: ") and not m.name.endswith("ROC-AUC"))]
+    where = "external test" if held_out else "out-of-fold"
+    record = result.calibration
+    rows = list(record.card_metrics(f"{where}, reported grade probability: "))
+    if result.slope_ci is not None:
+        low, high, fitted = result.slope_ci
+        rows[0] = replace(rows[0], ci_lower=low, ci_upper=high, confidence=0.95,
+                          note=f"{rows[0].note}; CI: case bootstrap, {fitted} resamples that fitted")
+    if held_out:
+        evaluation = result.evaluations["recalibrated on the calibration cohort"]
+        rows += metrics_from_evaluation(evaluation, f"external test ({evaluation.n_cases} cases), recalibrated "
+                                                    "nomogram: ")
+    return tuple(kept + rows)
+
+
+def write_recalibration(folder: Path, result: RecalibrationResult, calibration: CohortPredictions,
+                        test: CohortPredictions | None, notes: Sequence[str] = ()) -> None:
+    """Store the recalibration in ``folder``: model, model card, evaluation.json and report."""
+    model = MeningiomaModel.load(folder)
+    try:
+        card = load_model_card(folder / "model_card.json")
+    except (OSError, ModelCardError) as error:
+        raise ModelError(f"{folder}: no readable model_card.json ({error}); the folder must come from "
+                         "`pacsnode train meningioma`") from error
+    version = result.model_identity.rsplit(" ", 1)[1]
+    previous = "none" if result.previous is None else f"a {result.previous.a:.3f}, b {result.previous.b:.3f}"
+    how = (f"logistic recalibration of the nomogram's probability (a {result.recalibration.a:.3f}, b "
+           f"{result.recalibration.b:.3f}) fitted on {result.calibration.recalibrated_on}; it replaces {previous}")
+    model = replace(model, recalibration=result.recalibration,
+                    provenance={**model.provenance, "version": version, "recalibration": how})
+    model.save(folder)
+    record = result.calibration
+    trained = card.validation.split(_VALIDATION_MARK)[0].rstrip(".")
+    validation = (f"{trained}{_VALIDATION_MARK}{result.model_identity}): {how}; its calibration "
+                  f"measured on {record.validation} ({record.n_cases} cases, {record.n_positive} {_OUTCOME}); "
+                  "the external-test rows of the clinical, radiomics and DTL models and the nomogram's ROC-AUC "
+                  "are the training run's")
+    extra = {**card.extra, PROBABILITY_CARD_KEY: record.to_dict(), "version": version,
+             "recalibration": {**result.recalibration.to_dict(), "fitted_on": record.recalibrated_on,
+                               "previous": None if result.previous is None else result.previous.to_dict()}}
+    card = replace(card, version=version, validation=validation, extra=extra,
+                   metrics=_card_metrics(card.metrics, result, test is not None),
+                   limitations=tuple(card.limitations) + tuple(notes))
+    write_card(card, folder)
+    evaluation_path = folder / "evaluation.json"
+    report = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else {}
+    report["grade_calibration"] = record.to_dict()
+    report["recalibration"] = {
+        "recalibration": result.recalibration.to_dict(),
+        "previous": None if result.previous is None else result.previous.to_dict(),
+        "slope_ci95": None if result.slope_ci is None else list(result.slope_ci[:2]),
+        "calibration_cohort": calibration.to_dict(),
+        "external_test": None if test is None else test.to_dict(),
+        "evaluations": {name: e.to_dict() for name, e in result.evaluations.items()},
+    }
+    evaluation_path.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    write_report(folder, stem=_REPORT_STEM, title="meningioma grade probability: recalibration",
+                 evaluations=result.evaluations, model_card=card,
+                 notes=[record.statement(), "Thresholds: the same nomogram probability as the model's operating "
+                        "threshold on each scale."])
+
+
+def recalibrate_main(args: argparse.Namespace) -> int:
+    """``pacsnode train meningioma --recalibrate-on CSV --model-folder DIR [--test-labels CSV]``."""
+    folder: Path = args.model_folder
+    model = MeningiomaModel.load(folder)
+    card = load_model_card(folder / "model_card.json")
+    thresholds = [m.value for m in card.metrics if m.name == "external test, nomogram: operating threshold"]
+    operating = float(thresholds[0]) if thresholds and thresholds[0] is not None else model.threshold
+    pool = None
+    test_job = None
+    per_process = max(1, args.threads // 2) if args.test_labels else args.threads
+    if args.test_labels and args.threads >= 2:
+        # The two cohorts are independent: the test cohort runs in a process of its own.
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        test_job = pool.submit(predict_cohort, folder, args.test_labels, phantom_truth_roi=args.phantom_truth_roi,
+                               threads=per_process)
+    calibration = predict_cohort(folder, args.recalibrate_on, phantom_truth_roi=args.phantom_truth_roi,
+                                 threads=per_process)
+    test = None
+    if test_job is not None and pool is not None:
+        test = test_job.result()
+        pool.shutdown()
+    elif args.test_labels:
+        test = predict_cohort(folder, args.test_labels, phantom_truth_roi=args.phantom_truth_roi,
+                              threads=args.threads)
+    result = recalibrate(model, calibration, test, operating_threshold=operating, seed=args.seed)
+    write_recalibration(folder, result, calibration, test, notes=args.note or ())
+    record = result.calibration
+    print(json.dumps({"model_folder": str(folder), "model": result.model_identity,
+                      "recalibration": result.recalibration.to_dict(), "validation": record.validation,
+                      "n_cases": record.n_cases, "n_positive": record.n_positive, "slope": record.slope,
+                      "slope_ci95": None if result.slope_ci is None else result.slope_ci[:2],
+                      "intercept": record.intercept, "brier": record.brier,
+                      "reported_range": [record.lower, record.upper]}))
+    return 0
