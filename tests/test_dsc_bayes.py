@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.special import gammainc
 
-from analyzers.dsc.bayes import ResidueGrid
+from analyzers.dsc.bayes import GRID_SHAPES, ResidueGrid, neighbourhood_shape_prior
 from analyzers.dsc.deconvolution import BRAIN_DENSITY_G_PER_ML, HEMATOCRIT_FACTOR, SvdDeconvolver
 from analyzers.dsc.errors import DscInputError
 from analyzers.dsc.simulate import arterial_curve
@@ -129,3 +129,51 @@ def test_bad_input() -> None:
         grid.transit(np.ones((3, 10)), 1.0)
     with pytest.raises(DscInputError, match="positive"):
         grid.leakage(np.ones((3, TIMES.size)), 0.0)
+    with pytest.raises(DscInputError, match="shape_prior"):
+        grid.transit(np.ones((3, TIMES.size)), 1.0, shape_prior=np.ones((3, 2)))
+    with pytest.raises(DscInputError, match="same voxels"):
+        neighbourhood_shape_prior(np.ones((3, len(GRID_SHAPES))), np.ones((2, 2, 2), bool))
+
+
+def test_neighbourhood_shape_prior_is_the_mean_posterior_of_the_other_voxels() -> None:
+    mask = np.zeros((1, 3, 4), bool)
+    mask[0, :, :3] = True
+    posterior = np.tile([0.0, 1.0, 0.0, 0.0], (int(mask.sum()), 1))
+    order = np.argwhere(mask)
+
+    def voxel(position: list[int]) -> int:
+        return int(np.nonzero((order == position).all(axis=1))[0][0])
+
+    centre, corner = voxel([0, 1, 1]), voxel([0, 0, 0])
+    posterior[centre] = [1.0, 0.0, 0.0, 0.0]
+    prior = neighbourhood_shape_prior(posterior, mask)
+    assert prior[centre] == pytest.approx([0.0, 1.0, 0.0, 0.0])  # its own posterior is left out
+    assert prior[corner] == pytest.approx([1 / 3, 2 / 3, 0.0, 0.0])  # 3 neighbours, one of them the centre
+    evidence = np.ones(int(mask.sum()), bool)
+    evidence[centre] = False  # an arterial voxel informs no neighbour
+    assert neighbourhood_shape_prior(posterior, mask, evidence)[corner] == pytest.approx([0, 1, 0, 0])
+    apart = np.zeros((1, 1, 5), bool)
+    apart[0, 0, [0, 4]] = True  # no neighbour within 3 x 3 x 3: the flat prior
+    assert neighbourhood_shape_prior(np.tile([0.0, 1.0, 0.0, 0.0], (2, 1)), apart) == pytest.approx(0.25)
+
+
+def test_neighbourhood_shape_prior_reduces_the_transit_time_bias_of_an_exponential_residue() -> None:
+    """A 3 x 8 x 8 block of one tissue (exponential residue, MTT 4 s) at a peak contrast-to-noise
+    ratio of 12: with the flat shape prior the median MTT is about 10 % long (shapes 2-8 fit the
+    same mean residence time with a longer MTT); the neighbourhood prior about halves that
+    (measured +9.7 % -> +6.3 % at this seed, +11 % -> +7 % over three seeds)."""
+    mtt = 4.0
+    aif, curve = _tissue(np.exp(-FINE / mtt), 60.0 * 4.0 / mtt)
+    grid = ResidueGrid(aif, 1.5)
+    mask = np.ones((3, 8, 8), bool)
+    sigma = curve.max() / 12.0
+    noisy = curve[None] + np.random.default_rng(0).normal(0.0, sigma, (int(mask.sum()), curve.size))
+    flat = grid.transit(noisy, sigma)
+    local = grid.transit(noisy, sigma, neighbourhood_shape_prior(flat.shape_posterior, mask))
+    aif_area = np.trapezoid(aif, TIMES)
+    bias_flat = np.median(flat.area / (flat.flow * aif_area)) / mtt - 1.0
+    bias_local = np.median(local.area / (local.flow * aif_area)) / mtt - 1.0
+    assert bias_flat > 0.08
+    assert abs(bias_local) < 0.08 and bias_local < bias_flat - 0.02
+    assert local.shape_posterior[:, 0].mean() > flat.shape_posterior[:, 0].mean()
+    assert np.allclose(flat.shape_posterior.sum(axis=1), 1.0, atol=1e-4)

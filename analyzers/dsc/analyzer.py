@@ -74,6 +74,10 @@ class DscSettings(AnalyzerSettings):
     )
     oi_target: float = Field(0.035, gt=0.0, lt=1.0)
     svd_threshold: float = Field(0.2, gt=0.0, lt=1.0)
+    shape_prior: Literal["neighbourhood", "flat"] = Field(
+        "neighbourhood", description="Bayesian method: each voxel's prior over the residue shape from "
+        "its 3 x 3 x 3 neighbours' shape posteriors, or flat"
+    )
     leakage_correction: bool = True
     psr_delay_s: float = Field(90.0, gt=0.0)
     skip_frames: int = Field(0, ge=0)
@@ -176,6 +180,7 @@ class DscAnalyzer:
             method=settings.method,
             oi_target=settings.oi_target,
             svd_threshold=settings.svd_threshold,
+            shape_prior=settings.shape_prior,
             leakage_correction=settings.leakage_correction,
             psr_delay_s=settings.psr_delay_s,
             skip_frames=settings.skip_frames,

@@ -24,7 +24,10 @@ The steps follow the methods of the ``dsc`` analyzer (DESIGN.md, issue text):
 6. deconvolution of the corrected curves: CBV as the area ratio with hematocrit
    and density correction; CBF by oSVD (default), sSVD
    (:mod:`analyzers.dsc.deconvolution`) or the Bayesian model-based estimate
-   (``"bayes"``: CBF = CBV/MTT with the posterior transit time); MTT = CBV/CBF;
+   (``"bayes"``: the posterior mean of F, with each voxel's prior over the
+   residue shape taken from its neighbours' shape posteriors unless
+   ``shape_prior = "flat"``, :func:`analyzers.dsc.bayes.neighbourhood_shape_prior`);
+   MTT = CBV/CBF;
 7. voxels whose CBV, CBF or MTT is not a positive number (noise, or leakage the
    correction did not remove) are masked (NaN) in all three maps and counted by
    reason in ``DscMaps.masked``;
@@ -42,7 +45,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from analyzers.dsc.aif import AifSelection, select_aif
-from analyzers.dsc.bayes import ResidueGrid
+from analyzers.dsc.bayes import ResidueGrid, neighbourhood_shape_prior
 from analyzers.dsc.deconvolution import (
     BRAIN_DENSITY_G_PER_ML,
     HEMATOCRIT_FACTOR,
@@ -64,6 +67,7 @@ __all__ = [
     "DscMaps",
     "MapMethod",
     "MapOptions",
+    "ShapePrior",
     "brain_mask_from_signal",
     "compute_maps",
     "noise_sd",
@@ -71,6 +75,7 @@ __all__ = [
 ]
 
 MapMethod = Literal["osvd", "ssvd", "bayes"]
+ShapePrior = Literal["neighbourhood", "flat"]
 #: Deconvolution methods: oSVD (default), sSVD, Bayesian model-based (:mod:`analyzers.dsc.bayes`).
 METHODS: tuple[MapMethod, ...] = ("osvd", "ssvd", "bayes")
 
@@ -98,6 +103,9 @@ class MapOptions:
         Oscillation index target of oSVD (Wu 2003).
     svd_threshold:
         Relative singular-value threshold of sSVD.
+    shape_prior:
+        Prior of the Bayesian method over the residue shape: ``"neighbourhood"``
+        (each voxel's from its 3 × 3 × 3 neighbours' shape posteriors) or ``"flat"``.
     leakage_correction:
         Remove leakage where the data show it (:func:`analyzers.dsc.leakage.gated_leakage`).
     leakage_z:
@@ -120,6 +128,7 @@ class MapOptions:
     method: MapMethod = "osvd"
     oi_target: float = 0.035
     svd_threshold: float = 0.2
+    shape_prior: ShapePrior = "neighbourhood"
     leakage_correction: bool = True
     leakage_z: float = 3.0
     leakage_min_effect: float = 0.05
@@ -136,6 +145,8 @@ class MapOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DscInputError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.shape_prior not in ("neighbourhood", "flat"):
+            raise DscInputError(f"shape_prior must be 'neighbourhood' or 'flat', got {self.shape_prior!r}")
         if not (0 < self.oi_target < 1 and 0 < self.svd_threshold < 1):
             raise DscInputError("oi_target and svd_threshold must lie in (0, 1)")
         if self.leakage_z <= 0 or not 0 <= self.leakage_min_effect < 1:
@@ -402,7 +413,12 @@ def compute_maps(
                               z_threshold=opts.leakage_z, min_effect=opts.leakage_min_effect,
                               evidence=~aif_in_mask)
         corrected, leak_k = gated.corrected, gated.k
-    cbv, cbf, mtt = perfusion_maps(corrected, aif_curve, t, sigma, opts, deconvolver, grid)
+    shape_prior = None
+    if opts.method == "bayes" and opts.shape_prior == "neighbourhood":
+        flat = grid.transit(corrected, sigma)
+        shape_prior = neighbourhood_shape_prior(flat.shape_posterior, mask, evidence=~aif_in_mask)
+    cbv, cbf, mtt = perfusion_maps(corrected, aif_curve, t, sigma, opts, deconvolver, grid,
+                                   shape_prior=shape_prior)
     masked = _mask_invalid(cbv, cbf, mtt, ~aif_in_mask)
     # K2 on the scale of Boxerman et al.: the leak term over ∫(non-enhancing curve).
     reference_area = float(np.trapezoid(reference, t))
@@ -478,13 +494,15 @@ def perfusion_maps(
     options: MapOptions,
     deconvolver: SvdDeconvolver,
     grid: ResidueGrid,
+    shape_prior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CBV (ml/100 g), CBF (ml/100 g/min) and MTT (s) of leakage-corrected ΔR2* curves.
 
     CBV is the area ratio; CBF comes from ``options.method``; MTT = CBV/CBF
-    (NaN where CBF is not positive).
+    (NaN where CBF is not positive). ``shape_prior`` (``(curves, shapes)``)
+    replaces the model-based fit's flat prior over the residue shapes.
     """
-    fit = grid.transit(curves, sigma)
+    fit = grid.transit(curves, sigma, shape_prior)
     aif_area = float(np.trapezoid(aif, times))
     if aif_area <= 0:
         raise DscInputError("the AIF has no positive area")

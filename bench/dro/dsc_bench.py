@@ -1,7 +1,9 @@
 """Benchmark: the DSC reference object through storescu → node → Orthanc, maps scored from the PACS.
 
 Every case of :mod:`bench.dro.dsc_object` (leak none / T1-dominant / T2*-dominant at
-each SNR, and noise-free) is written as its own study and sent with dcmtk ``storescu``
+each SNR, and noise-free; with the tissue blood's relaxivity equal to the arterial
+blood's, and with the literature tissue relaxivity) is written as its own study and
+sent with dcmtk ``storescu``
 to a ``pacsnode serve`` whose routes are the shipped ``dsc`` route (oSVD, the default)
 plus a second, non-exclusive route that runs the same analyzer with
 ``method = "bayes"``. The node delivers both jobs' outputs to Orthanc; the Parametric
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from bench.dro.dsc_object import LEAKS, DscDroCase, make_case
+from bench.dro.dsc_object import LEAKS, TISSUE_RELAXIVITIES, DscDroCase, make_case
 from bench.dro.dsc_study import CaseResults, case_name, score_case, write_case
 from bench.dro.harness import FinishedJob, pacs_chain, peers_missing, shipped_routes
 from bench.dro.scoring import summarize, summary_row
@@ -81,14 +83,16 @@ def _table(rows: list[tuple[DscDroCase, CaseResults, FinishedJob]]) -> list[str]
 
 def _totals(rows: list[tuple[DscDroCase, CaseResults, FinishedJob]]) -> list[str]:
     lines = []
-    for leak in LEAKS:
-        scores = [s for case, result, _ in rows if case.leak == leak for s in result.scores]
-        if not scores:
-            continue
-        summary = summarize(scores)
-        lines.append(f"- leak {leak}: " + "; ".join(
-            f"{parameter.upper()} {summary_row(summary[parameter])}" for parameter in ("cbv", "cbf", "mtt")
-            if parameter in summary))
+    for relaxivity in TISSUE_RELAXIVITIES:
+        for leak in LEAKS:
+            scores = [s for case, result, _ in rows
+                      if case.leak == leak and case.tissue_relaxivity == relaxivity for s in result.scores]
+            if not scores:
+                continue
+            summary = summarize(scores)
+            lines.append(f"- {relaxivity} tissue relaxivity, leak {leak}: " + "; ".join(
+                f"{parameter.upper()} {summary_row(summary[parameter])}" for parameter in ("cbv", "cbf", "mtt")
+                if parameter in summary))
     return lines
 
 
@@ -97,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snr", type=float, nargs="+", default=[30.0, 50.0, 100.0])
     parser.add_argument("--noise-free", action="store_true", help="also the noise-free cases")
     parser.add_argument("--leak", choices=LEAKS, nargs="+", default=list(LEAKS))
+    parser.add_argument("--tissue-relaxivity", choices=TISSUE_RELAXIVITIES, nargs="+",
+                        default=list(TISSUE_RELAXIVITIES),
+                        help="the object's tissue relaxivity: the arterial blood's, or the literature's "
+                             "(grey matter drops the signal by 40 %%); both by default")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="keep the studies and results here")
     args = parser.parse_args(argv)
@@ -105,17 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run the chain: {reason}")
         return 2
     snrs: list[float | None] = [*args.snr, *([None] if args.noise_free else [])]
-    cases = [make_case(leak, snr, seed=args.seed + i)
-             for i, (leak, snr) in enumerate((leak, snr) for leak in args.leak for snr in snrs)]
+    conditions = [(leak, snr) for leak in args.leak for snr in snrs]
+    cases = [make_case(leak, snr, seed=args.seed + i, tissue_relaxivity=relaxivity)
+             for relaxivity in args.tissue_relaxivity for i, (leak, snr) in enumerate(conditions)]
     folder = args.out or Path(tempfile.mkdtemp(prefix="dsc-dro-"))
     started = time.monotonic()
     try:
-        results = run_cases(cases, folder)
+        results = run_cases(cases, folder, timeout=max(900.0, 90.0 * len(cases)))
     finally:
         if args.out is None:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"DSC reference object: {len(cases)} cases, 32 patches each (16 exponential, 16 gamma "
-          f"residue), through storescu -> node -> Orthanc in {time.monotonic() - started:.0f} s")
+          f"residue), through storescu -> node -> Orthanc in {time.monotonic() - started:.0f} s; "
+          "CBV and CBF of literature-relaxivity cases scored after dividing by the relaxivity ratio "
+          f"({', '.join(sorted({f'{c.relaxivity_ratio:.3f}' for c in cases}))})")
     for route, name in zip(ROUTES, ("oSVD (default)", "Bayesian (method = \"bayes\")"), strict=True):
         print(f"\n### {name}\n")
         print("\n".join(_table(results[route])))

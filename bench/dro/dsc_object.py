@@ -29,14 +29,32 @@ its source:
   ``S = S0·[SPGR(R1(t))/SPGR(R10)]·exp(−TE·ΔR2*(t))`` with
   ``ΔR2* = r2*·C_iv + r2e*·C_e`` and ``R1 = R10 + r1·C_e``; SPGR is the spoiled
   gradient-echo steady state ``sin α (1 − E1)/(1 − cos α E1)``, ``E1 = exp(−TR·R1)``.
-  Blood and tissue-blood share one linear susceptibility relaxivity (the
-  convention under which standard DSC analysis measures CBV, Rosen et al. MRM
-  1990); intravascular T1 shortening is neglected (slow transcapillary water
-  exchange, Boxerman 2006). The artery has no T1 term (inflow).
+  Intravascular T1 shortening is neglected (slow transcapillary water exchange,
+  Boxerman 2006). The artery has no T1 term (inflow).
+  *Tissue relaxivity* (``tissue_relaxivity``): ``"blood"`` (default) gives
+  tissue blood the arterial blood's linear susceptibility relaxivity, the
+  convention under which standard DSC analysis measures absolute CBV (Rosen et
+  al., MRM 1990); a tissue of CBV 1-2 ml/100 g then drops the signal by only
+  1-3 % at the bolus peak. ``"literature"`` scales the tissue term so that grey
+  matter (CBV 4 ml/100 g, CBF 60 ml/100 g/min, exponential residue) drops the
+  signal by 40 % at the bolus peak at this TE, the tissue relaxivity of the DSC
+  simulations of Chakwizira et al. (MAGMA 2022, the source of the OSIPI DSC
+  test curves; their ``simulate_dsc_data.m``: "gives 40 % signal drop when
+  CBV = 4 % and CBF = 60 ml/100 g/min", TE 29 ms, the arterial curve keeping
+  its own relaxivity): the extravascular field gradients around vessels make a
+  tissue's ΔR2* per unit of blood concentration larger than blood's own
+  (the two relaxivities differ; Kiselev, JMRI 2005;22:693; Kjølby et al., MRM
+  2006;56:187).
+  The truth stays the physiological CBV, CBF and MTT; an analysis that assumes
+  equal relaxivities reads CBV and CBF multiplied by
+  :attr:`DscDroCase.relaxivity_ratio` and MTT unchanged, so CBV and CBF are
+  scored after dividing by that ratio (as Chakwizira et al. rescale their SVD
+  CBF by κ_a/κ_s) and MTT as it is.
   *T1-dominant leakage*: flip angle 90°, r1 = 4.5 /mM/s, no extravascular
-  susceptibility term; *T2\\*-dominant*: flip angle 35° and r2e* = 2.5 × r2*
-  (T1 sensitivity low, extravascular susceptibility effect of densely packed
-  cells, Quarles et al., MRM 2009;62:1042).
+  susceptibility term; *T2\\*-dominant*: flip angle 30° and r2e* = 10 × the
+  blood's r2* (T1 sensitivity low, extravascular susceptibility effect of densely
+  packed cells, Quarles et al., MRM 2009;62:1042). The leakage relaxivities are
+  the same with either tissue relaxivity.
 * **Noise**: complex Gaussian of standard deviation ``S0/SNR`` on both channels,
   magnitude taken (Rician; Gudbjartsson & Patz, MRM 1995;34:910).
 
@@ -58,8 +76,10 @@ import numpy as np
 from scipy.special import gammainc
 
 __all__ = [
+    "GREY_MATTER_PEAK_DROP",
     "LEAKS",
     "PATCH_GRID",
+    "TISSUE_RELAXIVITIES",
     "DscDroCase",
     "Patch",
     "arterial_concentration",
@@ -69,6 +89,9 @@ __all__ = [
 
 Leak = Literal["none", "t1", "t2star"]
 Residue = Literal["exponential", "gamma"]
+TissueRelaxivity = Literal["blood", "literature"]
+#: Tissue relaxivity conventions of the object.
+TISSUE_RELAXIVITIES: tuple[TissueRelaxivity, ...] = ("blood", "literature")
 
 #: Leak conditions of the object.
 LEAKS: tuple[Leak, ...] = ("none", "t1", "t2star")
@@ -82,6 +105,9 @@ HEMATOCRIT_LARGE, HEMATOCRIT_SMALL, DENSITY = 0.45, 0.25, 1.04
 K_H = (1.0 - HEMATOCRIT_LARGE) / (1.0 - HEMATOCRIT_SMALL)
 #: Susceptibility relaxivity of blood and tissue blood, 1/s per mM (arterial peak ΔR2* ≈ 70 /s).
 R2STAR = 8.0
+#: Peak signal drop of grey matter (CBV 4 ml/100 g, CBF 60 ml/100 g/min) with the
+#: literature tissue relaxivity (Chakwizira et al., MAGMA 2022).
+GREY_MATTER_PEAK_DROP = 0.40
 #: T1 relaxivity of the extravasated agent, 1/s per mM (gadobutrol-like at 1.5 T).
 R1 = 4.5
 #: Blood concentration after mixing, as a fraction of the first-pass peak.
@@ -133,6 +159,12 @@ class DscDroCase:
         ``patch`` (patch index + 1, 0 elsewhere), ``artery`` (boolean).
     patches:
         The patches in index order.
+    tissue_relaxivity:
+        ``"blood"`` or ``"literature"`` (see the module notes).
+    relaxivity_ratio:
+        Tissue-blood over arterial-blood susceptibility relaxivity (1 with
+        ``tissue_relaxivity="blood"``): an analysis assuming equal relaxivities
+        reads CBV and CBF this many times the truth.
     """
 
     signal: np.ndarray
@@ -146,6 +178,8 @@ class DscDroCase:
     tr_s: float = TR_S
     spacing_mm: tuple[float, float, float] = (SLICE_MM, PIXEL_MM, PIXEL_MM)
     aif: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tissue_relaxivity: TissueRelaxivity = "blood"
+    relaxivity_ratio: float = 1.0
 
 
 def _gamma_variate(t: np.ndarray, t0: float, alpha: float, beta: float) -> np.ndarray:
@@ -199,10 +233,20 @@ def _spgr(r1: np.ndarray, flip_deg: float) -> np.ndarray:
 
 
 def _signal(s0: float, t10_s: float, c_iv: np.ndarray, c_e: np.ndarray, flip_deg: float,
-            r2e: float) -> np.ndarray:
+            r2e: float, r2_tissue: float) -> np.ndarray:
     r10 = 1.0 / t10_s
     t1_factor = _spgr(r10 + R1 * c_e, flip_deg) / _spgr(np.asarray(r10), flip_deg)
-    return s0 * t1_factor * np.exp(-TE_S * (R2STAR * c_iv + r2e * c_e))
+    return s0 * t1_factor * np.exp(-TE_S * (r2_tissue * c_iv + r2e * c_e))
+
+
+def _relaxivity_ratio(fine_t: np.ndarray, arterial: np.ndarray, tissue_relaxivity: TissueRelaxivity
+                      ) -> float:
+    """Tissue-blood over arterial relaxivity: 1, or grey matter's literature peak signal drop."""
+    if tissue_relaxivity == "blood":
+        return 1.0
+    grey_matter = _tissue_blood(fine_t, arterial, "exponential", 4.0, 60.0 * 4.0 / 60.0)
+    peak_delta_r2 = -np.log(1.0 - GREY_MATTER_PEAK_DROP) / TE_S
+    return float(peak_delta_r2 / (R2STAR * grey_matter.max()))
 
 
 def _layout() -> tuple[np.ndarray, np.ndarray, list[tuple[Residue, float, float, slice, slice]]]:
@@ -221,16 +265,23 @@ def _layout() -> tuple[np.ndarray, np.ndarray, list[tuple[Residue, float, float,
     return disc, artery, cells
 
 
-def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0) -> DscDroCase:
+def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0,
+              tissue_relaxivity: TissueRelaxivity = "blood") -> DscDroCase:
     """One series of the object: a leak condition at one SNR (``None``: noise-free).
+
+    ``tissue_relaxivity`` chooses the tissue blood's susceptibility relaxivity
+    (see the module notes): ``"blood"`` (the arterial blood's) or ``"literature"``
+    (grey matter drops the signal by :data:`GREY_MATTER_PEAK_DROP` at the bolus peak).
 
     Raises
     ------
     ValueError
-        Unknown leak condition or a non-positive SNR.
+        Unknown leak condition or tissue relaxivity, or a non-positive SNR.
     """
     if leak not in LEAKS:
         raise ValueError(f"leak must be one of {LEAKS}, got {leak!r}")
+    if tissue_relaxivity not in TISSUE_RELAXIVITIES:
+        raise ValueError(f"tissue_relaxivity must be one of {TISSUE_RELAXIVITIES}, got {tissue_relaxivity!r}")
     if snr is not None and not snr > 0:
         raise ValueError(f"snr must be positive or None, got {snr}")
     flip_deg, r2e = _LEAK_SETTINGS[leak]
@@ -238,6 +289,7 @@ def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0) -> D
     fine_t = np.arange(0.0, times[-1] + _FINE_DT / 2, _FINE_DT)
     sample = np.rint(times / _FINE_DT).astype(int)
     arterial = arterial_concentration(fine_t)
+    ratio = _relaxivity_ratio(fine_t, arterial, tissue_relaxivity)
     no_leak = np.zeros_like(fine_t)
     leak_curve = _extravascular(fine_t, arterial, KTRANS_PER_MIN) if leak != "none" else no_leak
 
@@ -249,7 +301,7 @@ def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0) -> D
     tissue_mtt = 60.0 * TISSUE["cbv"] / TISSUE["cbf"]
     background = _signal(TISSUE["s0"], TISSUE["t10_s"],
                          _tissue_blood(fine_t, arterial, "exponential", TISSUE["cbv"], tissue_mtt),
-                         no_leak, flip_deg, r2e)[sample]
+                         no_leak, flip_deg, r2e, ratio * R2STAR)[sample]
     signal[:, :, disc] = background[:, None, None]
     for name, value in (("cbv", TISSUE["cbv"]), ("cbf", TISSUE["cbf"]), ("mtt", tissue_mtt)):
         truth[name][:, disc] = value
@@ -257,7 +309,7 @@ def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0) -> D
     for index, (kind, mtt, cbv, rows, columns) in enumerate(cells):
         patch = Patch(index, kind, mtt, cbv, leak != "none", rows, columns)
         curve = _signal(PATCH_S0, PATCH_T10_S, _tissue_blood(fine_t, arterial, kind, cbv, mtt),
-                        leak_curve, flip_deg, r2e)[sample]
+                        leak_curve, flip_deg, r2e, ratio * R2STAR)[sample]
         signal[:, :, rows, columns] = curve[:, None, None, None]
         truth["cbv"][:, rows, columns] = cbv
         truth["cbf"][:, rows, columns] = patch.cbf
@@ -277,4 +329,5 @@ def make_case(leak: Leak = "none", snr: float | None = 50.0, seed: int = 0) -> D
     truth["patch"] = patch_map
     truth["artery"] = np.broadcast_to(artery, (SLICES, MATRIX, MATRIX)).copy()
     return DscDroCase(signal=signal, times=times, truth=truth, patches=tuple(patches), leak=leak,
-                      snr=snr, flip_deg=flip_deg, aif=R2STAR * arterial[sample])
+                      snr=snr, flip_deg=flip_deg, aif=R2STAR * arterial[sample],
+                      tissue_relaxivity=tissue_relaxivity, relaxivity_ratio=ratio)

@@ -5,7 +5,10 @@ one SNR) as a classic MR DSC series of its own study (``ep2d_perf`` in the descr
 so the shipped ``dsc`` route takes it). :func:`score_case` reads the Parametric Maps the
 node delivered to the PACS and scores every patch with the OSIPI tolerances (CBV
 1 ml/100 g + 10 %, CBF 15 ml/100 g/min + 10 %) and MTT within 20 %, counts map voxels
-that are negative (none may be), and returns the SR's texts.
+that are negative (none may be), and returns the SR's texts. With the object's
+literature tissue relaxivity the CBV and CBF maps are divided by the case's
+``relaxivity_ratio`` before scoring (an analysis that assumes equal relaxivities reads
+them that many times the truth; MTT does not depend on it).
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ _SERIES_NUMBER = 30
 
 
 def case_name(case: DscDroCase) -> str:
-    """``"DSC DRO t1 SNR 50"``: names the study, patient and series of a case."""
+    """``"DSC DRO t1 SNR 50"``: names the study, patient and series of a case.
+
+    Cases with the literature tissue relaxivity end in ``"literature r2*"``.
+    """
     snr = "noise-free" if case.snr is None else f"SNR {case.snr:g}"
-    return f"DSC DRO {case.leak} {snr}"
+    suffix = " literature r2*" if case.tissue_relaxivity == "literature" else ""
+    return f"DSC DRO {case.leak} {snr}{suffix}"
 
 
 def write_case(case: DscDroCase, folder: Path) -> list[Path]:
@@ -100,8 +107,9 @@ def score_case(case: DscDroCase, outputs: Sequence[Path]) -> CaseResults:
     values = {key: maps[label].values for label, key in (("CBV", "cbv"), ("CBF", "cbf"), ("MTT", "mtt"))
               if label in maps}
     negative = {key: int(np.count_nonzero(np.nan_to_num(v, nan=0.0) < 0)) for key, v in values.items()}
+    scored = {key: v / case.relaxivity_ratio if key in ("cbv", "cbf") else v for key, v in values.items()}
     tissue = np.isfinite(case.truth["cbv"])
     empty = int(np.count_nonzero(tissue & ~np.isfinite(values["cbv"]))) if "cbv" in values else -1
     sr = next((dcmread(p) for p in outputs if dcmread(p, stop_before_pixels=True).Modality == "SR"), None)
-    return CaseResults(scores=score_patches(values, patches(case)), negative_voxels=negative,
+    return CaseResults(scores=score_patches(scored, patches(case)), negative_voxels=negative,
                        empty_voxels=empty, texts=sr_texts(sr) if sr is not None else [], maps=maps)
