@@ -56,7 +56,6 @@ def coding_scheme_identification() -> Dataset:
 
 # --------------------------------------------------------------------------- DCM
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
-DCE_MEASUREMENT_REPORT = Code("126002", "DCM", "Dynamic Contrast MR Measurement Report")
 PROBABILITY = Code("122157", "DCM", "Probability")
 IMPRESSION = Code("121073", "DCM", "Impression")
 FINDING = Code("121071", "DCM", "Finding")

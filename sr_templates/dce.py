@@ -17,7 +17,9 @@ __all__ = ["TEMPLATE"]
 
 TEMPLATE = ReportTemplate(
     analyzer="dce",
-    title=c.DCE_MEASUREMENT_REPORT,
+    # CID 7021 also has "Dynamic Contrast MR Measurement Report" (126002); OHIF 3 reads only an
+    # "Imaging Measurement Report" as TID 1500 (the other titles as plain text), docs/viewer.md.
+    title=c.IMAGING_MEASUREMENT_REPORT,
     procedure=c.MULTIPARAMETRIC_MRI,
     series_description="pacsnode DCE",
     finding_type=c.LESION_OF_BRAIN,
