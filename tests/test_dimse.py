@@ -216,6 +216,33 @@ def test_c_get_decompresses_for_a_requestor_that_accepts_little_endian_only(
     assert (received.pixel_array == dcmread(compressed).pixel_array).all()
 
 
+def test_c_get_with_a_failed_sub_operation_lists_it_and_releases(
+        node: NodeProcess, mr_series: list[Path]) -> None:
+    """A requestor that accepts MR only as JPEG 2000 cannot take the stored little endian instance:
+    the final response (A702: no sub-operation succeeded) lists the instance in its Failed SOP
+    Instance UID List, and the association releases normally (pynetdicom reads the list; dcmtk
+    3.6.7 getscu does not, docs/storage.md)."""
+    from pynetdicom import build_role
+
+    storescu(node, mr_series[0])
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(MRImageStorage, [JPEG2000Lossless])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title,
+                         ext_neg=[build_role(MRImageStorage, scp_role=True)])
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SeriesInstanceUID = str(dcmread(mr_series[0]).SeriesInstanceUID)
+    identifier.SOPInstanceUID = str(dcmread(mr_series[0]).SOPInstanceUID)
+    responses = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    assoc.release()
+    assert assoc.is_released
+    final_status, final_identifier = responses[-1]
+    assert final_status.Status == 0xA702 and final_status.NumberOfFailedSuboperations == 1
+    assert final_identifier.FailedSOPInstanceUIDList == identifier.SOPInstanceUID
+
+
 def test_c_move_to_orthanc(tmp_path: Path, mr_series: list[Path], orthanc: OrthancProcess) -> None:
     extra = f"""
 [[dicom.peers]]
