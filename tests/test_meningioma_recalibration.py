@@ -42,6 +42,8 @@ def folder(tmp_path: Path) -> Path:
 
 def test_recalibration_fitted_on_a_cohort_is_what_the_folder_then_holds(folder: Path) -> None:
     model = MeningiomaModel.load(folder)
+    major, _, minor = str(model.provenance["version"]).partition(".")
+    bumped = [f"{major}.{int(minor or 0) + step}" for step in (1, 2)]
     calibration, test = _cohort("cal.csv", 300, 1), _cohort("test.csv", 300, 2)
     result = recalibrate(model, calibration, test, operating_threshold=0.8)
     assert result.recalibration.b == pytest.approx(0.25, abs=0.07)  # undoes the factor 4
@@ -53,17 +55,20 @@ def test_recalibration_fitted_on_a_cohort_is_what_the_folder_then_holds(folder: 
 
     stored = MeningiomaModel.load(folder)
     assert stored.recalibration == result.recalibration
-    assert stored.provenance["version"] == "1.1" and result.model_identity == stored.identity
+    assert stored.provenance["version"] == bumped[0] and result.model_identity == stored.identity
     predictors = np.array([1.0, 0.0, 1.0, 0.0, 0.3, 0.4])
     raw = stored.nomogram.probability(predictors)
     assert stored.probability(predictors) == pytest.approx(float(result.recalibration(np.array([raw]))[0]))
     card = load_model_card(folder / "model_card.json")
     assert ProbabilityCalibration.from_model_card(card) == record
-    assert card.version == "1.1" and "fitted on the final model's predictions" in card.validation
+    assert card.extra["recalibration"]["operating_threshold"] == pytest.approx(result.operating_threshold)
+    assert card.version == bumped[0] and "fitted on the final model's predictions" in card.validation
     slope_row = next(m for m in card.metrics if m.name == "external test, reported grade probability: "
                      "calibration slope")
     assert slope_row.value == record.slope and slope_row.ci_lower == result.slope_ci[0]
     assert not any(m.name == "external test, nomogram: Brier score" for m in card.metrics)  # superseded scale
+    printed = next(m for m in card.metrics if m.name == "external test, printed grade probability: Brier score")
+    assert printed.value == pytest.approx(result.printed[2]) and 0.0 < printed.value < 0.25
     # The analyzer reads the record back and names the calibration cohort in the SR.
     read_back = _grade_calibration(folder)
     assert read_back == record
@@ -73,6 +78,11 @@ def test_recalibration_fitted_on_a_cohort_is_what_the_folder_then_holds(folder: 
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert len(evaluation["recalibration"]["calibration_cohort"]["cases"]) == 300
     assert evaluation["grade_calibration"] == record.to_dict()
+    # A second recalibration replaces the rows of the first.
+    again = recalibrate(stored, calibration, test, operating_threshold=result.operating_threshold)
+    write_recalibration(folder, again, calibration, test)
+    assert MeningiomaModel.load(folder).provenance["version"] == bumped[1]
+    assert load_model_card(folder / "model_card.json").metrics == card.metrics
     assert (folder / "report_recalibration.html").is_file() and (folder / "report_recalibration_calibration.png")\
         .is_file()
 

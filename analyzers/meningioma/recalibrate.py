@@ -46,7 +46,7 @@ from analyzers._shared.modelcard import CardMetric, ModelCardError, load_model_c
 from analyzers._shared.modelcard import write_model_card as write_card
 from analyzers._shared.probability import PROBABILITY_CARD_KEY, LogisticRecalibration, ProbabilityCalibration
 from analyzers._shared.report import write_report
-from analyzers._shared.stats import calibration_slope_intercept
+from analyzers._shared.stats import brier_score, calibration_slope_intercept
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
 from analyzers.meningioma.errors import ModelError
 from analyzers.meningioma.model import MeningiomaModel
@@ -83,6 +83,15 @@ class CohortPredictions:
         """``"cohort X (52 meningiomas, 27 WHO grade 2/3)"``."""
         return (f"cohort {self.labels_csv} ({len(self.case_ids)} meningiomas, "
                 f"{int(np.sum(self.high_grade))} {_OUTCOME})")
+
+    @classmethod
+    def pooled(cls, cohorts: Sequence[CohortPredictions]) -> CohortPredictions:
+        """One cohort of several (case ids prefixed with their labels CSV)."""
+        if len(cohorts) == 1:
+            return cohorts[0]
+        return cls(" + ".join(c.labels_csv for c in cohorts),
+                   tuple(f"{c.labels_csv}:{case}" for c in cohorts for case in c.case_ids),
+                   np.concatenate([c.high_grade for c in cohorts]), np.concatenate([c.nomogram for c in cohorts]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, one row per case."""
@@ -176,6 +185,9 @@ class RecalibrationResult:
         Calibration of the reported probability, the model card's record.
     slope_ci:
         Case-bootstrap 95 % CI of the slope and the resamples that fitted, or None.
+    printed:
+        Slope, intercept and Brier score of the probability as a report prints it
+        (clipped to the supported range, 2 significant digits); None when not defined.
     evaluations:
         On the validation cases: the new, the previous and no recalibration,
         thresholds at the same nomogram probability as the model's operating threshold.
@@ -187,6 +199,8 @@ class RecalibrationResult:
     slope_ci: tuple[float, float, int] | None
     evaluations: dict[str, Evaluation]
     model_identity: str
+    printed: tuple[float | None, float | None, float]
+    operating_threshold: float
 
 
 def _bumped(version: str) -> str:
@@ -217,19 +231,24 @@ def recalibrate(model: MeningiomaModel, calibration: CohortPredictions, test: Co
     record = ProbabilityCalibration.measure(y, reported, model=identity, validation=validation, outcome=_OUTCOME,
                                             recalibrated_on=recalibrated_on)
     cut = _raw_cut(operating_threshold, model.recalibration)
-    scales = {"recalibrated on the calibration cohort": (reported, float(new(np.array([cut]))[0]))}
+    threshold = float(new(np.array([cut]))[0])
+    scales = {"recalibrated on the calibration cohort": (reported, threshold)}
     if model.recalibration is not None:
         scales["previous recalibration"] = (model.recalibration(raw), operating_threshold)
     scales["nomogram, not recalibrated"] = (raw, cut)
     evaluations = {name: evaluate_predictions(y, p, threshold=t, n_boot=1000, seed=seed)
                    for name, (p, t) in scales.items()}
+    printed = np.array([record.reported(p) for p in reported])
+    fit = calibration_slope_intercept(y, printed) if 0 < int(y.sum()) < len(y) else None
+    slope, intercept = (None, None) if fit is None or not fit.converged else (fit.slope, fit.intercept)
     return RecalibrationResult(new, model.recalibration, record, slope_bootstrap_ci(y, reported, seed=seed),
-                               evaluations, identity)
+                               evaluations, identity, (slope, intercept, float(brier_score(y, printed))), threshold)
 
 
 def _card_metrics(old: Sequence[CardMetric], result: RecalibrationResult, held_out: bool) -> tuple[CardMetric, ...]:
     """Old rows without those of the superseded probability scale, then the new measurements."""
-    kept = [m for m in old if "reported grade probability:" not in m.name
+    superseded = ("reported grade probability:", "printed grade probability:", "recalibrated nomogram:")
+    kept = [m for m in old if not any(text in m.name for text in superseded)
             and not (m.name.startswith("external test, nomogram: ") and not m.name.endswith("ROC-AUC"))]
     where = "external test" if held_out else "out-of-fold"
     record = result.calibration
@@ -238,6 +257,10 @@ def _card_metrics(old: Sequence[CardMetric], result: RecalibrationResult, held_o
         low, high, fitted = result.slope_ci
         rows[0] = replace(rows[0], ci_lower=low, ci_upper=high, confidence=0.95,
                           note=f"{rows[0].note}; CI: case bootstrap, {fitted} resamples that fitted")
+    note = f"{record.validation}, {record.n_cases} cases; clipped to the reported range, 2 significant digits"
+    rows += [CardMetric(f"{where}, printed grade probability: {name}", value, note=note)
+             for name, value in zip(("calibration slope", "calibration intercept", "Brier score"), result.printed,
+                                    strict=True)]
     if held_out:
         evaluation = result.evaluations["recalibrated on the calibration cohort"]
         rows += metrics_from_evaluation(evaluation, f"external test ({evaluation.n_cases} cases), recalibrated "
@@ -269,6 +292,7 @@ def write_recalibration(folder: Path, result: RecalibrationResult, calibration: 
                   "are the training run's")
     extra = {**card.extra, PROBABILITY_CARD_KEY: record.to_dict(), "version": version,
              "recalibration": {**result.recalibration.to_dict(), "fitted_on": record.recalibrated_on,
+                               "operating_threshold": result.operating_threshold,
                                "previous": None if result.previous is None else result.previous.to_dict()}}
     card = replace(card, version=version, validation=validation, extra=extra,
                    metrics=_card_metrics(card.metrics, result, test is not None),
@@ -281,6 +305,7 @@ def write_recalibration(folder: Path, result: RecalibrationResult, calibration: 
         "recalibration": result.recalibration.to_dict(),
         "previous": None if result.previous is None else result.previous.to_dict(),
         "slope_ci95": None if result.slope_ci is None else list(result.slope_ci[:2]),
+        "printed": dict(zip(("slope", "intercept", "brier"), result.printed, strict=True)),
         "calibration_cohort": calibration.to_dict(),
         "external_test": None if test is None else test.to_dict(),
         "evaluations": {name: e.to_dict() for name, e in result.evaluations.items()},
@@ -293,12 +318,22 @@ def write_recalibration(folder: Path, result: RecalibrationResult, calibration: 
 
 
 def recalibrate_main(args: argparse.Namespace) -> int:
-    """``pacsnode train meningioma --recalibrate-on CSV --model-folder DIR [--test-labels CSV]``."""
+    """``pacsnode train meningioma --recalibrate-on CSV [...] --model-folder DIR [--test-labels CSV]``.
+
+    Several calibration cohorts are pooled into one.
+    """
     folder: Path = args.model_folder
     model = MeningiomaModel.load(folder)
     card = load_model_card(folder / "model_card.json")
+    # The operating threshold on the current probability scale: a former recalibration's, else the training run's.
+    former = card.extra.get("recalibration")
     thresholds = [m.value for m in card.metrics if m.name == "external test, nomogram: operating threshold"]
-    operating = float(thresholds[0]) if thresholds and thresholds[0] is not None else model.threshold
+    if isinstance(former, dict) and former.get("operating_threshold") is not None:
+        operating = float(former["operating_threshold"])
+    elif thresholds and thresholds[0] is not None:
+        operating = float(thresholds[0])
+    else:
+        operating = model.threshold
     pool = None
     test_job = None
     per_process = max(1, args.threads // 2) if args.test_labels else args.threads
@@ -307,8 +342,9 @@ def recalibrate_main(args: argparse.Namespace) -> int:
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         test_job = pool.submit(predict_cohort, folder, args.test_labels, phantom_truth_roi=args.phantom_truth_roi,
                                threads=per_process)
-    calibration = predict_cohort(folder, args.recalibrate_on, phantom_truth_roi=args.phantom_truth_roi,
-                                 threads=per_process)
+    calibration = CohortPredictions.pooled([
+        predict_cohort(folder, labels, phantom_truth_roi=args.phantom_truth_roi, threads=per_process)
+        for labels in args.recalibrate_on])
     test = None
     if test_job is not None and pool is not None:
         test = test_job.result()
@@ -324,5 +360,6 @@ def recalibrate_main(args: argparse.Namespace) -> int:
                       "n_cases": record.n_cases, "n_positive": record.n_positive, "slope": record.slope,
                       "slope_ci95": None if result.slope_ci is None else result.slope_ci[:2],
                       "intercept": record.intercept, "brier": record.brier,
+                      "printed_slope_intercept_brier": result.printed,
                       "reported_range": [record.lower, record.upper]}))
     return 0

@@ -293,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="train the grade models only (the analyzer then grades only studies with a tumour SEG)")
     parser.add_argument("--note", action="append",
                         help="a limitation or fact for the model card (repeatable), e.g. how the machine was loaded")
-    parser.add_argument("--recalibrate-on", type=Path, metavar="LABELS_CSV",
+    parser.add_argument("--recalibrate-on", type=Path, metavar="LABELS_CSV", action="append",
                         help="no training: refit the grade probability's recalibration of --model-folder on the "
-                        "model's predictions on this cohort, measure it on --test-labels (else out of fold)")
+                        "model's predictions on this cohort (repeatable: pooled), measure it on --test-labels "
+                        "(else out of fold)")
     parser.add_argument("--model-folder", type=Path, help="trained model folder to recalibrate (rewritten)")
     args = parser.parse_args(argv)
     if args.recalibrate_on is not None:
