@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from analyzers._shared.brain import NoBrainFound, extract_brain
+from analyzers._shared.brain import BrainExtraction, NoBrainFound, extract_brain
 from analyzers._shared.volume import Volume, load_series
 from analyzers.contract import UnsuitableInput
 from analyzers.phantoms.cli import SMALL
@@ -82,11 +82,17 @@ def test_too_little_brain_in_the_field_of_view(small_t1c: tuple[Volume, np.ndarr
         extract_brain(volume, min_coverage=0.99)
 
 
-@requires_scanner_dicom
-def test_real_sagittal_t1_brain() -> None:
-    """A real Siemens 2D sagittal T1 of a volunteer (4.8 mm slices, neck and face in the field of view)."""
+@pytest.fixture(scope="module")
+def real_sagittal() -> tuple[Volume, BrainExtraction]:
+    """The real Siemens 2D sagittal T1 of a volunteer and its brain (one fit, shared: ~20 s each)."""
     volume = load_series(series_files("siemens-decubitus-hfs/3_t1_fl2d_sag"))
-    found = extract_brain(volume)
+    return volume, extract_brain(volume)
+
+
+@requires_scanner_dicom
+def test_real_sagittal_t1_brain(real_sagittal: tuple[Volume, BrainExtraction]) -> None:
+    """A real Siemens 2D sagittal T1 of a volunteer (4.8 mm slices, neck and face in the field of view)."""
+    volume, found = real_sagittal
     assert found.similarity > 0.4
     assert 1100 < found.volume_ml < 1800
     assert found.coverage > 0.9
@@ -106,10 +112,10 @@ def test_ge_series_without_a_spatial_brain_image_is_refused() -> None:
 
 
 @requires_scanner_dicom
-def test_the_fit_is_the_same_from_run_to_run() -> None:
+def test_the_fit_is_the_same_from_run_to_run(real_sagittal: tuple[Volume, BrainExtraction]) -> None:
     """ITK's sample points and its threaded metric sums moved the fit between runs; a healthy
     brain once gave a meningioma candidate in one patient position and none in a rerun."""
-    volume = load_series(series_files("siemens-decubitus-hfs/3_t1_fl2d_sag"))
-    first, second = extract_brain(volume), extract_brain(volume)
+    volume, first = real_sagittal
+    second = extract_brain(volume)
     assert first.similarity == second.similarity
     assert np.array_equal(first.mask, second.mask)
