@@ -200,7 +200,10 @@ class JobRunner:
             # A series completed by count can finish before the study's next series has sent its
             # first instance: wait until the whole study has been quiet for the series' stable_after.
             quiet_for, settle = self._study_quiet(job)
-            if quiet_for is not None and quiet_for < settle:
+            # One poll beyond the settle time: a related series sent last in the same burst
+            # completes by its own quiet timer at the same instant, and must be complete (and so
+            # an input) before the job starts, not a moment after (which ran the job twice).
+            if quiet_for is not None and quiet_for < settle + _WAIT_POLL_S:
                 return f"waiting: the study is still receiving instances ({quiet_for:.1f} s of {settle:g} s quiet)"
             wanted = {w.rstrip("?") for w in needs.values()}
             for uid, state in self._series_states(job.study_uid, exclude=job.series_uid):
