@@ -46,7 +46,7 @@ from analyzers._shared.modelcard import CardMetric, ModelCardError, load_model_c
 from analyzers._shared.modelcard import write_model_card as write_card
 from analyzers._shared.probability import PROBABILITY_CARD_KEY, LogisticRecalibration, ProbabilityCalibration
 from analyzers._shared.report import write_report
-from analyzers._shared.stats import brier_score, calibration_slope_intercept
+from analyzers._shared.stats import brier_score, calibration_slope_intercept, cluster_bootstrap_ci
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
 from analyzers.meningioma.errors import ModelError
 from analyzers.meningioma.model import MeningiomaModel
@@ -135,6 +135,14 @@ def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = 
                              np.array([int(c.high_grade) for c in cases]), np.array(probabilities))
 
 
+def _converged_slope(y: np.ndarray, probability: np.ndarray) -> float:
+    """Calibration slope, NaN where it is undefined (one class, or a fit that did not converge)."""
+    if not 0 < int(y.sum()) < len(y):
+        return float("nan")
+    fit = calibration_slope_intercept(y, probability)
+    return float(fit.slope) if fit.converged and math.isfinite(fit.slope) else float("nan")
+
+
 def slope_bootstrap_ci(y: np.ndarray, probability: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float, int] | None:
     """Percentile CI of the calibration slope over case bootstrap resamples, and how many resamples fitted.
@@ -142,19 +150,11 @@ def slope_bootstrap_ci(y: np.ndarray, probability: np.ndarray, *, n_boot: int = 
     Resamples with one class only or a fit that does not converge (separated
     classes) are left out; None when fewer than half of them fit.
     """
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(y), len(y))
-        if 0 < int(y[pick].sum()) < len(pick):
-            fit = calibration_slope_intercept(y[pick], probability[pick])
-            if fit.converged and math.isfinite(fit.slope):
-                slopes.append(fit.slope)
-    if len(slopes) < n_boot / 2:
+    ci = cluster_bootstrap_ci(y, probability, metric=_converged_slope, n_boot=n_boot, confidence=confidence,
+                              stratified=False, seed=seed)
+    if ci.n_used < n_boot / 2:
         return None
-    tail = 50.0 * (1.0 - confidence)
-    low, high = np.percentile(slopes, [tail, 100.0 - tail])
-    return float(low), float(high), len(slopes)
+    return ci.lower, ci.upper, ci.n_used
 
 
 def _out_of_fold(y: np.ndarray, raw: np.ndarray, folds: int, seed: int) -> np.ndarray:
