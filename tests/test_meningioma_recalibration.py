@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from analyzers._shared.modelcard import load_model_card
 from analyzers._shared.probability import ProbabilityCalibration
 from analyzers.meningioma.analyzer import REFERENCE_MODEL_FOLDER, _grade_calibration
 from analyzers.meningioma.model import MeningiomaModel
-from analyzers.meningioma.recalibrate import CohortPredictions, recalibrate, write_recalibration
+from analyzers.meningioma.recalibrate import CohortPredictions, predict_cohort, recalibrate, write_recalibration
 from analyzers.meningioma.trainer import main
 
 pytestmark = pytest.mark.skipif(not (REFERENCE_MODEL_FOLDER / "model_card.json").is_file(),
@@ -48,7 +49,8 @@ def test_recalibration_fitted_on_a_cohort_is_what_the_folder_then_holds(folder: 
     result = recalibrate(model, calibration, test, operating_threshold=0.8)
     assert result.recalibration.b == pytest.approx(0.25, abs=0.07)  # undoes the factor 4
     record = result.calibration
-    assert record.validation == "external test cohort test.csv" and record.n_cases == 300
+    assert record.validation == ("external test cohort test.csv (300 meningiomas, 140 WHO grade 2/3; ROIs: tumour "
+                                 "SEG or automatic segmentation)") and record.n_cases == 300
     assert record.slope is not None and 0.7 < record.slope < 1.4
     assert result.slope_ci is not None and result.slope_ci[0] < record.slope < result.slope_ci[1]
     write_recalibration(folder, result, calibration, test)
@@ -98,3 +100,27 @@ def test_recalibrate_on_needs_the_model_folder(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         main(["--recalibrate-on", "cal.csv"])
     assert "--model-folder" in capsys.readouterr().err
+
+
+def test_cohorts_with_rois_of_different_sources_are_not_pooled() -> None:
+    detected = CohortPredictions("a.csv", ("case-1",), np.array([1]), np.array([0.7]), roi="detected",
+                                 not_graded=("case-2 (not detected)",))
+    truth = CohortPredictions("b.csv", ("case-1",), np.array([0]), np.array([0.2]), roi="truth")
+    with pytest.raises(ValueError, match="different sources"):
+        CohortPredictions.pooled([detected, truth])
+    pooled = CohortPredictions.pooled([detected, replace(detected, labels_csv="c.csv")])
+    assert pooled.roi == "detected" and pooled.not_graded == ("a.csv:case-2 (not detected)",
+                                                              "c.csv:case-2 (not detected)")
+    assert "1 not graded" not in pooled.describe() and "2 not graded: not detected" in pooled.describe()
+    assert pooled.to_dict()["not_graded"] == list(pooled.not_graded)
+
+
+def test_training_takes_one_test_cohort(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--labels", "train.csv", "--out", "model", "--test-labels", "a.csv", "--test-labels", "b.csv"])
+    assert "one --test-labels cohort" in capsys.readouterr().err
+
+
+def test_an_unknown_roi_source_is_refused(folder: Path) -> None:
+    with pytest.raises(ValueError, match="not one of training, truth, detected"):
+        predict_cohort(folder, folder / "labels.csv", roi="manual")

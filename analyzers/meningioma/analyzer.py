@@ -60,11 +60,11 @@ from analyzers.contract import (
     AnalyzerSettings,
     UnsuitableInput,
 )
-from analyzers.meningioma.candidates import find_candidates, intracranial_space
+from analyzers.meningioma.candidates import locate_candidates
 from analyzers.meningioma.clinical import ClinicalFeatures
 from analyzers.meningioma.detection import Detection, DetectionModel
 from analyzers.meningioma.errors import FeatureExtractionError, ModelError, SegmentationError
-from analyzers.meningioma.preprocessing import N4Settings, n4_bias_correction
+from analyzers.meningioma.preprocessing import N4Settings
 from analyzers.meningioma.radiomics_features import RadiomicsSettings
 from sr_templates import Quantity
 from sr_templates import codes as c
@@ -186,13 +186,12 @@ class MeningiomaAnalyzer:
                     f"no tumour SEG in the study and no meningioma detection model ({models.note}); "
                     "send a tumour SEG or install a model trained with `pacsnode train meningioma`"
                 )
-            corrected, _ = n4_bias_correction(image, n4)
             try:
-                inside = intracranial_space(corrected, canonical.forward(brain.mask.astype(bool)))
-                candidates = find_candidates(corrected, inside, models.detection.candidate_settings)
+                located = locate_candidates(volume, brain.mask, models.detection.candidate_settings, n4)
             except SegmentationError as error:
                 raise UnsuitableInput(f"{error}; the meningioma analyzer needs a head post-contrast T1") from error
-            detection = models.detection.detect(candidates)
+            corrected = located.corrected
+            detection = models.detection.detect(located.candidates)
             if detection.candidate is None:
                 return _nothing_found(job, volume, detection, models.detection, settings, self.version)
             mask_array = canonical.back(detection.candidate.mask)

@@ -45,15 +45,20 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.signal import find_peaks
 
+from analyzers._shared.orientation import AXIAL, Reoriented, reorient
+from analyzers._shared.volume import Volume
 from analyzers.meningioma.errors import SegmentationError
+from analyzers.meningioma.preprocessing import N4Settings, n4_bias_correction
 
 __all__ = [
     "CANDIDATE_FEATURES",
     "Candidate",
     "CandidateSettings",
+    "LocatedSeries",
     "find_candidates",
     "intracranial_mask",
     "intracranial_space",
+    "locate_candidates",
     "white_matter_level",
 ]
 
@@ -318,3 +323,40 @@ def find_candidates(
         if features["inside_fraction"] >= settings.min_inside_fraction:
             candidates.append(Candidate(region, features))
     return candidates
+
+
+@dataclass(frozen=True)
+class LocatedSeries:
+    """A series in the analyzer's canonical orientation, N4-corrected, with its candidate masses.
+
+    Attributes
+    ----------
+    canonical:
+        The series reoriented to the training data's axial array orientation.
+    corrected:
+        The N4 bias-corrected canonical image (what candidates and features are computed on).
+    candidates:
+        Candidate enhancing masses inside the intracranial space.
+    """
+
+    canonical: Reoriented
+    corrected: sitk.Image
+    candidates: list[Candidate]
+
+
+def locate_candidates(volume: Volume, brain_mask: np.ndarray, settings: CandidateSettings,
+                      n4: N4Settings | None = None) -> LocatedSeries:
+    """The analyzer's path from a series and its brain mask (series grid) to candidate masses.
+
+    Shared by the analyzer and by the measurements made on labelled cohorts
+    (grade calibration on detected ROIs), so both see the same ROI.
+
+    Raises
+    ------
+    SegmentationError
+        No intracranial space can be found.
+    """
+    canonical = reorient(volume, AXIAL)
+    corrected, _ = n4_bias_correction(canonical.to_sitk(), n4)
+    inside = intracranial_space(corrected, canonical.forward(np.asarray(brain_mask, dtype=bool)))
+    return LocatedSeries(canonical, corrected, find_candidates(corrected, inside, settings))

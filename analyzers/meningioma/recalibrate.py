@@ -30,6 +30,7 @@ rewritten.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import multiprocessing
@@ -37,7 +38,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -48,10 +49,16 @@ from analyzers._shared.probability import PROBABILITY_CARD_KEY, LogisticRecalibr
 from analyzers._shared.report import write_report
 from analyzers._shared.stats import brier_score, calibration_slope_intercept, cluster_bootstrap_ci
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
+from analyzers._shared.volume import load_series
 from analyzers.meningioma.errors import ModelError
 from analyzers.meningioma.model import MeningiomaModel
+from analyzers.meningioma.preprocessing import N4Settings
+
+if TYPE_CHECKING:
+    from analyzers.meningioma.trainer import TrainingCase
 
 __all__ = [
+    "ROI_SOURCES",
     "CohortPredictions",
     "RecalibrationResult",
     "predict_cohort",
@@ -64,6 +71,8 @@ __all__ = [
 _OUTCOME = "WHO grade 2/3"
 _REPORT_STEM = "report_recalibration"
 _VALIDATION_MARK = ". Grade probability (model "
+_ROI_TEXT = {"training": "tumour SEG or automatic segmentation", "truth": "phantom truth masks",
+             "detected": "the analyzer's detected candidate"}
 
 
 @dataclass(frozen=True)
@@ -74,38 +83,90 @@ class CohortPredictions:
     case_ids: tuple[str, ...]
     high_grade: np.ndarray
     nomogram: np.ndarray
+    roi: str = "training"
+    not_graded: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.case_ids) == len(self.high_grade) == len(self.nomogram):
             raise ValueError("one label and one probability per case")
 
     def describe(self) -> str:
-        """``"cohort X (52 meningiomas, 27 WHO grade 2/3)"``."""
+        """``"cohort X (52 meningiomas, 27 WHO grade 2/3; ROIs: ...)"``."""
+        missed = f", {len(self.not_graded)} not graded: not detected" if self.not_graded else ""
         return (f"cohort {self.labels_csv} ({len(self.case_ids)} meningiomas, "
-                f"{int(np.sum(self.high_grade))} {_OUTCOME})")
+                f"{int(np.sum(self.high_grade))} {_OUTCOME}; ROIs: {_ROI_TEXT[self.roi]}{missed})")
 
     @classmethod
     def pooled(cls, cohorts: Sequence[CohortPredictions]) -> CohortPredictions:
         """One cohort of several (case ids prefixed with their labels CSV)."""
         if len(cohorts) == 1:
             return cohorts[0]
+        if len({c.roi for c in cohorts}) > 1:
+            raise ValueError("cohorts with ROIs from different sources are not pooled")
         return cls(" + ".join(c.labels_csv for c in cohorts),
                    tuple(f"{c.labels_csv}:{case}" for c in cohorts for case in c.case_ids),
-                   np.concatenate([c.high_grade for c in cohorts]), np.concatenate([c.nomogram for c in cohorts]))
+                   np.concatenate([c.high_grade for c in cohorts]), np.concatenate([c.nomogram for c in cohorts]),
+                   roi=cohorts[0].roi,
+                   not_graded=tuple(f"{c.labels_csv}:{case}" for c in cohorts for case in c.not_graded))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, one row per case."""
-        return {"labels": self.labels_csv, "cases": [
+        return {"labels": self.labels_csv, "roi": self.roi, "not_graded": list(self.not_graded), "cases": [
             {"case": case, "high_grade": int(label), "nomogram_probability": float(p)}
             for case, label, p in zip(self.case_ids, self.high_grade, self.nomogram, strict=True)]}
 
 
-def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = False,
-                   threads: int = 1) -> CohortPredictions:
+ROI_SOURCES = ("training", "truth", "detected")
+"""Where the ROI of each meningioma comes from when a cohort is predicted.
+
+``training``: the training's own rule (a tumour SEG of the row, else the
+automatic segmentation); ``truth``: a phantom case's true tumour mask;
+``detected``: the analyzer's path without a SEG (brain fit, candidates, the
+model folder's detection stage); a meningioma the detection stage misses is not
+graded and is counted in :attr:`CohortPredictions.not_graded`.
+"""
+
+
+def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCase], tuple[str, ...]]:
+    """The meningioma rows of ``labels_csv`` with the ROI the analyzer grades, and the rows it does not grade."""
+    from analyzers._shared.brain import NoBrainFound, extract_brain
+    from analyzers.meningioma.candidates import locate_candidates
+    from analyzers.meningioma.detection import DetectionModel
+    from analyzers.meningioma.train_detection import has_meningioma
+    from analyzers.meningioma.trainer import TrainingCase, _label
+
+    detection = DetectionModel.load(folder)
+    root = labels_csv.parent
+    cases: list[TrainingCase] = []
+    missed: list[str] = []
+    with open(labels_csv, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if has_meningioma(row)]
+    for number, row in enumerate(rows):
+        case_id = row.get("case") or row.get("series_dir") or str(number)
+        series = root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
+        volume = load_series(sorted(series.glob("*.dcm")) or sorted(p for p in series.iterdir() if p.is_file()))
+        try:
+            brain = extract_brain(volume)
+        except NoBrainFound:
+            missed.append(f"{case_id} (no brain found)")
+            continue
+        located = locate_candidates(volume, brain.mask, detection.candidate_settings, N4Settings())
+        found = detection.detect(located.candidates).candidate
+        if found is None:
+            missed.append(f"{case_id} (not detected)")
+            continue
+        mask = located.canonical.to_sitk(array=found.mask.astype(np.uint8))
+        header = {"PatientSex": str(volume.headers[0].get("PatientSex", ""))}
+        cases.append(TrainingCase(located.corrected, mask, header, _label(row["label"]), case_id,
+                                  bias_corrected=True))
+    return cases, tuple(missed)
+
+
+def predict_cohort(folder: Path, labels_csv: Path, *, roi: str = "training", threads: int = 1) -> CohortPredictions:
     """The nomogram probability of the model in ``folder`` on every meningioma of ``labels_csv``.
 
-    The recalibration stored in the folder is not applied: the result is what a
-    new recalibration is fitted on.
+    ``roi`` is one of :data:`ROI_SOURCES`. The recalibration stored in the
+    folder is not applied: the result is what a new recalibration is fitted on.
     """
     import SimpleITK as sitk
     import torch
@@ -115,6 +176,8 @@ def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = 
     from analyzers.meningioma.radiomics_features import RadiomicsSettings
     from analyzers.meningioma.trainer import load_cases
 
+    if roi not in ROI_SOURCES:
+        raise ValueError(f"ROI source {roi!r} is not one of {', '.join(ROI_SOURCES)}")
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     model = replace(MeningiomaModel.load(folder), recalibration=None)
@@ -122,7 +185,11 @@ def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = 
         raise ModelError(f"{folder} holds no fine-tuned network weights; train it with `pacsnode train meningioma`")
     network = load_network(model.weights_file, model.backbone)
     settings = RadiomicsSettings.from_file()
-    cases = load_cases(labels_csv, phantom_truth_roi=phantom_truth_roi)
+    missed: tuple[str, ...] = ()
+    if roi == "detected":
+        cases, missed = _detected_roi_cases(folder, labels_csv)
+    else:
+        cases = load_cases(labels_csv, phantom_truth_roi=roi == "truth")
     if not cases:
         raise ValueError(f"{labels_csv}: no meningioma rows to recalibrate on")
     probabilities = []
@@ -132,7 +199,8 @@ def predict_cohort(folder: Path, labels_csv: Path, *, phantom_truth_roi: bool = 
             clinical_thresholds=model.clinical_thresholds, bias_corrected=case.bias_corrected)
         probabilities.append(predict_grade(model, features).probability_high_grade)
     return CohortPredictions(str(labels_csv), tuple(c.case_id for c in cases),
-                             np.array([int(c.high_grade) for c in cases]), np.array(probabilities))
+                             np.array([int(c.high_grade) for c in cases]), np.array(probabilities),
+                             roi=roi, not_graded=missed)
 
 
 def _converged_slope(y: np.ndarray, probability: np.ndarray) -> float:
@@ -223,7 +291,7 @@ def recalibrate(model: MeningiomaModel, calibration: CohortPredictions, test: Co
     if test is not None:
         y, raw = np.asarray(test.high_grade, dtype=int), test.nomogram
         reported = new(raw)
-        validation = f"external test cohort {test.labels_csv}"
+        validation = f"external test {test.describe()}"
     else:
         y, raw = y_cal, calibration.nomogram
         reported = _out_of_fold(y, raw, folds, seed)
@@ -318,9 +386,10 @@ def write_recalibration(folder: Path, result: RecalibrationResult, calibration: 
 
 
 def recalibrate_main(args: argparse.Namespace) -> int:
-    """``pacsnode train meningioma --recalibrate-on CSV [...] --model-folder DIR [--test-labels CSV]``.
+    """``pacsnode train meningioma --recalibrate-on CSV [...] --model-folder DIR [--test-labels CSV ...]``.
 
-    Several calibration cohorts are pooled into one.
+    Several calibration (or test) cohorts are pooled into one; ``--roi`` says
+    where every cohort's ROIs come from (:data:`ROI_SOURCES`).
     """
     folder: Path = args.model_folder
     model = MeningiomaModel.load(folder)
@@ -334,24 +403,24 @@ def recalibrate_main(args: argparse.Namespace) -> int:
         operating = float(thresholds[0])
     else:
         operating = model.threshold
+    tests: list[Path] = list(args.test_labels or ())
+    per_process = max(1, args.threads // 2) if tests else args.threads
     pool = None
-    test_job = None
-    per_process = max(1, args.threads // 2) if args.test_labels else args.threads
-    if args.test_labels and args.threads >= 2:
-        # The two cohorts are independent: the test cohort runs in a process of its own.
+    test_jobs = []
+    if tests and args.threads >= 2:
+        # The test cohorts are independent of the calibration cohorts: they run in a process of their own.
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        test_job = pool.submit(predict_cohort, folder, args.test_labels, phantom_truth_roi=args.phantom_truth_roi,
-                               threads=per_process)
+        test_jobs = [pool.submit(predict_cohort, folder, labels, roi=args.roi, threads=per_process)
+                     for labels in tests]
     calibration = CohortPredictions.pooled([
-        predict_cohort(folder, labels, phantom_truth_roi=args.phantom_truth_roi, threads=per_process)
-        for labels in args.recalibrate_on])
+        predict_cohort(folder, labels, roi=args.roi, threads=per_process) for labels in args.recalibrate_on])
     test = None
-    if test_job is not None and pool is not None:
-        test = test_job.result()
+    if pool is not None:
+        test = CohortPredictions.pooled([job.result() for job in test_jobs])
         pool.shutdown()
-    elif args.test_labels:
-        test = predict_cohort(folder, args.test_labels, phantom_truth_roi=args.phantom_truth_roi,
-                              threads=args.threads)
+    elif tests:
+        test = CohortPredictions.pooled([predict_cohort(folder, labels, roi=args.roi, threads=args.threads)
+                                         for labels in tests])
     result = recalibrate(model, calibration, test, operating_threshold=operating, seed=args.seed)
     write_recalibration(folder, result, calibration, test, notes=args.note or ())
     record = result.calibration

@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pacsnode train meningioma", description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, help="training cohort labels CSV (required unless --recalibrate-on)")
     parser.add_argument("--out", type=Path, help="model folder to write (required unless --recalibrate-on)")
-    parser.add_argument("--test-labels", type=Path, help="external test cohort labels CSV")
+    parser.add_argument("--test-labels", type=Path, action="append",
+                        help="external test cohort labels CSV (with --recalibrate-on repeatable: pooled)")
     parser.add_argument("--start-weights", type=Path, help="network weights to fine-tune from")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -298,7 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                         "model's predictions on this cohort (repeatable: pooled), measure it on --test-labels "
                         "(else out of fold)")
     parser.add_argument("--model-folder", type=Path, help="trained model folder to recalibrate (rewritten)")
+    parser.add_argument("--roi", choices=("training", "truth", "detected"),
+                        help="with --recalibrate-on, the ROI of every graded meningioma: training (tumour SEG, else "
+                        "the automatic segmentation), truth (phantom truth masks; the default with "
+                        "--phantom-truth-roi) or detected (what the analyzer grades without a SEG: its detection "
+                        "stage's candidate; undetected meningiomas are counted, not graded)")
     args = parser.parse_args(argv)
+    if args.roi is None:
+        args.roi = "truth" if args.phantom_truth_roi else "training"
     if args.recalibrate_on is not None:
         if args.model_folder is None:
             parser.error("--recalibrate-on needs --model-folder (the trained model folder to recalibrate)")
@@ -307,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         return recalibrate_main(args)
     if args.labels is None or args.out is None:
         parser.error("--labels and --out are required to train (or --recalibrate-on with --model-folder)")
+    if args.test_labels is not None and len(args.test_labels) > 1:
+        parser.error("training takes one --test-labels cohort (several only with --recalibrate-on)")
+    args.test_labels = args.test_labels[0] if args.test_labels else None
     started = time.monotonic()
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
