@@ -217,6 +217,47 @@ def test_runner_retries_failures_rejects_unsuitable_and_stores_outputs(tmp_path:
         index.close()
 
 
+class _HeldExecutor(_ScriptedExecutor):
+    """An executor whose job ends only when the test says so (after the node has stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.futures: list[concurrent.futures.Future[JobOutcome]] = []
+
+    def submit(self, analyzer: str, job: AnalysisInput) -> concurrent.futures.Future[JobOutcome]:
+        self.submitted.append(job.job_id)
+        self.futures.append(concurrent.futures.Future())
+        return self.futures[-1]
+
+
+def test_a_job_ending_after_the_stop_is_queued_again_at_the_next_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    index = Index(tmp_path / "var" / "index.sqlite")
+    store = InstanceStore(tmp_path / "var", fsync=False, min_free_bytes=0)
+    ingestor = Ingestor(store, index, allowed_sop_classes={MRImageStorage})
+    for path in write_mr_series(tmp_path / "in", SeriesSpec(slices=2, rows=8, columns=8)):
+        ingestor.ingest_part10(path.read_bytes())
+    series_uid, study_uid = index.instance_paths()[0][2].split("/")[-2:-4:-1]
+    ledger = JobLedger(index, max_attempts=2, backoff_seconds=0.05)
+    executor = _HeldExecutor()
+    runner = JobRunner(ledger, index, store, ingestor, Outbox(index, store, []),
+                       RouteTable((Route("qc", "qc", {"Modality": (re.compile("MR"),)}),)), lambda: executor,
+                       tmp_path / "scratch")
+    job_id = ledger.enqueue(series_uid=series_uid, study_uid=study_uid, patient_id="DEMO-0001", route="qc",
+                            analyzer="qc", send_to=[])
+    runner.start()
+    try:
+        assert _wait(lambda: executor.submitted == [job_id])
+    finally:
+        runner.stop()
+    with caplog.at_level("INFO", logger="node.jobs.run"):
+        executor.futures[0].set_result(JobOutcome(analyzer_version="1"))
+    assert "runs again after the next start" in caplog.text
+    assert ledger.get(job_id).state == "running"
+    assert ledger.requeue_running() == 1 and ledger.get(job_id).state == "queued"
+    index.close()
+
+
 def test_inputs_related_roles_priors_and_reprocess(tmp_path: Path) -> None:
     from analyzers.contract import UnsuitableInput
     from node.jobs.run import reprocess

@@ -191,7 +191,19 @@ class JobRunner:
                 self._in_flight.discard(job.id)
             self.ledger.fail(job.id, f"the executor did not take the job: {exc}")
             return
-        future.add_done_callback(lambda f: self._finisher.submit(self._finish, job, job_input, f))
+        future.add_done_callback(lambda f: self._hand_to_finisher(job, job_input, f))
+
+    def _hand_to_finisher(self, job: Job, job_input: AnalysisInput,
+                          future: concurrent.futures.Future[JobOutcome]) -> None:
+        try:
+            self._finisher.submit(self._finish, job, job_input, future)
+        except RuntimeError:
+            # The node stopped and shut the finisher down before this job ended: its outcome is
+            # not recorded, the job stays "running" and is queued again at the next start.
+            with self._lock:
+                self._in_flight.discard(job.id)
+            shutil.rmtree(job_input.scratch, ignore_errors=True)
+            log.info("job %s ended after the node stopped; it runs again after the next start", job.id)
 
     def wait_reason(self, job: Job) -> str | None:
         """What ``job`` waits for before it can run, or ``None`` when it can run now."""
