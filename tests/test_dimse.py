@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
 )
 
 from node.samples import SeriesSpec, write_mr_series
-from tests.peers import NodeProcess, OrthancProcess, node_process
+from tests.peers import NodeProcess, OrthancProcess, free_port, node_process
 
 pytestmark = pytest.mark.peers
 
@@ -276,6 +276,46 @@ port = {orthanc.dicom_port}
         unknown = list(assoc.send_c_move(identifier, "NOBODY", StudyRootQueryRetrieveInformationModelMove))
         assoc.release()
         assert unknown[-1][0].Status == 0xA801
+
+
+def test_c_move_decompresses_for_a_destination_that_accepts_little_endian_only(
+        tmp_path: Path, mr_series: list[Path]) -> None:
+    """dcmtk ``storescp`` accepts only uncompressed syntaxes by default: a JPEG Lossless instance,
+    stored as received, reaches it decompressed, pixel for pixel, beside a little endian one; the
+    sub-association is addressed to the destination's AE title."""
+    compressed = tmp_path / "jpeg-lossless.dcm"
+    dcmtk("dcmcjpeg", str(mr_series[1]), str(compressed))
+    received_dir = tmp_path / "storescp"
+    received_dir.mkdir()
+    port = free_port()
+    scp = subprocess.Popen(["storescp", "-d", "-aet", "LEONLY", "-od", str(received_dir), str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+    extra = f"""
+[[dicom.peers]]
+ae_title = "LEONLY"
+host = "127.0.0.1"
+port = {port}
+"""
+    try:
+        with node_process(tmp_path / "mover", extra=extra) as node:
+            dcmtk("storescu", "-xs", "-aec", node.ae_title, "127.0.0.1", str(node.port), str(mr_series[0]),
+                  str(compressed))
+            result = dcmtk("movescu", "-S", "-aec", node.ae_title, "-aem", "LEONLY",
+                           "-k", "QueryRetrieveLevel=SERIES",
+                           "-k", f"StudyInstanceUID={dcmread(compressed).StudyInstanceUID}",
+                           "-k", f"SeriesInstanceUID={dcmread(compressed).SeriesInstanceUID}",
+                           "127.0.0.1", str(node.port), "-v")
+            log = result.stdout + result.stderr
+            assert "Received Final Move Response (Success)" in log, log
+    finally:
+        scp.terminate()
+        scp_log = scp.communicate(timeout=30)[0]
+    got = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, received_dir.iterdir())}
+    assert sorted(got) == sorted(str(dcmread(p).SOPInstanceUID) for p in (mr_series[0], compressed))
+    received = got[str(dcmread(compressed).SOPInstanceUID)]
+    assert not received.file_meta.TransferSyntaxUID.is_compressed
+    assert (received.pixel_array == dcmread(compressed).pixel_array).all()
+    assert re.search(r"Called Application Name:\s+LEONLY", scp_log), scp_log[-3000:]
 
 
 def test_pacsnode_send_and_status(node: NodeProcess, mr_series: list[Path], tmp_path: Path) -> None:

@@ -179,10 +179,15 @@ class DimseHandlers:
         contexts = _contexts_for(
             self.index.syntaxes_of([sop for sop, _, _ in selection.instances])
         )
-        yield destination.host, destination.port, {"contexts": contexts,
-                                                   "ae_title": self.settings.dicom.ae_title}
+        sub_association = _SubAssociation()
+        # pynetdicom opens the sub-association in this thread and fires EVT_ESTABLISHED before it
+        # asks for the first dataset, so its accepted contexts are known when instances are sent.
+        yield destination.host, destination.port, {
+            "contexts": contexts, "ae_title": destination.ae_title,
+            "evt_handlers": [(evt.EVT_ESTABLISHED, sub_association.established)]}
         yield len(selection.instances)
-        yield from self._send(event, selection)
+        for status, dataset in self._send(event, selection):
+            yield status, (None if dataset is None else _in_accepted_syntax(dataset, sub_association.accepted))
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
@@ -325,14 +330,24 @@ class DimseHandlers:
         return _Retrieve(instances)
 
 
-def _in_accepted_syntax(dataset: Dataset, accepted: list[PresentationContext]) -> Dataset:
-    """``dataset`` in a transfer syntax the C-GET requestor accepted for its SOP class.
+class _SubAssociation:
+    """The presentation contexts a C-MOVE destination accepted on its sub-association."""
 
-    A compressed instance is decompressed when the requestor accepted only uncompressed syntaxes
-    for its class (as Orthanc transcodes on C-GET): dcmtk ``getscu`` and most viewers propose
-    little endian only. The stored file stays as received. When the class was not accepted at all,
-    or decompression is not possible, the dataset goes unchanged and the sub-operation is counted
-    as failed.
+    def __init__(self) -> None:
+        self.accepted: list[PresentationContext] = []
+
+    def established(self, event: Event) -> None:
+        self.accepted = list(event.assoc.accepted_contexts)
+
+
+def _in_accepted_syntax(dataset: Dataset, accepted: list[PresentationContext]) -> Dataset:
+    """``dataset`` in a transfer syntax the C-GET requestor or C-MOVE destination accepted for its SOP class.
+
+    A compressed instance is decompressed when the peer accepted only uncompressed syntaxes
+    for its class (as Orthanc transcodes on C-GET and C-MOVE): dcmtk ``getscu`` and ``storescp``
+    and most viewers accept little endian only. The stored file stays as received. When the class
+    was not accepted at all, or decompression is not possible, the dataset goes unchanged and the
+    sub-operation is counted as failed.
     """
     syntax = dataset.file_meta.get("TransferSyntaxUID")
     if syntax is None or not syntax.is_compressed:
@@ -344,7 +359,7 @@ def _in_accepted_syntax(dataset: Dataset, accepted: list[PresentationContext]) -
     try:
         dataset.decompress(generate_instance_uid=False)  # the same instance, not a derived one
     except DECODE_ERRORS as exc:
-        log.warning("C-GET: %s cannot be decompressed for the requestor (%s: %s)",
+        log.warning("retrieve: %s cannot be decompressed for the peer (%s: %s)",
                     dataset.get("SOPInstanceUID"), type(exc).__name__, exc)
     return dataset
 
