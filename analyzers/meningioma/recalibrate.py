@@ -34,6 +34,7 @@ import csv
 import json
 import math
 import multiprocessing
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -143,6 +144,7 @@ def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCa
         rows = [row for row in csv.DictReader(handle) if has_meningioma(row)]
     for number, row in enumerate(rows):
         case_id = row.get("case") or row.get("series_dir") or str(number)
+        print(f"[meningioma] {labels_csv}: detecting {number + 1}/{len(rows)} ({case_id})", file=sys.stderr, flush=True)
         series = root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
         volume = load_series(sorted(series.glob("*.dcm")) or sorted(p for p in series.iterdir() if p.is_file()))
         try:
@@ -193,7 +195,9 @@ def predict_cohort(folder: Path, labels_csv: Path, *, roi: str = "training", thr
     if not cases:
         raise ValueError(f"{labels_csv}: no meningioma rows to recalibrate on")
     probabilities = []
-    for case in cases:
+    for number, case in enumerate(cases, start=1):
+        print(f"[meningioma] {labels_csv}: grading {number}/{len(cases)} ({case.case_id}; ROI: {_ROI_TEXT[roi]})",
+              file=sys.stderr, flush=True)
         features = compute_case_features(
             case.image, case.mask, case.header, settings=settings, network=network,
             clinical_thresholds=model.clinical_thresholds, bias_corrected=case.bias_corrected)
