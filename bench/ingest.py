@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,36 +319,65 @@ def run_rows(data: dict[str, list[Path]], work: Path, servers: dict[str, ServerF
     return rows
 
 
+def measure_finds(files: list[Path], work: Path, servers: dict[str, ServerFactory],
+                  rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms per C-FIND by level and server: the servers (storescp aside) run side by side,
+    hold the same ``files`` and take turns level by level in each round."""
+    from pydicom import dcmread
+
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    samples: dict[str, dict[str, list[float]]] = {}
+    with ExitStack() as stack:
+        running = [stack.enter_context(factory(work / f"find-{name}"))
+                   for name, factory in servers.items() if name != "storescp"]
+        for server in running:
+            _send(server, files, 1, NODELAY)
+        _settle_disk()
+        for _ in range(rounds):
+            for level in FIND_KEYS:
+                for server in running:
+                    samples.setdefault(level, {}).setdefault(server.name, []).append(
+                        find_latency_ms(server, level, study_uid))
+    return {level: {name: statistics.median(values) for name, values in by_server.items()}
+            for level, by_server in samples.items()}
+
+
 def _fmt(value: float | None, pattern: str = "{:.0f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
 def print_tables(rows: list[Row], scrapes: list[tuple[str, int, int]], finds: dict[str, dict[str, float]],
                  memory: Memory | None) -> None:
-    print()
-    print("| C-STORE (storescu) | pacsnode inst/s | Orthanc inst/s | storescp inst/s | pacsnode MB/s | "
-          "vs Orthanc | vs storescp | CPU ms/inst pacsnode | Orthanc | storescp |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        ours, theirs, scp = row.rate("pacsnode"), row.rate("Orthanc"), row.rate("storescp")
-        mb = row.megabytes / statistics.median(row.seconds["pacsnode"]) if ours else None
-        print(f"| {row.case.label} | {_fmt(ours)} | {_fmt(theirs)} | {_fmt(scp)} | {_fmt(mb, '{:.1f}')} | "
-              f"{_fmt(ours / theirs if ours and theirs else None, '{:.2f}x')} | "
-              f"{_fmt(ours / scp if ours and scp else None, '{:.2f}x')} | "
-              f"{_fmt(row.cpu_ms('pacsnode'), '{:.2f}')} | {_fmt(row.cpu_ms('Orthanc'), '{:.2f}')} | "
-              f"{_fmt(row.cpu_ms('storescp'), '{:.2f}')} |")
-    print()
-    print("| /metrics after each pacsnode run | sent by storescu | pacsnode_received_instances_total | match |")
-    print("|---|---|---|---|")
-    for label, sent, counted in scrapes:
-        print(f"| {label} | {sent} | {counted} | {'yes' if sent == counted else 'NO'} |")
-    if finds:
+    if rows:
         print()
-        print("| C-FIND, one association (findscu --repeat) | pacsnode ms | Orthanc ms | speed vs Orthanc |")
+        print("| C-STORE (storescu) | pacsnode inst/s | Orthanc inst/s | storescp inst/s | pacsnode MB/s | "
+              "vs Orthanc | vs storescp | CPU ms/inst pacsnode | Orthanc | storescp |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            ours, theirs, scp = row.rate("pacsnode"), row.rate("Orthanc"), row.rate("storescp")
+            mb = row.megabytes / statistics.median(row.seconds["pacsnode"]) if ours else None
+            print(f"| {row.case.label} | {_fmt(ours)} | {_fmt(theirs)} | {_fmt(scp)} | {_fmt(mb, '{:.1f}')} | "
+                  f"{_fmt(ours / theirs if ours and theirs else None, '{:.2f}x')} | "
+                  f"{_fmt(ours / scp if ours and scp else None, '{:.2f}x')} | "
+                  f"{_fmt(row.cpu_ms('pacsnode'), '{:.2f}')} | {_fmt(row.cpu_ms('Orthanc'), '{:.2f}')} | "
+                  f"{_fmt(row.cpu_ms('storescp'), '{:.2f}')} |")
+        print()
+        print("| /metrics after each pacsnode run | sent by storescu | pacsnode_received_instances_total | match |")
         print("|---|---|---|---|")
+        for label, sent, counted in scrapes:
+            print(f"| {label} | {sent} | {counted} | {'yes' if sent == counted else 'NO'} |")
+    if finds:
+        baseline = any("baseline" in values for values in finds.values())
+        print()
+        print("| C-FIND, one association (findscu --repeat) | pacsnode ms | Orthanc ms | speed vs Orthanc |"
+              + (" baseline ms | baseline vs Orthanc |" if baseline else ""))
+        print("|---|---|---|---|" + ("---|---|" if baseline else ""))
         for level, values in finds.items():
-            print(f"| {level} | {values['pacsnode']:.2f} | {values['Orthanc']:.2f} | "
-                  f"{values['Orthanc'] / values['pacsnode']:.2f}x |")
+            line = (f"| {level} | {values['pacsnode']:.2f} | {values['Orthanc']:.2f} | "
+                    f"{values['Orthanc'] / values['pacsnode']:.2f}x |")
+            if baseline:
+                line += f" {values['baseline']:.2f} | {values['Orthanc'] / values['baseline']:.2f}x |"
+            print(line)
     if any(row.rate("baseline") for row in rows):
         print()
         print("| C-STORE (storescu) | pacsnode inst/s | baseline inst/s | ratio | CPU ms/inst pacsnode | baseline |")
@@ -374,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="instances of the large row, during which pacsnode's memory is sampled (10,000)")
     parser.add_argument("--skip-rss", action="store_true", help="leave out the large row")
     parser.add_argument("--skip-find", action="store_true", help="leave out the C-FIND rows")
+    parser.add_argument("--only-find", action="store_true",
+                        help="run only the C-FIND rows (50 instances in each server; --rounds "
+                             "and --baseline apply)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="send each case this many times per server, interleaved; report "
                              "the median (1)")
@@ -383,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only the rows whose label contains one of these texts")
     args = parser.parse_args(argv)
+    if args.only_find and args.skip_find:
+        parser.error("--only-find and --skip-find exclude each other")
     for tool in ("storescu", "storescp", "findscu", "Orthanc"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: run `make setup` (installs dcmtk and orthanc)", file=sys.stderr)
@@ -390,13 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pacsnode-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"generating data in {work} ...", flush=True)
-    data = {
-        "mr": write_mr_series(work / "data-mr", SeriesSpec(patient_id="BENCH-1", slices=1000, rows=256,
-                                                           columns=256, seed=1)),
-        "dyn": write_mr_series(work / "data-dyn", SeriesSpec(patient_id="BENCH-1", slices=20, time_points=100,
-                                                             rows=128, columns=128, seed=2,
-                                                             series_description="ep2d_perf")),
-    }
+    mr_slices = 50 if args.only_find else 1000
+    data = {"mr": write_mr_series(work / "data-mr", SeriesSpec(patient_id="BENCH-1", slices=mr_slices, rows=256,
+                                                               columns=256, seed=1))}
+    if not args.only_find:
+        data["dyn"] = write_mr_series(work / "data-dyn", SeriesSpec(
+            patient_id="BENCH-1", slices=20, time_points=100, rows=128, columns=128, seed=2,
+            series_description="ep2d_perf"))
     large = f"{args.rss_instances:,} x 34 KiB MR, 4 assoc"
     cases = [
         Case("1,000 x 128 KiB MR, 1 assoc", "mr", 1),
@@ -409,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(Case(large, "large", 4, sample_memory=True))
     if args.only is not None:
         cases = [c for c in cases if any(text in c.label for text in args.only)]
+    if args.only_find:
+        cases = []
     if any(c.data == "large" for c in cases):
         data["large"] = write_mr_series(work / "data-large", SeriesSpec(
             patient_id="BENCH-RSS", slices=args.rss_instances, rows=128, columns=128, seed=3))
@@ -424,15 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     finds: dict[str, dict[str, float]] = {}
     if not args.skip_find:
-        from pydicom import dcmread
-
-        study_uid = str(dcmread(data["mr"][0], stop_before_pixels=True).StudyInstanceUID)
-        for name in ("pacsnode", "Orthanc"):
-            with servers[name](work / f"find-{name}") as server:
-                _send(server, data["mr"][:50], 1, NODELAY)
-                _settle_disk()
-                for level in FIND_KEYS:
-                    finds.setdefault(level, {})[name] = find_latency_ms(server, level, study_uid)
+        finds = measure_finds(data["mr"][:50], work, servers, max(1, args.rounds))
     print_tables(rows, scrapes, finds, memory)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -3,11 +3,12 @@
 pynetdicom's Query/Retrieve service builds a C-FIND-RSP primitive per match, converts it
 to a DIMSE message, encodes its command set as a pydicom dataset (twice: once for the
 group length) and queues each PDU for its DUL thread. For a query with one or a few
-matches that costs more than the query itself. Here the identifier is decoded with
-pynetdicom's own ``decode``, the node's C-FIND handler runs unchanged (matching, audit),
-each match is encoded with pynetdicom's ``encode``, the command sets are encoded directly
-(:func:`encode_find_response`, byte-identical to pynetdicom's) and all responses leave in
-one ``sendall``.
+matches that costs more than the query itself. Here the identifier is read directly
+(:mod:`node.dimse.find_codec`; pynetdicom's own ``decode`` for what that does not read), the
+node's C-FIND handler runs unchanged (matching, audit), each match is written directly by
+``find_codec.encode_match`` (pynetdicom's ``encode`` for what that does not write), the
+command sets are encoded directly (:func:`encode_find_response`, byte-identical to
+pynetdicom's) and all responses leave in one ``sendall``.
 
 Statuses follow pynetdicom's C-FIND SCP: pending (0xFF00/0xFF01) responses carry the
 match, warning statuses are sent and matching goes on, cancel, failure and success end
@@ -28,6 +29,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
+
+from node.dimse.find_codec import IdentifierKey, dataset_keys, read_identifier
 
 __all__ = ["FIND_MODELS", "FindEvent", "FindRequest", "SyntaxFlags", "encode_find_response", "find_response_pdus",
            "syntax_flags"]
@@ -116,6 +119,12 @@ class FindEvent:
             self._identifier = decode(self.request.Identifier, *self.syntax)
         return self._identifier
 
+    def identifier_keys(self) -> list[IdentifierKey]:
+        """The identifier's elements, read directly when :func:`read_identifier` can, otherwise
+        from pydicom's decoding."""
+        keys = read_identifier(self.request.Identifier.getvalue(), *self.syntax)
+        return keys if keys is not None else dataset_keys(self.identifier)
+
 
 SyntaxFlags = tuple[bool, bool, bool]
 """A transfer syntax as ``(implicit VR, little endian, deflated)``."""
@@ -131,7 +140,7 @@ def _status_of(value: Any) -> int:
     return int(getattr(value, "Status", value))
 
 
-def find_response_pdus(event: FindEvent, results: Iterator[tuple[Any, Dataset | None]],
+def find_response_pdus(event: FindEvent, results: Iterator[tuple[Any, Dataset | bytes | None]],
                        context_id: int, max_pdu: int) -> bytes:
     """Every response to the request, as PDUs ready to send, from the handler's results."""
     request = event.request
@@ -149,7 +158,10 @@ def find_response_pdus(event: FindEvent, results: Iterator[tuple[Any, Dataset | 
         for status_value, dataset in results:
             status = _status_of(status_value)
             if status in (0xFF00, 0xFF01):
-                encoded = encode(dataset, *event.syntax) if dataset is not None else None
+                if isinstance(dataset, bytes):
+                    encoded: bytes | None = dataset
+                else:
+                    encoded = encode(dataset, *event.syntax) if dataset is not None else None
                 if not encoded:
                     log.error("a C-FIND match could not be encoded; answering 0x%04X", _ENCODING_FAILED)
                     respond(_ENCODING_FAILED)

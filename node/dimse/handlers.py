@@ -28,6 +28,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 
 from node.config import Settings
 from node.dataset_checks import DECODE_ERRORS
+from node.dimse.fast_find import FindEvent
+from node.dimse.find_codec import IdentifierKey, dataset_keys, encode_match
 from node.errors import InvalidDataset, NodeError, NotFound, UnknownDestination
 from node.ingest import Ingestor
 from node.ops.logs import log_context
@@ -45,6 +47,7 @@ _LEVEL_UNIQUE = {
     "SERIES": "SeriesInstanceUID",
     "IMAGE": "SOPInstanceUID",
 }
+_QUERY_RETRIEVE_LEVEL = 0x00080052
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 
@@ -129,11 +132,12 @@ class DimseHandlers:
             return _failure(error)
         return 0x0000
 
-    def _audit(self, kind: str, event: Event, identifier: Dataset, destination: str = "") -> None:
+    def _audit(self, kind: str, event: Event | FindEvent, identifier: list[IdentifierKey],
+               destination: str = "") -> None:
         if self.operations is None:
             return
         requestor = event.assoc.requestor
-        keys = {e.keyword: str(e.value) for e in identifier if e.keyword and e.VR != "SQ"}
+        keys = {keyword: str(value) for _, keyword, vr, value in identifier if keyword and vr != "SQ"}
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
         peer = f"{requestor.address}:{requestor.port}"
         if kind == "query":
@@ -142,9 +146,13 @@ class DimseHandlers:
             self.operations.audit.retrieve(requestor.ae_title, peer, sop_class, keys,
                                            destination=destination)
 
-    def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+    def on_find(self, event: Event | FindEvent) -> Iterator[tuple[int, Dataset | bytes | None]]:
+        """Matches as datasets; as their encoded bytes where the node's own reader serves the
+        request (:class:`~node.dimse.fast_find.FindEvent`) and ``encode_match`` writes them."""
+        syntax = event.syntax if isinstance(event, FindEvent) else None
         try:
-            identifier = event.identifier
+            identifier = (event.identifier_keys() if isinstance(event, FindEvent)
+                          else dataset_keys(event.identifier))
             self._audit("query", event, identifier)
             query, requested = self._query(identifier, event.request.AffectedSOPClassUID)
             rows = self.index.find(query)
@@ -155,11 +163,17 @@ class DimseHandlers:
             yield 0xC000, None
             log.warning("C-FIND identifier could not be read: %s: %s", type(exc).__name__, exc)
             return
+        ae_title = self.settings.dicom.ae_title
         for row in rows:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
-            yield 0xFF00, self._response(identifier, requested, row, query.level)
+            if syntax is not None:
+                encoded = encode_match(requested, row, query.level, ae_title, *syntax)
+                if encoded is not None:
+                    yield 0xFF00, encoded
+                    continue
+            yield 0xFF00, self._response(requested, row, query.level)
 
     def on_move(self, event: Event) -> Iterator[Any]:
         destination = self.settings.dicom.peer(event.move_destination or "")
@@ -208,7 +222,7 @@ class DimseHandlers:
         be decoded is an :class:`InvalidQuery`."""
         try:
             identifier = event.identifier
-            self._audit("retrieve", event, identifier, destination)
+            self._audit("retrieve", event, dataset_keys(identifier), destination)
             return self._retrieve(identifier)
         except DECODE_ERRORS as exc:
             raise InvalidQuery(f"the identifier cannot be decoded ({type(exc).__name__})") from exc
@@ -221,8 +235,9 @@ class DimseHandlers:
                 return
             yield 0xFF00, dcmread(Path(root) / relative)
 
-    def _query(self, identifier: Dataset, model: str | None) -> tuple[Query, list[int]]:
-        level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+    def _query(self, identifier: list[IdentifierKey], model: str | None) -> tuple[Query, list[int]]:
+        level = next((str(value) for tag, _, _, value in identifier if tag == _QUERY_RETRIEVE_LEVEL),
+                     "").upper()
         if level not in _LEVEL_UNIQUE:
             raise InvalidQuery(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
         if level == "PATIENT" and model == StudyRootQueryRetrieveInformationModelFind:
@@ -232,18 +247,15 @@ class DimseHandlers:
         matches: dict[str, str] = {}
         returns: list[str] = []
         requested: list[int] = []
-        for element in identifier:
-            tag = int(element.tag)
-            if tag in (0x00080052, 0x00080005) or element.tag.group == 0x0002:
+        for tag, keyword, vr, value in identifier:
+            if tag in (_QUERY_RETRIEVE_LEVEL, 0x00080005) or tag >> 16 == 0x0002:
                 continue
             requested.append(tag)
-            keyword = keyword_for_tag(tag)
             if not keyword:
                 continue
-            if element.VR == "SQ":
+            if vr == "SQ":
                 returns.append(keyword)
                 continue
-            value = element.value
             if by_keyword(keyword) is not None:
                 text = "" if value is None else ("\\".join(str(v) for v in value)
                                                   if isinstance(value, list | tuple)
@@ -254,8 +266,7 @@ class DimseHandlers:
                 returns.append(keyword)
         return Query(level=level, matches=matches, returns=tuple(returns)), requested  # type: ignore[arg-type]
 
-    def _response(self, identifier: Dataset, requested: list[int], row: dict[str, Any],
-                  level: str) -> Dataset:
+    def _response(self, requested: list[int], row: dict[str, Any], level: str) -> Dataset:
         response = Dataset()
         response.QueryRetrieveLevel = level
         text_values = []
