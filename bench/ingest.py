@@ -71,6 +71,8 @@ def pacsnode_server(folder: Path, extra: str = "", code: Path | None = None) -> 
             stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=str(folder))
     try:
         wait_for_port(port, timeout=300, process=process)
+        # Also the HTTP port: until the node binds it, another server's free_port() may pick it.
+        wait_for_port(http_port, timeout=300, process=process)
         yield Server("pacsnode" if code is None else "baseline", "PACSNODE", port, process.pid, http_port)
     finally:
         process.terminate()
