@@ -132,10 +132,10 @@ def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
     from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
     near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
-    own, _ = confident_lesions(model.foreground_probability(volume.to_sitk()), volume.affine, OperatingPoint(),
-                               near_brain)
+    probability = model.foreground_probability(volume.to_sitk())  # one inference for both masks below
+    own, _ = confident_lesions(probability, volume.affine, OperatingPoint(), near_brain)
     assert len(own.lesions) == count
-    everything, _ = confident_lesions(model.foreground_probability(volume.to_sitk()), volume.affine, OperatingPoint())
+    everything, _ = confident_lesions(probability, volume.affine, OperatingPoint())
     assert np.array_equal(everything.mask & own.mask, own.mask)
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert str(seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue) == "128462008"
