@@ -10,13 +10,18 @@ several lesions deterministically and fast; detection quality is not tested here
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 
-from analyzers._shared.volume import load_segmentation, load_series
+from analyzers._shared import sanity
+from analyzers._shared.brain import BrainExtraction, extract_brain
+from analyzers._shared.volume import Volume, load_segmentation, load_series
 from analyzers.brainmets.analyzer import BrainmetsAnalyzer, BrainmetsSettings, compare_with_prior
 from analyzers.brainmets.dataset import compact_plans, dataset_json, untrained_network, write_results_folder
 from analyzers.brainmets.inference import ModelFolderError, NnUNetModel, TechniqueError, detect_technique
@@ -46,6 +51,38 @@ def _threshold_network_folder(folder: Path, threshold: float) -> Path:
         seg_layer.weight[1, 0, 0, 0, 0] = 1.0
         seg_layer.bias[0] = threshold
     return write_results_folder(folder, plans, dataset, [net.state_dict()])
+
+
+@pytest.fixture(scope="module", name="fits")
+def _fits() -> dict[str, BrainExtraction]:
+    return {}
+
+
+def _brain(fits: dict[str, BrainExtraction], volume: Volume, **options: Any) -> BrainExtraction:
+    """:func:`extract_brain` of ``volume``, fitted once per module for the same voxels, geometry and options.
+
+    The MNI152 fit is the slow part of these tests (7 fits of two small series, 10-27 s each on a
+    loaded machine) and is deterministic: the same series gives the same mask run after run
+    (tests/test_brain_extraction.py) and in another process (tests/test_brainmets_e2e.py compares
+    the node's SEG with a mask computed in the test). The returned mask is read-only.
+    """
+    bound = inspect.signature(extract_brain).bind(volume, **options)
+    bound.apply_defaults()
+    digest = hashlib.sha256(np.ascontiguousarray(volume.data).tobytes())
+    digest.update(np.asarray(volume.affine, dtype=np.float64).tobytes())
+    digest.update(repr((volume.data.shape, sorted((k, v) for k, v in bound.arguments.items() if k != "volume")))
+                  .encode())
+    key = digest.hexdigest()
+    if key not in fits:
+        fits[key] = extract_brain(volume, **options)
+        fits[key].mask.flags.writeable = False
+    return fits[key]
+
+
+@pytest.fixture(autouse=True)
+def _one_brain_fit_per_series(fits: dict[str, BrainExtraction], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analyzer's brain check (:func:`analyzers._shared.sanity.check_brain`) through :func:`_brain`."""
+    monkeypatch.setattr(sanity, "extract_brain", lambda volume, **options: _brain(fits, volume, **options))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +152,7 @@ def test_model_folder_validation(tmp_path: Path) -> None:
         NnUNetModel(tmp_path)
 
 
-def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
+def test_space_series_to_seg_and_sr(study: dict[str, object], fits: dict[str, BrainExtraction]) -> None:
     import highdicom as hd
 
     root = Path(str(study["root"]))
@@ -128,10 +165,9 @@ def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
     volume = load_series(series.files)
     # the analyzer's own mask, recomputed the same way: argmax components mostly within 5 mm of the brain
     model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
-    from analyzers._shared.brain import extract_brain
     from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
-    near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
+    near_brain = grown(_brain(fits, volume).mask, volume.spacing, 5.0)
     probability = model.foreground_probability(volume.to_sitk())  # one inference for both masks below
     own, _ = confident_lesions(probability, volume.affine, OperatingPoint(), near_brain)
     assert len(own.lesions) == count
@@ -163,7 +199,7 @@ def test_space_series_to_seg_and_sr(study: dict[str, object]) -> None:
     assert again.findings["comparison"]["resolved"] == []
 
 
-def test_oblique_mprage_round_trip(study: dict[str, object]) -> None:
+def test_oblique_mprage_round_trip(study: dict[str, object], fits: dict[str, BrainExtraction]) -> None:
     root = Path(str(study["root"]))
     series = _series(root, "mprage")
     volume = load_series(series.files)
@@ -182,10 +218,9 @@ def test_oblique_mprage_round_trip(study: dict[str, object]) -> None:
     for mask in load_segmentation(seg_ds, volume).values():
         union |= mask
     model = NnUNetModel(Path(str(study["model"])), mirroring=False, threads=1)
-    from analyzers._shared.brain import extract_brain
     from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
-    near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
+    near_brain = grown(_brain(fits, volume).mask, volume.spacing, 5.0)
     own, _ = confident_lesions(model.foreground_probability(image), volume.affine, OperatingPoint(), near_brain)
     assert _dice(union, own.mask) == 1.0
 
