@@ -286,18 +286,30 @@ def make_event_driven(assoc: Association, limits: PduLimits | None = None) -> No
         raw = getattr(dul.socket, "socket", None)
         if raw is None or not getattr(dul.socket, "_is_connected", False):
             return is_transport_event()
-        try:
-            readable, _, _ = select.select([raw, wake_fd], [], [], _IDLE_WAIT_DUL)
-        except (OSError, ValueError):
-            return is_transport_event()
-        if wake_fd in readable:
+        # PDUs the node serves itself leave pynetdicom's event queue empty, and its reactor then
+        # calls time.sleep(0) before it looks again: a GIL hand-off per PDU that a busy machine
+        # makes cost ~0.1 ms. So PDUs are read here one after another for as long as pynetdicom
+        # has nothing to do; back in its reactor when it has (an event, something to send, the
+        # association ending) or when the socket stays quiet for _IDLE_WAIT_DUL.
+        handled = False
+        while True:
             try:
-                os.eventfd_read(wake_fd)
-            except BlockingIOError:
-                pass
-        if raw in readable:
-            return fast.read_pdu()
-        return False
+                readable, _, _ = select.select([raw, wake_fd], [], [], _IDLE_WAIT_DUL)
+            except (OSError, ValueError):
+                return handled or is_transport_event()
+            if wake_fd in readable:
+                try:
+                    os.eventfd_read(wake_fd)
+                except BlockingIOError:
+                    pass
+            if raw not in readable:
+                return handled
+            fast.read_pdu()
+            handled = True
+            dul._idle_timer.restart()
+            if (dul._kill_thread or not dul.event_queue.empty() or not outgoing.empty()
+                    or dul.state_machine.current_state != "Sta6"):
+                return True
 
     dul._is_transport_event = read_or_wait if fast is not None else is_transport_event  # type: ignore[method-assign]
     dul.kill_dul = kill_and_wake  # type: ignore[method-assign]
