@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
 
@@ -101,7 +101,10 @@ class FindRequest:
 class FindEvent:
     """What the node's ``on_find`` handler reads from pynetdicom's ``Event``: the association,
     the request, the presentation context, the decoded identifier and the cancel flag (a
-    C-CANCEL is read only after the responses were sent, so it is never set here)."""
+    C-CANCEL is read only after the responses were sent, so it is never set here).
+
+    ``after_response``: what the handler leaves until the responses are sent (the audit
+    record), run by the reader before it reads the next request."""
 
     is_cancelled = False
 
@@ -111,6 +114,7 @@ class FindEvent:
         self.context = context
         self.syntax = syntax
         self._identifier: Dataset | None = None
+        self.after_response: list[Callable[[], None]] = []
 
     @property
     def identifier(self) -> Dataset:

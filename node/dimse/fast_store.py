@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -407,7 +408,17 @@ class FastStoreReader:
             results = iter([(0xC311, None)])
         pdus = find_response_pdus(event, iter(results), context_id,
                                   int(assoc.requestor.maximum_length or 0))
-        if not assoc.is_established:
+        try:
+            self._send_find(pdus)
+        finally:
+            for action in event.after_response:
+                try:
+                    action()
+                except sqlite3.Error:
+                    log.exception("the audit record of a C-FIND from %s could not be written", self._peer)
+
+    def _send_find(self, pdus: bytes) -> None:
+        if not self.assoc.is_established:
             return
         if not self.dul.to_provider_queue.empty():
             # Something is already waiting to go out through pynetdicom: it goes first.

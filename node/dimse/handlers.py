@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,11 @@ class DimseHandlers:
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
         peer = f"{requestor.address}:{requestor.port}"
         if kind == "query":
-            self.operations.audit.query(requestor.ae_title, peer, sop_class, keys)
+            record = partial(self.operations.audit.query, requestor.ae_title, peer, sop_class, keys)
+            if isinstance(event, FindEvent):
+                event.after_response.append(record)  # a write transaction: after the answer
+            else:
+                record()
         else:
             self.operations.audit.retrieve(requestor.ae_title, peer, sop_class, keys,
                                            destination=destination)
