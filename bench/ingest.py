@@ -11,8 +11,10 @@ not counted). While pacsnode takes the 10,000 instances, the resident memory of 
 its processes together (VmRSS summed, and the proportional PSS that counts shared
 pages once) is sampled every 0.2 s. Then the C-FIND latency at STUDY and SERIES
 level: dcmtk ``findscu --repeat N`` on one association, the time of N+1 queries minus
-the time of one, divided by N. Every figure is printed with its ratio against
-Orthanc (and storescp) measured in the same run.
+the time of one, divided by N, with pacsnode and Orthanc (and ``--baseline``) holding
+the same 50 instances, running side by side and taking turns level by level in each
+round (``--only-find`` runs only these rows). Every figure is printed with its ratio
+against Orthanc (and storescp) measured in the same run.
 
 Servers: pacsnode (``pacsnode serve``, fsync on), Orthanc (Debian, default SQLite
 index, SyncStorageArea on, started with its own configuration) and ``storescp``

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from pydicom import Dataset
@@ -54,7 +54,7 @@ _UNIQUE_KEYS = {"PATIENT": ("PatientID", 0x00100020), "STUDY": ("StudyInstanceUI
                 "SERIES": ("SeriesInstanceUID", 0x0020000E), "IMAGE": ("SOPInstanceUID", 0x00080018)}
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: a client chooses the tags
 def _entry(tag: int) -> tuple[str, str] | None:
     """``(keyword, VR)`` of a public dictionary tag with one VR; None otherwise."""
     keyword = keyword_for_tag(tag)
@@ -67,7 +67,7 @@ def _entry(tag: int) -> tuple[str, str] | None:
     return keyword, vr
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: a client chooses the tags
 def _response_vr(tag: int) -> str | None:
     """The VR the handler gives a requested key in a match (the first of "US or SS" ...)."""
     try:
