@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -113,14 +114,7 @@ def build_segmentation(
         **sources.geometry,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=number,
-        sop_instance_uid=sop_uid,
-        instance_number=(output or OutputSeries()).instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=MANUFACTURER,
+        **_identity(series_uid, number, sop_uid, output, algorithm),
         content_description=_CONTENT_NOTICE,
         content_label="SEGMENTATION",
         # An all-empty SEG still needs frames; otherwise empty frames are omitted.
@@ -223,14 +217,7 @@ def build_parametric_map(
         source_images=sources.images,
         pixel_array=pixels,
         **sources.geometry,
-        series_instance_uid=series_uid,
-        series_number=number,
-        sop_instance_uid=sop_uid,
-        instance_number=(output or OutputSeries()).instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=MANUFACTURER,
+        **_identity(series_uid, number, sop_uid, output, algorithm),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         # LINEAR_EXACT allows windows narrower than 1 (maps of fractions such as ve).
@@ -252,3 +239,12 @@ def build_parametric_map(
     if laterality:
         pm.Laterality = laterality
     return pm
+
+
+def _identity(series_uid: str, number: int, sop_uid: str, output: OutputSeries | None,
+              algorithm: Algorithm) -> dict[str, Any]:
+    """The series, instance and device attributes a SEG and a Parametric Map share."""
+    return {"series_instance_uid": series_uid, "series_number": number, "sop_instance_uid": sop_uid,
+            "instance_number": (output or OutputSeries()).instance_number, "manufacturer": MANUFACTURER,
+            "manufacturer_model_name": algorithm.name, "software_versions": algorithm.version,
+            "device_serial_number": MANUFACTURER}
