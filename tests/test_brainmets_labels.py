@@ -109,10 +109,7 @@ def test_evaluate_on_labelled_studies(store: tuple[Path, list[np.ndarray]], caps
     model = reference_model("space")
     assert model is not None
     # One study of the three: nnU-Net inference on the CPU is the cost of this test.
-    # Without test-time mirroring (8 passes of the network instead of 1): mirroring is not what this
-    # test is about, and the node's brainmets route runs it (tests/test_brainmets_e2e.py).
-    assert evaluate.main(["--labels", str(root / "study-1"), "--model", f"space={model}", "--threads", "2",
-                          "--no-mirroring"]) == 0
+    assert evaluate.main(["--labels", str(root / "study-1"), "--model", f"space={model}", "--threads", "2"]) == 0
     printed = capsys.readouterr().out
     assert "Instance F1 score (%)" in printed and "space: pooled PPV" in printed
     assert evaluate.main(["--labels", str(root / "nothing-here"), "--model", str(model)]) == 1
