@@ -57,6 +57,7 @@ class Viewer:
         self.base = base
         self.shots = shots
         self.errors: list[str] = []
+        self.tour_skipped = False
         self.page = self.new_page()
 
     def new_page(self) -> Any:
@@ -74,12 +75,17 @@ class Viewer:
         self.page.goto(f"{self.base}/viewer/viewer?StudyInstanceUIDs={study}")
         self.page.wait_for_selector("canvas", timeout=120_000)
         tour = self.page.locator("text=Skip all")
-        try:
-            tour.wait_for(timeout=5_000)
-            tour.click()
-        except Exception:  # noqa: BLE001 - the onboarding tour shows once per browser profile
-            pass
+        if not self.tour_skipped:  # the onboarding tour shows once per browser profile: wait for it once
+            try:
+                tour.wait_for(timeout=5_000)
+                tour.click()
+                self.tour_skipped = True
+            except Exception:  # noqa: BLE001 - not shown (yet)
+                pass
         self.page.wait_for_timeout(3_000)
+        if tour.count() and tour.first.is_visible():  # shown after all: out of the way
+            tour.first.click()
+            self.tour_skipped = True
 
     def open_series(self, description: str, wait_ms: int = 8_000) -> None:
         """Double-click a series in the study browser (as a reader does) and accept OHIF's prompt."""
