@@ -193,3 +193,32 @@ def test_without_a_detection_stage_the_analyzer_does_not_guess(
         MeningiomaAnalyzer().analyze(_job(files, tmp_path, MeningiomaSettings()))
     with pytest.raises(UnsuitableInput, match="meningioma model cannot be loaded"):
         MeningiomaAnalyzer().analyze(_job(files, tmp_path, MeningiomaSettings(model_folder=str(tmp_path / "empty"))))
+
+
+@pytest.mark.skipif(not HAS_REFERENCE_DETECTION, reason="the reference model has no detection stage")
+def test_evaluate_command_scores_the_detection_stage_on_labelled_series(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pacsnode evaluate meningioma``: one series with and one without meningioma, the analyzer's
+    own path, sensitivity and specificity with exact CIs printed and written."""
+    from analyzers.meningioma.evaluate import main as evaluate
+
+    with_tumour = generate_t1c(tmp_path / "a", seed=901, cases=1, progress=False, label="grade1", **REFERENCE_GRID)
+    without = generate_t1c(tmp_path / "b", seed=902, cases=1, progress=False, label="healthy", **REFERENCE_GRID)
+    out = tmp_path / "evaluation.json"
+    assert evaluate(["--labels", str(with_tumour / "labels.csv"), "--labels", str(without / "labels.csv"),
+                     "--processes", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["true_positives"] + report["false_negatives"] == 1
+    assert report["true_negatives"] + report["false_positives"] == 1
+    assert len(report["errors"]) == report["false_negatives"] + report["false_positives"]
+    assert {e["label"] for e in report["errors"]} <= {"grade1", "healthy"}
+    found, kept = report["true_positives"], report["true_negatives"]
+    # Exact (Clopper-Pearson) 95 % CI of 1/1 is 0.025-1, of 0/1 0-0.975.
+    assert report["sensitivity_ci95"] == pytest.approx([0.025, 1.0] if found else [0.0, 0.975], abs=1e-3)
+    printed = capsys.readouterr().out
+    assert f"sensitivity {found:.3f} (95 % CI {0.025 if found else 0.0:.3f}-{1.0 if found else 0.975:.3f}), " \
+           f"{found}/1 meningiomas found" in printed
+    assert f"specificity {kept:.3f}" in printed and f"{kept}/1 series without meningioma" in printed
+    with pytest.raises(SystemExit):
+        evaluate(["--labels", str(tmp_path / "missing.csv")])
+    assert "labels CSV not found" in capsys.readouterr().err
