@@ -40,26 +40,14 @@ def test_importing_the_analyzer_loads_neither_torch_nor_nnunet() -> None:
     assert result.stdout.strip() == ""
 
 
-def _space_phantom_writer(folder: Path, metastases: int | None = None) -> subprocess.Popen[str]:
-    """``pacsnode phantom brainmets`` writing one SPACE phantom study (running; wait on it)."""
+def _write_space_phantom(folder: Path, metastases: int | None = None) -> Path:
     args = [str(VENV_BIN / "pacsnode"), "phantom", "brainmets", "--out", str(folder), "--seed", str(SEED),
             "--no-progress", "--set", "spacing_mm=2.0"]
     if metastases is not None:
         args += ["--set", f"metastases={metastases}"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def space_phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The SPACE series of the phantom with metastases and of the lesion-free one, written side by side."""
-    root = tmp_path_factory.mktemp("brainmets-phantoms")
-    making = {"metastases": _space_phantom_writer(root / "metastases"),
-              "lesion-free": _space_phantom_writer(root / "lesion-free", metastases=0)}
-    for name, process in making.items():
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{name} phantom: {stderr[-2000:]}"
-    series = {name: root / name / "brainmets" / "case-0001" / "space" for name in making}
-    assert all(folder.is_dir() for folder in series.values())
+    subprocess.run(args, check=True, capture_output=True, timeout=300, cwd=ROOT)
+    series = folder / "brainmets" / "case-0001" / "space"
+    assert series.is_dir()
     return series
 
 
@@ -96,18 +84,28 @@ def _orthanc_file(orthanc: OrthancProcess, uid: str, folder: Path) -> Path | Non
 @pytest.mark.skipif(not have("storescu"), reason="dcmtk storescu is missing")
 @pytest.mark.skipif(reference_model("space") is None, reason="no SPACE reference model committed")
 def test_space_study_by_storescu_gives_seg_and_sr_in_orthanc(
-    brainmets_node: DceNode, orthanc: OrthancProcess, space_phantoms: dict[str, Path], tmp_path: Path
+    brainmets_node: DceNode, orthanc: OrthancProcess, tmp_path: Path
 ) -> None:
     from analyzers._shared.brain import extract_brain
     from analyzers.brainmets.inference import NnUNetModel
     from analyzers.brainmets.operating import OperatingPoint, confident_lesions, grown
 
-    files = sorted(p for p in space_phantoms["metastases"].iterdir() if p.is_file())
+    series = _write_space_phantom(tmp_path / "phantom")
+    files = sorted(p for p in series.iterdir() if p.is_file())
     started = time.monotonic()
     storescu(brainmets_node.node.port, files)
+    brainmets_node.wait(lambda: [j["state"] for j in _jobs(brainmets_node)] in (["done"], ["rejected"], ["failed"]),
+                        300, "the brainmets job")
+    job = _jobs(brainmets_node)[0]
+    assert job["state"] == "done", job["error"]
+    brainmets_node.wait(lambda: brainmets_node.delivered(str(job["id"])), 60, "the outputs in Orthanc")
+    elapsed = time.monotonic() - started
+    findings = job["findings"]
+    assert isinstance(findings, dict)
+    assert findings["technique"] == "space"
+    assert findings["model"]["folder"] == "space"
 
-    # The analyzer's own mask for the same files: reference model, its operating point, lesions in the
-    # brain. Computed here while the node analyses the study (each has a core of its own).
+    # The analyzer's own mask for the same files: reference model, its operating point, lesions in the brain.
     volume = load_series(files)
     folder = reference_model("space")
     assert folder is not None
@@ -116,17 +114,6 @@ def test_space_study_by_storescu_gives_seg_and_sr_in_orthanc(
     assert point.validated  # the shipped model carries the threshold chosen on validation phantoms
     near_brain = grown(extract_brain(volume).mask, volume.spacing, 5.0)
     own, _ = confident_lesions(probability, volume.affine, point, near_brain)
-
-    brainmets_node.wait(lambda: [j["state"] for j in _jobs(brainmets_node)] in (["done"], ["rejected"], ["failed"]),
-                        300, "the brainmets job")
-    job = _jobs(brainmets_node)[0]
-    assert job["state"] == "done", job["error"]
-    brainmets_node.wait(lambda: brainmets_node.delivered(str(job["id"])), 60, "the outputs in Orthanc")
-    elapsed = time.monotonic() - started  # includes the test's own mask, computed meanwhile
-    findings = job["findings"]
-    assert isinstance(findings, dict)
-    assert findings["technique"] == "space"
-    assert findings["model"]["folder"] == "space"
     assert findings["lesion_count"] == len(own.lesions) > 0
 
     paths = [p for uid in job["outputs"] if (p := _orthanc_file(orthanc, str(uid), tmp_path / "out"))]  # type: ignore[union-attr]
@@ -156,9 +143,10 @@ def test_space_study_by_storescu_gives_seg_and_sr_in_orthanc(
 @pytest.mark.skipif(not have("storescu"), reason="dcmtk storescu is missing")
 @pytest.mark.skipif(reference_model("space") is None, reason="no SPACE reference model committed")
 def test_lesion_free_space_study_gives_a_no_metastasis_sr_in_orthanc(
-    brainmets_node: DceNode, orthanc: OrthancProcess, space_phantoms: dict[str, Path], tmp_path: Path
+    brainmets_node: DceNode, orthanc: OrthancProcess, tmp_path: Path
 ) -> None:
-    storescu(brainmets_node.node.port, sorted(p for p in space_phantoms["lesion-free"].iterdir() if p.is_file()))
+    series = _write_space_phantom(tmp_path / "phantom", metastases=0)
+    storescu(brainmets_node.node.port, sorted(p for p in series.iterdir() if p.is_file()))
     brainmets_node.wait(lambda: [j["state"] for j in _jobs(brainmets_node)] in (["done"], ["rejected"], ["failed"]),
                         300, "the brainmets job")
     job = _jobs(brainmets_node)[0]
