@@ -158,7 +158,7 @@ def test_xa_dsc_maps_sit_on_the_source_frames(orthanc: OrthancProcess, tmp_path:
     files = write_xa_dsc(tmp_path / "xa-dsc", time_points=40)
     # completes by count, not the timer; the job then waits for the study to be quiet this long
     # (dsc takes an optional ROI SEG of the study), so the timer is not made longer than needed
-    node = _node(tmp_path, orthanc, ("dsc",), stable_after=15.0)
+    node = _node(tmp_path, orthanc, ("dsc",), stable_after=6.0)
     try:
         storescu(node.node.port, files)
         job = _finished(node, "dsc", 600)
@@ -237,7 +237,7 @@ def test_real_t1_brains_as_post_contrast_series(orthanc: OrthancProcess, tmp_pat
 def test_philips_whole_series_dsc_completes_at_once_and_maps_sit_on_its_frames(
         orthanc: OrthancProcess, tmp_path: Path) -> None:
     path = write_philips_dsc(tmp_path / "philips" / "dsc.dcm", time_points=40)
-    node = _node(tmp_path, orthanc, ("dsc",), stable_after=20.0)  # one instance holds all: count 1
+    node = _node(tmp_path, orthanc, ("dsc",), stable_after=6.0)  # one instance holds all: count 1
     try:
         storescu(node.node.port, [path])
         job = _finished(node, "dsc", 600)
