@@ -133,7 +133,7 @@ def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCa
     from analyzers._shared.brain import NoBrainFound, extract_brain
     from analyzers.meningioma.candidates import locate_candidates
     from analyzers.meningioma.detection import DetectionModel
-    from analyzers.meningioma.train_detection import has_meningioma
+    from analyzers.meningioma.train_detection import _series_folder, has_meningioma
     from analyzers.meningioma.trainer import TrainingCase, _label
 
     detection = DetectionModel.load(folder)
@@ -145,7 +145,7 @@ def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCa
     for number, row in enumerate(rows):
         case_id = row.get("case") or row.get("series_dir") or str(number)
         print(f"[meningioma] {labels_csv}: detecting {number + 1}/{len(rows)} ({case_id})", file=sys.stderr, flush=True)
-        series = root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
+        series = _series_folder(root, row)
         volume = load_series(sorted(series.glob("*.dcm")) or sorted(p for p in series.iterdir() if p.is_file()))
         try:
             brain = extract_brain(volume)

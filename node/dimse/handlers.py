@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -205,8 +205,7 @@ class DimseHandlers:
             "contexts": contexts, "ae_title": destination.ae_title,
             "evt_handlers": [(evt.EVT_ESTABLISHED, sub_association.established)]}
         yield len(selection.instances)
-        for status, dataset in self._send(event, selection):
-            yield status, (None if dataset is None else _in_accepted_syntax(dataset, sub_association.accepted))
+        yield from self._send(event, selection, lambda: sub_association.accepted)
 
     def on_get(self, event: Event) -> Iterator[Any]:
         try:
@@ -217,8 +216,7 @@ class DimseHandlers:
             return
         yield len(selection.instances)
         accepted = list(event.assoc.accepted_contexts)
-        for status, dataset in self._send(event, selection):
-            yield status, (None if dataset is None else _in_accepted_syntax(dataset, accepted))
+        yield from self._send(event, selection, lambda: accepted)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -232,13 +230,16 @@ class DimseHandlers:
         except DECODE_ERRORS as exc:
             raise InvalidQuery(f"the identifier cannot be decoded ({type(exc).__name__})") from exc
 
-    def _send(self, event: Event, selection: _Retrieve) -> Iterator[tuple[int, Dataset | None]]:
+    def _send(self, event: Event, selection: _Retrieve,
+              accepted: Callable[[], list[PresentationContext]]) -> Iterator[tuple[int, Dataset | None]]:
+        """Pending statuses with each instance in a syntax the peer accepted (``accepted`` is read
+        per instance: a C-MOVE sub-association's contexts are known only once it is open)."""
         root = self.ingestor.store.root
         for _, _, relative in selection.instances:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
-            yield 0xFF00, dcmread(Path(root) / relative)
+            yield 0xFF00, _in_accepted_syntax(dcmread(Path(root) / relative), accepted())
 
     def _query(self, identifier: list[IdentifierKey], model: str | None) -> tuple[Query, list[int]]:
         level = next((str(value) for tag, _, _, value in identifier if tag == _QUERY_RETRIEVE_LEVEL),
