@@ -19,7 +19,9 @@ recursion is refused from the ``RecursionError``), so the pixel data is not sear
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -31,6 +33,7 @@ from node.errors import InvalidDataset
 
 __all__ = [
     "DECODE_ERRORS",
+    "IMAGE_KEYWORDS",
     "check_element_lengths",
     "check_pixel_length",
     "expected_pixel_bytes",
@@ -203,16 +206,28 @@ _SUBSAMPLED = frozenset(("YBR_FULL_422", "YBR_PARTIAL_422"))
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 
-def expected_pixel_bytes(ds: Dataset) -> int | None:
+IMAGE_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
+                  "PhotometricInterpretation")
+
+
+def expected_pixel_bytes(ds: Dataset, image: Mapping[str, Any] | None = None) -> int | None:
     """Bytes of native Pixel Data the image attributes call for, or None when they are missing.
+
+    ``image``: the attributes of :data:`IMAGE_KEYWORDS` already converted by the caller (ints,
+    the photometric interpretation as text, None only where the dataset lacks the attribute).
+    They are used when Rows, Columns and Bits Allocated are ints; otherwise the attributes are
+    read from ``ds``.
 
     Raises
     ------
     InvalidDataset
         An image attribute is present but cannot be decoded (a wrong VR or length).
     """
-    keywords = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
-                "PhotometricInterpretation")
+    keywords = IMAGE_KEYWORDS
+    if image is not None and _converted(ds, image):
+        rows, cols, bits, samples, frames, photometric = (image[k] for k in keywords)
+        per_pixel = 2 if str(photometric or "").strip().upper() in _SUBSAMPLED and samples == 3 else samples or 1
+        return (rows * cols * (frames or 1) * per_pixel * bits + 7) // 8
     try:
         rows, cols, bits, samples, frames, photometric = (ds.get(k) for k in keywords)
         if rows is None or cols is None or bits is None:
@@ -229,7 +244,14 @@ def expected_pixel_bytes(ds: Dataset) -> int | None:
     return (rows * cols * frames * per_pixel * bits + 7) // 8
 
 
-def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
+def _converted(ds: Dataset, image: Mapping[str, Any]) -> bool:
+    """Whether the caller's converted image attributes can stand for the dataset's: the three
+    sizes are ints (the caller passes None only for an attribute the dataset lacks)."""
+    return all(isinstance(image.get(k), int) for k in ("Rows", "Columns", "BitsAllocated"))
+
+
+def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID,
+                       image: Mapping[str, Any] | None = None) -> None:
     """Pixel Data that is cut off is a truncated dataset, whatever the header says.
 
     * The element's declared length must have arrived (with or without Rows and Columns).
@@ -255,7 +277,7 @@ def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID) -> None:
         )
     if tag != (0x7FE0, 0x0010) or UID(transfer_syntax).is_compressed:
         return
-    expected = expected_pixel_bytes(ds)
+    expected = expected_pixel_bytes(ds, image)
     if expected is not None and declared < expected:
         raise InvalidDataset(
             f"Pixel Data truncated: needs {expected} bytes, {declared} arrived "

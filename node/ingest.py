@@ -33,7 +33,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from node.dataset_checks import DECODE_ERRORS, check_element_lengths, check_pixel_length, nests_deeper_than
+from node.dataset_checks import (
+    DECODE_ERRORS,
+    IMAGE_KEYWORDS,
+    check_element_lengths,
+    check_pixel_length,
+    nests_deeper_than,
+)
 from node.errors import DatasetMismatch, InvalidDataset, OutOfResources, SopClassNotAllowed
 from node.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta, split_part10
 from node.routing.hints import completion_hints
@@ -63,7 +69,10 @@ SERIES_ROUTING_KEYWORDS = (
     "BodyPartExamined", "ContrastBolusAgent", "StudyDate", "PatientID", "SOPClassUID",
 )
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_REQUIRED_TAGS = tuple((keyword, int(tag_for_keyword(keyword) or 0)) for keyword in _REQUIRED)
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_IMAGE_VR_HINTS = {"Rows": "US", "Columns": "US", "BitsAllocated": "US", "SamplesPerPixel": "US",
+                   "NumberOfFrames": "IS"}
 
 Status = Literal["stored", "identical_duplicate", "kept_first", "overwritten"]
 
@@ -200,7 +209,9 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
     """Parse the top-level elements before the pixel data (values stay raw until used).
 
     The offset where parsing stopped (the Pixel Data element, or the end) is kept on the
-    dataset as ``_pacsnode_header_end`` for :func:`~node.dataset_checks.check_pixel_length`.
+    dataset as ``_pacsnode_header_end`` for :func:`~node.dataset_checks.check_pixel_length`,
+    the four required UIDs as text as ``_pacsnode_uids`` (read from the raw bytes, so the
+    elements stay raw) and the parsed elements keyed by int as ``_pacsnode_elements``.
     Sequences nested deeper than ``max_depth`` are refused: measured on the parsed header and
     on any elements after the Pixel Data, or from pydicom's ``RecursionError`` when the nest
     is deeper than it can recurse.
@@ -218,11 +229,17 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
     try:
         ds = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
         check_element_lengths(ds)
+        elements = _elements_by_int(ds)
         uids: dict[str, str] = {}
-        for keyword in _REQUIRED:
-            if keyword in ds:
+        for keyword, tag in _REQUIRED_TAGS:
+            element = elements.get(tag)
+            if element is None:
+                continue
+            text = _raw_uid_text(element)
+            if text is None:
                 value = ds[keyword].value  # converted here, so a broken element fails here
-                uids[keyword] = "" if value is None else str(value)
+                text = "" if value is None else str(value)
+            uids[keyword] = text
     except RecursionError as exc:
         raise too_deep from exc
     except DECODE_ERRORS as exc:
@@ -238,7 +255,33 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
         raise too_deep
     ds._pacsnode_header_end = header_end
     ds._pacsnode_uids = uids  # read once: every later step needs them
+    ds._pacsnode_elements = elements  # the raw elements, as parsed
     return ds
+
+
+def _elements_by_int(ds: Dataset) -> dict[int, Any]:
+    """The dataset's elements keyed by plain ints: pydicom's keys are ``BaseTag`` objects,
+    whose Python-level ``__eq__`` made each lookup cost microseconds."""
+    return {int(tag): element for tag, element in ds._dict.items()}
+
+
+def _elements(ds: Dataset) -> dict[int, Any]:
+    """The int-keyed elements noted at the parse (a dataset parsed elsewhere: made now)."""
+    elements = getattr(ds, "_pacsnode_elements", None)
+    return elements if elements is not None else _elements_by_int(ds)
+
+
+def _raw_uid_text(element: Any) -> str | None:
+    """The text of a still-raw UI element as pydicom would convert it (ISO 8859-1, trailing
+    NULs and surrounding spaces removed), without converting the element: it stays raw, so the index
+    values of the same element are found in the conversion cache. None when pydicom must
+    convert it (already converted, or encoded with another VR)."""
+    if not isinstance(element, RawDataElement) or element.VR not in ("UI", None):
+        return None
+    if element.value is None:
+        return ""
+    text = element.value.decode("latin-1").rstrip("\0 ")
+    return None if "\\" in text else text.strip()  # several values: pydicom's MultiValue
 
 
 def _after_pixels(data: bytes, at: int, implicit: bool, little: bool) -> int:
@@ -303,6 +346,8 @@ class Ingestor:
         self._index_specs = tuple((a.keyword, a.tag, a.vr) for a in ATTRIBUTES)
         self._routing_specs = tuple((k, int(tag_for_keyword(k) or 0), None)
                                     for k in SERIES_ROUTING_KEYWORDS)
+        self._image_specs = tuple((k, int(tag_for_keyword(k) or 0), _IMAGE_VR_HINTS.get(k))
+                                  for k in IMAGE_KEYWORDS)
 
     def _commit_hooks(self) -> list[CommitHook]:
         """Listeners that also offer ``in_commit(conn, records)`` run inside the index
@@ -324,7 +369,7 @@ class Ingestor:
         ts = UID(transfer_syntax)
         ds = _parse_header(data, ts, self.max_sequence_depth)
         self._validate(ds, context_sop_class)
-        check_pixel_length(ds, data, ts)
+        check_pixel_length(ds, data, ts, self._image_values(ds))
         meta = self._file_meta(ds, ts, calling_ae)
         return self._store(ds, meta, data, ts, calling_ae)
 
@@ -335,7 +380,7 @@ class Ingestor:
         body = data[offset:]
         ds = _parse_header(body, ts, self.max_sequence_depth)
         self._validate(ds, None)
-        check_pixel_length(ds, body, ts)
+        check_pixel_length(ds, body, ts, self._image_values(ds))
         own_meta = self._file_meta(ds, ts, calling_ae)
         return self._store(ds, own_meta, body, ts, calling_ae)
 
@@ -461,7 +506,7 @@ class Ingestor:
 
     def _record(self, ds: Dataset, path: Path, size: int, digest: str, ts: UID,
                 calling_ae: str) -> InstanceRecord:
-        elements = {int(tag): element for tag, element in ds._dict.items()}
+        elements = _elements(ds)
         values = self._values(ds, self._index_specs, elements)
         series_attributes = self._values(ds, self._routing_specs, elements)
         series_attributes.update(completion_hints(ds))
@@ -476,24 +521,34 @@ class Ingestor:
             series_attributes={k: v for k, v in series_attributes.items() if v is not None},
         )
 
+    def _image_values(self, ds: Dataset) -> dict[str, Any] | None:
+        """The image attributes the pixel length check needs, converted through the cache; None
+        when one is present but could not be converted (the check then reads and reports it)."""
+        elements = _elements(ds)
+        values = self._values(ds, self._image_specs, elements)
+        if any(values[keyword] is None and tag in elements for keyword, tag, _ in self._image_specs):
+            return None
+        return values
+
     def _values(self, ds: Dataset, specs: tuple[tuple[str, int, str | None], ...],
                 elements: dict[int, Any]) -> dict[str, Any]:
-        """``_to_python`` of each attribute, memoised on the element's raw bytes.
-
-        ``elements`` is the dataset's element dict keyed by plain ints: pydicom's keys are
-        ``BaseTag`` objects, whose Python-level ``__eq__`` made each lookup cost microseconds.
-        """
+        """``_to_python`` of each attribute, memoised on the element's raw bytes
+        (``elements``: :func:`_elements_by_int`)."""
         cache = self._conversions
         if len(cache) > _CONVERSION_CACHE_LIMIT:
             cache.clear()
         charset = getattr(elements.get(0x00080005), "value", None)
         if charset is not None and not isinstance(charset, bytes):
             charset = str(charset).encode()
+        known_uids = getattr(ds, "_pacsnode_uids", {})  # read at the parse, as _to_python reads them
         values: dict[str, Any] = {}
         for keyword, tag, vr_hint in specs:
             element = elements.get(tag)
             if element is None:
                 values[keyword] = None
+                continue
+            if keyword in known_uids:
+                values[keyword] = known_uids[keyword] or None
                 continue
             key = _element_key(element, tag, charset)
             if key is None:

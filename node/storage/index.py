@@ -15,6 +15,7 @@ any stored file the index does not know (see ``node.ingest.Ingestor.reconcile``)
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -379,7 +380,7 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
     now = record.received_at
 
     def cols(table: str) -> dict[str, Any]:
-        return {a.column: v.get(a.keyword) for a in ATTRIBUTES if a.table == table}
+        return {column: v.get(keyword) for column, keyword in _table_columns(table)}
 
     patient = {"patient_key": patient_key, **cols("patients")}
     _upsert(conn, "patients", patient, "patient_key")
@@ -398,10 +399,18 @@ def _insert_instance(conn: sqlite3.Connection, record: InstanceRecord) -> None:
                 "transfer_syntax_uid": record.transfer_syntax_uid, "path": record.path,
                 "size": record.size, "digest": record.digest,
                 "calling_ae": record.calling_ae, "received_at": now}
-    names = ", ".join(instance)
-    marks = ", ".join("?" for _ in instance)
-    conn.execute(f"INSERT OR REPLACE INTO instances ({names}) VALUES ({marks})",
-                 list(instance.values()))
+    conn.execute(_replace_sql("instances", tuple(instance)), list(instance.values()))
+
+
+@functools.cache
+def _table_columns(table: str) -> tuple[tuple[str, str], ...]:
+    """(column, keyword) of the indexed attributes a table holds."""
+    return tuple((a.column, a.keyword) for a in ATTRIBUTES if a.table == table)
+
+
+@functools.cache
+def _replace_sql(table: str, names: tuple[str, ...]) -> str:
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
 
 
 # One encoder for every row: json.dumps(..., default=str) builds a new JSONEncoder per call,
@@ -420,8 +429,15 @@ def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], key: str,
     differs (or the ``stamp`` column is :data:`_STAMP_RESOLUTION_S` behind): an unchanged
     row is not written again."""
     full = {**row, **(insert_only or {})}
-    names = ", ".join(full)
-    marks = ", ".join("?" for _ in full)
+    conn.execute(_upsert_sql(table, tuple(row), tuple(insert_only or ()), key, stamp), list(full.values()))
+
+
+@functools.cache
+def _upsert_sql(table: str, row: tuple[str, ...], insert_only: tuple[str, ...], key: str,
+                stamp: str | None) -> str:
+    """The statement of :func:`_upsert` for these columns (built once per column set)."""
+    names = ", ".join((*row, *insert_only))
+    marks = ", ".join("?" for _ in (*row, *insert_only))
     updates = ", ".join(
         f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in row if c != key
     )
@@ -429,9 +445,6 @@ def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], key: str,
                for c in row if c not in (key, stamp)]
     if stamp is not None:
         changed.append(f"{table}.{stamp} IS NULL OR excluded.{stamp} >= {table}.{stamp} + {_STAMP_RESOLUTION_S}")
-    conn.execute(
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT({key}) DO UPDATE SET {updates} WHERE {' OR '.join(changed) or '0'}",
-        list(full.values()),
-    )
+    return (f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+            f"ON CONFLICT({key}) DO UPDATE SET {updates} WHERE {' OR '.join(changed) or '0'}")
 
