@@ -222,3 +222,21 @@ def test_evaluate_command_scores_the_detection_stage_on_labelled_series(
     with pytest.raises(SystemExit):
         evaluate(["--labels", str(tmp_path / "missing.csv")])
     assert "labels CSV not found" in capsys.readouterr().err
+
+
+def test_detection_training_turns_series_and_truth_to_the_analyzers_axes(tmp_path: Path) -> None:
+    """Training labels candidates where the analyzer finds them: a decubitus copy of a case (its
+    axial images turned by 90 degrees, the phantom's truth kept on the original grid) gives the same
+    candidates, with the meningioma labelled, as the supine case."""
+    from analyzers.meningioma.train_detection import load_detection_cases
+
+    cases = {}
+    for position in ("HFS", "HFDL"):
+        root = generate_t1c(tmp_path / position, seed=903, cases=1, progress=False, label="grade1",
+                            patient_position=position, **REFERENCE_GRID)
+        [cases[position]], _ = load_detection_cases(root / "labels.csv")
+    supine, decubitus = cases["HFS"], cases["HFDL"]
+    assert int((supine.labels == 1).sum()) == 1 and int((decubitus.labels == 1).sum()) == 1, \
+        (supine.labels, decubitus.labels)
+    np.testing.assert_allclose(decubitus.features[decubitus.labels == 1], supine.features[supine.labels == 1],
+                               rtol=0.05, atol=0.05)

@@ -77,6 +77,27 @@ class Reoriented:
             raise ValueError(f"array shape {target.shape} is not the re-indexed grid {self.shape3d}")
         return _moved(target, self.target_orientation, self.source_orientation)
 
+    def onto(self, array: np.ndarray, affine: np.ndarray, atol_mm: float = 0.01) -> np.ndarray:
+        """A ``(z, y, x)`` array given on another indexing of the source's voxels (``affine``: its
+        (column, row, slice) index -> LPS mm), in the target orientation.
+
+        Raises
+        ------
+        ValueError
+            That grid does not hold the same voxels (its re-indexed shape or affine differs).
+        """
+        from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+
+        source = np.asarray(array)
+        current = io_orientation(affine)
+        moved = _moved(source, current, self.target_orientation)
+        moved_affine = affine @ inv_ornt_aff(ornt_transform(current, self.target_orientation), source.shape[::-1])
+        if moved.shape != self.shape3d:
+            raise ValueError(f"re-indexed shape {moved.shape} is not {self.shape3d}")
+        if not np.allclose(moved_affine, self.affine, atol=atol_mm):
+            raise ValueError("its voxels lie elsewhere in the patient than the series' voxels")
+        return moved
+
     def to_sitk(self, array: np.ndarray | None = None, time_point: int = 0) -> Any:
         """SimpleITK image of the re-indexed data (or of ``array`` on the re-indexed grid)."""
         import SimpleITK as sitk

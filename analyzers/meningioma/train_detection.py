@@ -29,17 +29,13 @@ from scipy.stats import binomtest
 
 from analyzers._shared.brain import extract_brain
 from analyzers._shared.modelcard import CardMetric
+from analyzers._shared.orientation import Reoriented
 from analyzers._shared.probability import ProbabilityCalibration
 from analyzers._shared.stats import calibration_curve
 from analyzers._shared.volume import load_segmentation, load_series
-from analyzers.meningioma.candidates import (
-    CANDIDATE_FEATURES,
-    CandidateSettings,
-    find_candidates,
-    intracranial_space,
-)
+from analyzers.meningioma.candidates import CANDIDATE_FEATURES, CandidateSettings, locate_candidates
 from analyzers.meningioma.detection import CaseCandidates, DetectionModel, fit_detection, label_candidates
-from analyzers.meningioma.preprocessing import N4Settings, n4_bias_correction
+from analyzers.meningioma.preprocessing import N4Settings
 
 __all__ = [
     "NEGATIVE_LABELS",
@@ -89,36 +85,44 @@ def load_detection_cases(
     root = labels_csv.parent
     with open(labels_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    settings = settings or CandidateSettings()
     cases: list[CaseCandidates] = []
     for number, row in enumerate(rows):
         folder = _series_folder(root, row)
         volume = load_series(sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file()))
-        corrected, _ = n4_bias_correction(volume.to_sitk(), n4)
-        # The analyzer's own pipeline: brain found by the MNI152 fit, then the intracranial space.
-        settings = settings or CandidateSettings()
-        inside = intracranial_space(corrected, extract_brain(volume).mask)
-        candidates = find_candidates(corrected, inside, settings)
+        # The analyzer's own path: brain found by the MNI152 fit, the series turned to the training
+        # axes, N4, the intracranial space, candidates; the truth is turned the same way.
+        located = locate_candidates(volume, extract_brain(volume).mask, settings, n4)
         positive = has_meningioma(row)
-        truth = None
-        if positive:
-            truth = _truth_mask(root, row, folder, volume)
-        features = np.array([c.vector() for c in candidates]).reshape(-1, len(CANDIDATE_FEATURES))
+        truth = _truth_mask(root, row, folder, volume, located.canonical) if positive else None
+        features = np.array([c.vector() for c in located.candidates]).reshape(-1, len(CANDIDATE_FEATURES))
         case_id = row.get("case") or row.get("series_dir") or str(number)
-        cases.append(CaseCandidates(case_id, positive, features, label_candidates(candidates, truth)))
+        cases.append(CaseCandidates(case_id, positive, features, label_candidates(located.candidates, truth)))
         if progress is not None:
             progress(number + 1, len(rows))
     return cases, [str(row.get("label", "")) for row in rows]
 
 
-def _truth_mask(root: Path, row: dict[str, str], folder: Path, volume: Any) -> np.ndarray:
+def _truth_mask(root: Path, row: dict[str, str], folder: Path, volume: Any, canonical: Reoriented) -> np.ndarray:
+    """The meningioma's true mask on the grid its candidates are found on (``canonical``: the
+    series turned to the training axes): the largest segment of the row's SEG, or a phantom's
+    true tumour mask (kept on the phantom's own grid, ``affine_lps``, whatever the patient position)."""
     if row.get("seg"):
         masks = [m for m in load_segmentation(root / row["seg"], volume).values() if m.any()]
         if masks:
-            return np.asarray(max(masks, key=lambda m: int(m.sum())), dtype=bool)
+            return canonical.forward(np.asarray(max(masks, key=lambda m: int(m.sum())), dtype=bool))
     truth = folder.parent / "truth" / "maps.npz"
     if truth.is_file():
         with np.load(truth) as maps:
-            return np.asarray(maps["tumour_mask"], dtype=bool)
+            mask = np.asarray(maps["tumour_mask"], dtype=bool)
+            grid = np.asarray(maps["affine_lps"], dtype=np.float64) if "affine_lps" in maps.files else None
+        if grid is None:  # no grid recorded: the series' own
+            return canonical.forward(mask)
+        try:
+            # The phantom's affine takes (slice, row, column) indices; ours (column, row, slice).
+            return canonical.onto(mask, grid[:, [2, 1, 0, 3]])
+        except ValueError as exc:
+            raise ValueError(f"{truth}: the tumour mask does not lie on the voxels of {folder}: {exc}") from exc
     raise ValueError(f"{folder}: a meningioma case needs a tumour SEG (column 'seg') to train detection")
 
 
