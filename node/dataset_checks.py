@@ -246,8 +246,11 @@ def expected_pixel_bytes(ds: Dataset, image: Mapping[str, Any] | None = None) ->
 
 def _converted(ds: Dataset, image: Mapping[str, Any]) -> bool:
     """Whether the caller's converted image attributes can stand for the dataset's: the three
-    sizes are ints (the caller passes None only for an attribute the dataset lacks)."""
-    return all(isinstance(image.get(k), int) for k in ("Rows", "Columns", "BitsAllocated"))
+    sizes are ints, samples and frames ints or absent (the caller passes None only for an
+    attribute the dataset lacks; a multi-valued one arrives as text and is read from ``ds``)."""
+    return (all(isinstance(image.get(k), int) for k in ("Rows", "Columns", "BitsAllocated"))
+            and all(image.get(k) is None or isinstance(image.get(k), int)
+                    for k in ("SamplesPerPixel", "NumberOfFrames")))
 
 
 def check_pixel_length(ds: Dataset, data: bytes, transfer_syntax: UID,

@@ -231,6 +231,7 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
         check_element_lengths(ds)
         elements = _elements_by_int(ds)
         uids: dict[str, str] = {}
+        raw_uids: dict[str, str] = {}
         for keyword, tag in _REQUIRED_TAGS:
             element = elements.get(tag)
             if element is None:
@@ -239,6 +240,8 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
             if text is None:
                 value = ds[keyword].value  # converted here, so a broken element fails here
                 text = "" if value is None else str(value)
+            else:
+                raw_uids[keyword] = text
             uids[keyword] = text
     except RecursionError as exc:
         raise too_deep from exc
@@ -255,6 +258,7 @@ def _parse_header(data: bytes, transfer_syntax: UID, max_depth: int = 32) -> Dat
         raise too_deep
     ds._pacsnode_header_end = header_end
     ds._pacsnode_uids = uids  # read once: every later step needs them
+    ds._pacsnode_raw_uids = raw_uids  # those read from the raw bytes: the index values too
     ds._pacsnode_elements = elements  # the raw elements, as parsed
     return ds
 
@@ -540,7 +544,7 @@ class Ingestor:
         charset = getattr(elements.get(0x00080005), "value", None)
         if charset is not None and not isinstance(charset, bytes):
             charset = str(charset).encode()
-        known_uids = getattr(ds, "_pacsnode_uids", {})  # read at the parse, as _to_python reads them
+        known_uids = getattr(ds, "_pacsnode_raw_uids", {})  # read at the parse, as _to_python reads them
         values: dict[str, Any] = {}
         for keyword, tag, vr_hint in specs:
             element = elements.get(tag)

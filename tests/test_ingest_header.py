@@ -119,3 +119,27 @@ def test_an_undecodable_image_attribute_is_still_reported(tmp_path: Path) -> Non
     assert ingestor._image_values(parsed) is None  # present but not converted: pydicom decides
     with pytest.raises(InvalidDataset, match="image attribute cannot be decoded"):
         ingestor.ingest_dataset(data, ExplicitVRLittleEndian)
+
+
+def test_multi_valued_image_attributes_are_read_by_pydicom(tmp_path: Path) -> None:
+    """Samples per Pixel or Number of Frames with two values arrive from the cache as text: the
+    check leaves them to pydicom, which names the attribute, instead of multiplying text."""
+    ds = _dataset()
+    ds.NumberOfFrames = [1, 2]
+    data = _encode(ds)
+    ingestor = _ingestor(tmp_path)
+    image = ingestor._image_values(_parse_header(data, ExplicitVRLittleEndian))
+    assert image is not None and isinstance(image["NumberOfFrames"], str)
+    with pytest.raises(InvalidDataset, match="image attribute cannot be decoded"):
+        ingestor.ingest_dataset(data, ExplicitVRLittleEndian)
+
+
+def test_index_values_of_the_required_uids_are_pydicoms(tmp_path: Path) -> None:
+    """The index row holds each UID as pydicom converts it, whether it was read raw or not."""
+    ingestor = _ingestor(tmp_path)
+    data = _encode(_with_raw_uid(_dataset(), "SeriesInstanceUID", b"1.2.3.4.1\x00"))
+    ingestor.ingest_dataset(data, ExplicitVRLittleEndian)
+    parsed = _parse_header(data, ExplicitVRLittleEndian)
+    values = ingestor._record(parsed, tmp_path / "store" / "x.dcm", 1, "t", ExplicitVRLittleEndian, "").values
+    assert values["SeriesInstanceUID"] == "1.2.3.4.1" and values["SOPInstanceUID"] == "1.2.3.4.5"
+    assert ingestor.index.lookup_instance("1.2.3.4.5") is not None

@@ -429,15 +429,16 @@ def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], key: str,
     differs (or the ``stamp`` column is :data:`_STAMP_RESOLUTION_S` behind): an unchanged
     row is not written again."""
     full = {**row, **(insert_only or {})}
-    conn.execute(_upsert_sql(table, tuple(row), tuple(insert_only or ()), key, stamp), list(full.values()))
+    conn.execute(_upsert_sql(table, tuple(row), tuple(full), key, stamp), list(full.values()))
 
 
 @functools.cache
-def _upsert_sql(table: str, row: tuple[str, ...], insert_only: tuple[str, ...], key: str,
+def _upsert_sql(table: str, row: tuple[str, ...], inserted: tuple[str, ...], key: str,
                 stamp: str | None) -> str:
-    """The statement of :func:`_upsert` for these columns (built once per column set)."""
-    names = ", ".join((*row, *insert_only))
-    marks = ", ".join("?" for _ in (*row, *insert_only))
+    """The statement of :func:`_upsert` for these columns (built once per column set):
+    ``inserted`` are the columns of a new row, ``row`` those an existing row takes."""
+    names = ", ".join(inserted)
+    marks = ", ".join("?" for _ in inserted)
     updates = ", ".join(
         f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in row if c != key
     )
