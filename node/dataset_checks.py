@@ -224,7 +224,7 @@ def expected_pixel_bytes(ds: Dataset, image: Mapping[str, Any] | None = None) ->
         An image attribute is present but cannot be decoded (a wrong VR or length).
     """
     keywords = IMAGE_KEYWORDS
-    if image is not None and _converted(ds, image):
+    if image is not None and _converted(image):
         rows, cols, bits, samples, frames, photometric = (image[k] for k in keywords)
         per_pixel = 2 if str(photometric or "").strip().upper() in _SUBSAMPLED and samples == 3 else samples or 1
         return (rows * cols * (frames or 1) * per_pixel * bits + 7) // 8
@@ -244,7 +244,7 @@ def expected_pixel_bytes(ds: Dataset, image: Mapping[str, Any] | None = None) ->
     return (rows * cols * frames * per_pixel * bits + 7) // 8
 
 
-def _converted(ds: Dataset, image: Mapping[str, Any]) -> bool:
+def _converted(image: Mapping[str, Any]) -> bool:
     """Whether the caller's converted image attributes can stand for the dataset's: the three
     sizes are ints, samples and frames ints or absent (the caller passes None only for an
     attribute the dataset lacks; a multi-valued one arrives as text and is read from ``ds``)."""

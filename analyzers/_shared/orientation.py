@@ -86,12 +86,12 @@ class Reoriented:
         ValueError
             That grid does not hold the same voxels (its re-indexed shape or affine differs).
         """
-        from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+        from nibabel.orientations import io_orientation
 
         source = np.asarray(array)
         current = io_orientation(affine)
         moved = _moved(source, current, self.target_orientation)
-        moved_affine = affine @ inv_ornt_aff(ornt_transform(current, self.target_orientation), source.shape[::-1])
+        moved_affine = _moved_affine(affine, current, self.target_orientation, source.shape)
         if moved.shape != self.shape3d:
             raise ValueError(f"re-indexed shape {moved.shape} is not {self.shape3d}")
         if not np.allclose(moved_affine, self.affine, atol=atol_mm):
@@ -122,13 +122,20 @@ def _moved(array: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(moved).transpose(2, 1, 0))
 
 
+def _moved_affine(affine: np.ndarray, start: np.ndarray, end: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The affine of a ``(z, y, x)`` grid of ``shape`` re-indexed from orientation ``start`` to ``end``."""
+    from nibabel.orientations import inv_ornt_aff, ornt_transform
+
+    return np.asarray(affine @ inv_ornt_aff(ornt_transform(start, end), tuple(shape)[::-1]))
+
+
 def reorient(volume: Volume, target: tuple[tuple[int, int], ...] = AXIAL) -> Reoriented:
     """``volume``'s voxels re-indexed so its array axes run as close to ``target`` as they can.
 
     Exact (a permutation and flips of the array, no resampling); for an oblique
     series each array axis goes to the patient axis it is closest to.
     """
-    from nibabel.orientations import inv_ornt_aff, io_orientation, ornt_transform
+    from nibabel.orientations import io_orientation
 
     current = io_orientation(volume.affine)
     wanted = np.array(target, dtype=np.float64)
@@ -136,6 +143,6 @@ def reorient(volume: Volume, target: tuple[tuple[int, int], ...] = AXIAL) -> Reo
         data = np.stack([_moved(frame, current, wanted) for frame in volume.data])
     else:
         data = _moved(volume.data, current, wanted)
-    affine = volume.affine @ inv_ornt_aff(ornt_transform(current, wanted), volume.shape3d[::-1])
+    affine = _moved_affine(volume.affine, current, wanted, volume.shape3d)
     return Reoriented(data=data, affine=affine, source_orientation=current, target_orientation=wanted,
                       source_shape=volume.shape3d)

@@ -50,7 +50,6 @@ from analyzers._shared.probability import PROBABILITY_CARD_KEY, LogisticRecalibr
 from analyzers._shared.report import write_report
 from analyzers._shared.stats import brier_score, calibration_slope_intercept, cluster_bootstrap_ci
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
-from analyzers._shared.volume import load_series
 from analyzers.meningioma.errors import ModelError
 from analyzers.meningioma.model import MeningiomaModel
 from analyzers.meningioma.preprocessing import N4Settings
@@ -133,7 +132,7 @@ def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCa
     from analyzers._shared.brain import NoBrainFound, extract_brain
     from analyzers.meningioma.candidates import locate_candidates
     from analyzers.meningioma.detection import DetectionModel
-    from analyzers.meningioma.train_detection import _series_folder, has_meningioma
+    from analyzers.meningioma.train_detection import has_meningioma, load_row_series
     from analyzers.meningioma.trainer import TrainingCase, _label
 
     detection = DetectionModel.load(folder)
@@ -145,8 +144,7 @@ def _detected_roi_cases(folder: Path, labels_csv: Path) -> tuple[list[TrainingCa
     for number, row in enumerate(rows):
         case_id = row.get("case") or row.get("series_dir") or str(number)
         print(f"[meningioma] {labels_csv}: detecting {number + 1}/{len(rows)} ({case_id})", file=sys.stderr, flush=True)
-        series = _series_folder(root, row)
-        volume = load_series(sorted(series.glob("*.dcm")) or sorted(p for p in series.iterdir() if p.is_file()))
+        _, volume = load_row_series(root, row)
         try:
             brain = extract_brain(volume)
         except NoBrainFound:

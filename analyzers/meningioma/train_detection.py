@@ -32,7 +32,7 @@ from analyzers._shared.modelcard import CardMetric
 from analyzers._shared.orientation import Reoriented
 from analyzers._shared.probability import ProbabilityCalibration
 from analyzers._shared.stats import calibration_curve
-from analyzers._shared.volume import load_segmentation, load_series
+from analyzers._shared.volume import Volume, load_segmentation, load_series
 from analyzers.meningioma.candidates import CANDIDATE_FEATURES, CandidateSettings, locate_candidates
 from analyzers.meningioma.detection import CaseCandidates, DetectionModel, fit_detection, label_candidates
 from analyzers.meningioma.preprocessing import N4Settings
@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_detection",
     "has_meningioma",
     "load_detection_cases",
+    "load_row_series",
     "train_detection_stage",
 ]
 
@@ -68,6 +69,13 @@ def _series_folder(root: Path, row: dict[str, str]) -> Path:
     return root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
 
 
+def load_row_series(root: Path, row: dict[str, str]) -> tuple[Path, Volume]:
+    """The series folder of a labels CSV row (``series_dir``, or a phantom cohort's ``case``) and
+    its volume (the folder's ``*.dcm`` files, or every file when none is so named)."""
+    folder = _series_folder(root, row)
+    return folder, load_series(sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file()))
+
+
 def load_detection_cases(
     labels_csv: Path,
     *,
@@ -88,8 +96,7 @@ def load_detection_cases(
     settings = settings or CandidateSettings()
     cases: list[CaseCandidates] = []
     for number, row in enumerate(rows):
-        folder = _series_folder(root, row)
-        volume = load_series(sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file()))
+        folder, volume = load_row_series(root, row)
         # The analyzer's own path: brain found by the MNI152 fit, the series turned to the training
         # axes, N4, the intracranial space, candidates; the truth is turned the same way.
         located = locate_candidates(volume, extract_brain(volume).mask, settings, n4)

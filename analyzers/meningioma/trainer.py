@@ -52,7 +52,7 @@ from analyzers._shared.probability import PROBABILITY_CARD_KEY, ProbabilityCalib
 from analyzers._shared.report import write_report
 from analyzers._shared.stats.delong import DeLongResult, delong_pairwise
 from analyzers._shared.stats.evaluation import Evaluation, evaluate_predictions
-from analyzers._shared.volume import load_segmentation, load_series
+from analyzers._shared.volume import load_segmentation
 from analyzers.contract import NOT_FOR_CLINICAL_USE
 from analyzers.meningioma.deep_features import (
     BackboneConfig,
@@ -67,7 +67,12 @@ from analyzers.meningioma.preprocessing import n4_bias_correction
 from analyzers.meningioma.radiomics_features import RadiomicsSettings
 from analyzers.meningioma.segmentation import segment_enhancing_mass
 from analyzers.meningioma.train import TrainingCase, TrainingResult, extract_training_features, fit_models
-from analyzers.meningioma.train_detection import DetectionEvaluation, has_meningioma, train_detection_stage
+from analyzers.meningioma.train_detection import (
+    DetectionEvaluation,
+    has_meningioma,
+    load_row_series,
+    train_detection_stage,
+)
 
 __all__ = ["load_cases", "main"]
 
@@ -99,8 +104,7 @@ def load_cases(labels_csv: Path, *, phantom_truth_roi: bool = False) -> list[Tra
         for row in csv.DictReader(handle):
             if not has_meningioma(row):
                 continue  # a series without meningioma: detection data only
-            folder = root / row["series_dir"] if row.get("series_dir") else root / row["case"] / "t1c"
-            volume = load_series(sorted(folder.glob("*.dcm")) or sorted(p for p in folder.iterdir() if p.is_file()))
+            folder, volume = load_row_series(root, row)
             image = volume.to_sitk()
             header = {"PatientSex": str(volume.headers[0].get("PatientSex", ""))}
             truth = folder.parent / "truth" / "maps.npz"
